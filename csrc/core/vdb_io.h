@@ -1,0 +1,34 @@
+// Reading and writing adapters as standard OpenVDB files.
+#pragma once
+
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/adapter_core.h"
+
+namespace hyprvdb {
+
+using MetaPairs = std::vector<std::pair<std::string, std::string>>;
+
+// A file that cannot be read as a hyprvdb adapter; mapped to hyprvdb.HyprVDBError.
+struct FileError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+inline constexpr const char* kMetaRows = "hyprvdb_rows";
+inline constexpr const char* kMetaCols = "hyprvdb_cols";
+inline constexpr const char* kMetaBlockRows = "hyprvdb_block_rows";
+inline constexpr const char* kMetaBlockCols = "hyprvdb_block_cols";
+inline constexpr const char* kMetaCoordMap = "hyprvdb_coord_map";
+inline constexpr const char* kCoordMap = "x=row y=col>>3 z=col&7";
+
+void save_vdb(const AdapterCore& core, const std::string& path, const std::string& grid_name,
+              const MetaPairs& grid_meta, const MetaPairs& file_meta);
+
+std::unique_ptr<AdapterCore> load_vdb(const std::string& path, std::string& grid_name,
+                                      MetaPairs& grid_meta);
+
+}  // namespace hyprvdb

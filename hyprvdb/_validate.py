@@ -1,0 +1,100 @@
+"""Argument checking at the Python boundary: dtypes, lengths, finiteness.
+
+Coordinates may be any integer dtype; values may be any real floating or integer dtype and are
+cast to float32 (float64 rounds to nearest). Booleans, complex numbers, strings and floats used
+as coordinates are refused with ``TypeError``. NaN and infinity are refused with ``ValueError``
+unless the caller allows them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def _describe(a: np.ndarray) -> str:
+    return f"dtype {a.dtype}"
+
+
+def as_index_array(name: str, x: Any) -> np.ndarray:
+    """Return ``x`` as a contiguous 1-D int64 array, refusing non-integer kinds."""
+    a = np.asarray(x)
+    if a.ndim == 0:
+        a = a.reshape(1)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {a.shape}")
+    if a.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integers, got {_describe(a)}")
+    if a.dtype.kind == "u" and a.dtype.itemsize == 8 and a.max() > np.iinfo(np.int64).max:
+        raise IndexError(f"{name} holds {a.max()}, beyond any matrix dimension")
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def as_value_array(name: str, x: Any, *, allow_nonfinite: bool = False) -> np.ndarray:
+    """Return ``x`` as a contiguous 1-D float32 array, refusing non-real kinds and NaN/inf."""
+    a = np.asarray(x)
+    if a.ndim == 0:
+        a = a.reshape(1)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {a.shape}")
+    if a.size == 0:
+        return np.zeros(0, dtype=np.float32)
+    if a.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must hold real numbers, got {_describe(a)}")
+    out = np.ascontiguousarray(a, dtype=np.float32)
+    if not allow_nonfinite:
+        check_finite(name, out, source=a)
+    return out
+
+
+def check_finite(name: str, out: np.ndarray, *, source: np.ndarray | None = None) -> None:
+    finite = np.isfinite(out)
+    if not finite.all():
+        i = int(np.flatnonzero(~finite)[0])
+        shown = source[i] if source is not None else out[i]
+        why = " (overflows float32)" if np.isfinite(shown) else ""
+        raise ValueError(
+            f"{name}[{i}] = {shown!r} is not finite{why}; pass allow_nonfinite=True to store it"
+        )
+
+
+def as_matrix(name: str, x: Any) -> np.ndarray:
+    """Return ``x`` as a 2-D float array (dtype kept if floating), refusing other kinds."""
+    a = np.asarray(x)
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be two-dimensional, got shape {a.shape}")
+    if a.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must hold real numbers, got {_describe(a)}")
+    return a
+
+
+def same_length(**arrays: np.ndarray) -> int:
+    names = list(arrays)
+    n = len(arrays[names[0]])
+    for other in names[1:]:
+        if len(arrays[other]) != n:
+            raise ValueError(
+                f"{names[0]} and {other} must have the same length, "
+                f"got {n} and {len(arrays[other])}"
+            )
+    return n
+
+
+def positive_int(name: str, x: Any) -> int:
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(x).__name__} {x!r}")
+    if x <= 0:
+        raise ValueError(f"{name} must be positive, got {x}")
+    return int(x)
+
+
+def real_scalar(name: str, x: Any, *, allow_nonfinite: bool = False) -> float:
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(x).__name__} {x!r}")
+    v = float(x)
+    if not allow_nonfinite and not np.isfinite(v):
+        raise ValueError(f"{name} = {v!r} is not finite")
+    return v

@@ -1,0 +1,505 @@
+"""SparseAdapter: a sparse LoRA delta whose live structure is an OpenVDB tree.
+
+The tree (an OpenVDB ``ValueMask`` tree of 16^3-cell leaves) answers whether a weight is
+active; each leaf's values are packed, in mask order, in one block beside it. All work on many
+weights at once happens in C++ over whole numpy arrays.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from . import _validate as V
+from ._errors import CorruptFileError, ForeignFileError
+from ._native import core as _core_module
+from ._vdbfile import CRC_KEY, CRC_PLACEHOLDER, atomic_write, check_vdb_bytes
+
+__all__ = ["SparseAdapter", "fuse_adapters", "enforce_sparsity"]
+
+FORMAT_KEY = "hyprvdb_format"
+FORMAT = "sparse_adapter/1"
+
+
+class SparseAdapter:
+    """A ``rows x cols`` float32 matrix with few active entries, stored in an OpenVDB tree.
+
+    Parameters
+    ----------
+    rows, cols : int
+        Shape of the matrix (for a LoRA delta: ``out_features x in_features``).
+    block_shape : (int, int), default (1, 1)
+        Granularity of activity. ``(1, 1)`` is unstructured sparsity. A larger block, such as
+        ``(8, 64)``, is tile-structured sparsity: writing any weight activates its whole block,
+        whose values are stored densely (4 bytes per weight). Must divide the shape.
+    allow_nonfinite : bool, default False
+        Accept NaN and infinity as values. By default they are refused with ``ValueError``.
+    name : str, default "lora_delta"
+        Grid name used in ``.vdb`` files.
+
+    Notes
+    -----
+    Values are float32. Inputs of other real dtypes are cast (float64 rounds to nearest;
+    values beyond float32's range become infinite and are refused unless allowed).
+    Coordinates must have an integer dtype. Every write checks all its coordinates before it
+    changes anything. A weight that is not active reads as 0.
+
+    Examples
+    --------
+    >>> import hyprvdb
+    >>> a = hyprvdb.SparseAdapter(4, 6)
+    >>> a.batch_update([0, 3], [1, 5], [0.5, -2.0])
+    >>> a.get_weights([0, 3, 2], [1, 5, 2])
+    array([ 0.5, -2. ,  0. ], dtype=float32)
+    >>> a.active_count(), a.is_active(2, 2)
+    (2, False)
+    """
+
+    __slots__ = ("_c", "_allow_nonfinite", "name")
+
+    def __init__(self, rows: int, cols: int, *, block_shape: tuple[int, int] = (1, 1),
+                 allow_nonfinite: bool = False, name: str = "lora_delta") -> None:
+        rows = V.positive_int("rows", rows)
+        cols = V.positive_int("cols", cols)
+        bh, bw = _block_shape(block_shape)
+        if rows % bh or cols % bw:
+            raise ValueError(f"block_shape {(bh, bw)} must divide the shape {(rows, cols)}")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty str, got {name!r}")
+        self._c = _core_module().Core(rows, cols, bh, bw)
+        self._allow_nonfinite = bool(allow_nonfinite)
+        self.name = name
+
+    @classmethod
+    def _wrap(cls, c: Any, *, allow_nonfinite: bool = False,
+              name: str = "lora_delta") -> SparseAdapter:
+        self = cls.__new__(cls)
+        self._c = c
+        self._allow_nonfinite = allow_nonfinite
+        self.name = name
+        return self
+
+    # ---------------------------------------------------------------- description
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(rows, cols)``."""
+        return (self._c.rows, self._c.cols)
+
+    @property
+    def block_shape(self) -> tuple[int, int]:
+        """Granularity of activity: ``(1, 1)`` unstructured, larger for tile-structured."""
+        return (self._c.block_rows, self._c.block_cols)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.float32)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by every structure of the adapter; the same as :meth:`memory_usage`."""
+        return self.memory_usage()
+
+    def active_count(self) -> int:
+        """Number of active weights (in tile mode: active blocks x block size)."""
+        return int(self._c.active_count())
+
+    def memory_usage(self) -> int:
+        """Bytes held: OpenVDB tree nodes, value blocks, tables, and malloc's per-chunk words."""
+        return int(self._c.memory_usage())
+
+    def density(self) -> float:
+        """Active weights / (rows x cols)."""
+        r, c = self.shape
+        return self.active_count() / (r * c)
+
+    def sparsity_ratio(self) -> float:
+        """Fraction of the full ``rows x cols`` matrix that is inactive: ``1 - density()``."""
+        return 1.0 - self.density()
+
+    def __len__(self) -> int:
+        return self.active_count()
+
+    def __repr__(self) -> str:
+        r, c = self.shape
+        tile = "" if self.block_shape == (1, 1) else f", block_shape={self.block_shape}"
+        return (f"SparseAdapter({r}, {c}{tile}, active={self.active_count()}, "
+                f"density={self.density():.4g}, bytes={self.memory_usage()})")
+
+    # ---------------------------------------------------------------- single weights
+    def set_weight(self, row: int, col: int, value: float) -> None:
+        """Set one weight and make it active."""
+        self.batch_update([row], [col], [_scalar("value", value, self._allow_nonfinite)])
+
+    def get_weight(self, row: int, col: int) -> float:
+        """Value of one weight (0.0 when inactive)."""
+        return float(self.get_weights([row], [col])[0])
+
+    def is_active(self, row: int, col: int) -> bool:
+        """Whether the weight at ``(row, col)`` is active."""
+        return bool(self.are_active([row], [col])[0])
+
+    def remove_weight(self, row: int, col: int) -> bool:
+        """Deactivate one weight; return whether it was active.
+
+        In tile mode the weight is set to 0 and its block stays active (a block is dropped by
+        :meth:`optimize` once all its weights are 0).
+        """
+        return self.remove_weights([row], [col]) == 1
+
+    def __contains__(self, key: tuple[int, int]) -> bool:
+        row, col = key
+        return self.is_active(row, col)
+
+    # ---------------------------------------------------------------- many weights
+    def batch_update(self, rows: Any, cols: Any = None, values: Any = None) -> None:
+        """Set many weights, making them active.
+
+        ``rows, cols, values`` are equal-length 1-D arrays; alternatively pass a single
+        sequence of ``(row, col, value)`` tuples. Where a coordinate repeats, the last value
+        wins.
+        """
+        r, c, v = self._triplets(rows, cols, values, "values")
+        self._c.set(r, c, v, False)
+
+    def add_weights(self, rows: Any, cols: Any, deltas: Any) -> None:
+        """Accumulate: ``w[rows[i], cols[i]] += deltas[i]``; repeated coordinates sum."""
+        r, c, v = self._triplets(rows, cols, deltas, "deltas")
+        self._c.set(r, c, v, True)
+
+    def get_weights(self, rows: Any, cols: Any) -> np.ndarray:
+        """Values at many coordinates as a float32 array (0.0 where inactive)."""
+        r, c = self._pairs(rows, cols)
+        return self._c.get(r, c)[0]
+
+    def are_active(self, rows: Any, cols: Any) -> np.ndarray:
+        """Whether each coordinate is active, as a bool array."""
+        r, c = self._pairs(rows, cols)
+        return self._c.get(r, c)[1].astype(bool)
+
+    def remove_weights(self, rows: Any, cols: Any) -> int:
+        """Deactivate many weights; return how many were active (tile mode: zeroes them)."""
+        r, c = self._pairs(rows, cols)
+        if self.block_shape == (1, 1):
+            return int(self._c.remove(r, c))
+        return int(self._c.zero(r, c))
+
+    def _pairs(self, rows: Any, cols: Any) -> tuple[np.ndarray, np.ndarray]:
+        r = V.as_index_array("rows", rows)
+        c = V.as_index_array("cols", cols)
+        V.same_length(rows=r, cols=c)
+        return r, c
+
+    def _triplets(self, rows: Any, cols: Any, values: Any,
+                  value_name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if cols is None and values is None:
+            rows, cols, values = _unzip_triplets(rows)
+        elif cols is None or values is None:
+            raise TypeError(f"pass rows, cols and {value_name}, or one sequence of "
+                            "(row, col, value) tuples")
+        r, c = self._pairs(rows, cols)
+        v = V.as_value_array(value_name, values, allow_nonfinite=self._allow_nonfinite)
+        V.same_length(rows=r, **{value_name: v})
+        return r, c, v
+
+    # ---------------------------------------------------------------- whole adapter
+    def active_weights(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """All active weights as ``(rows int64, cols int64, values float32)``, row-major order
+        (sorted by row, then column)."""
+        return self._c.export_active()
+
+    def __iter__(self) -> Iterator[tuple[int, int, float]]:
+        """Yield ``(row, col, value)`` for every active weight, in row-major order."""
+        r, c, v = self.active_weights()
+        return zip(r.tolist(), c.tolist(), v.tolist())
+
+    def copy(self) -> SparseAdapter:
+        """An independent deep copy."""
+        return SparseAdapter._wrap(self._c.copy(), allow_nonfinite=self._allow_nonfinite,
+                                   name=self.name)
+
+    def clear(self) -> None:
+        """Deactivate every weight and free every node."""
+        self._c.clear()
+
+    def optimize(self, tolerance: float = 0.0) -> int:
+        """Drop weights with ``|w| <= tolerance`` and free empty leaves and nodes.
+
+        In tile mode a block is dropped when all its weights are within the tolerance.
+        Returns the number of weights dropped.
+        """
+        tol = V.real_scalar("tolerance", tolerance)
+        if tol < 0:
+            raise ValueError(f"tolerance must be >= 0, got {tol}")
+        bh, bw = self.block_shape
+        return int(self._c.prune(tol)) * bh * bw
+
+    def merge_with(self, other: SparseAdapter, scale: float = 1.0) -> SparseAdapter:
+        """Add ``scale * other`` into this adapter (``other`` is left untouched); returns self.
+
+        Weights active in ``other`` become active here.
+        """
+        _same_shape("other", self, other)
+        s = V.real_scalar("scale", scale)
+        r, c, v = other.active_weights()
+        if len(v):
+            self._c.set(r, c, (v * np.float32(s)).astype(np.float32, copy=False), True)
+        return self
+
+    def top_k(self, k: int) -> SparseAdapter:
+        """A new adapter holding the ``k`` weights of largest magnitude (ties: lowest index)."""
+        if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
+            raise TypeError(f"k must be an int, got {type(k).__name__} {k!r}")
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+        r, c, v = self.active_weights()
+        out = SparseAdapter(*self.shape, allow_nonfinite=self._allow_nonfinite, name=self.name)
+        if k >= len(v):
+            keep = np.arange(len(v))
+        else:
+            keep = np.sort(np.argsort(-np.abs(v), kind="stable")[:k])
+        out._c.set(r[keep], c[keep], v[keep], False)
+        return out
+
+    # ---------------------------------------------------------------- files
+    def save(self, path: str | os.PathLike) -> None:
+        """Write a standard OpenVDB file holding one FloatGrid of the active weights.
+
+        The grid's metadata carries the shape (``hyprvdb_rows``, ``hyprvdb_cols``), the block
+        shape and the coordinate mapping (``x=row y=col>>3 z=col&7``); the file carries a CRC32
+        of its bytes. The write is atomic.
+        """
+        path = _fspath("path", path)
+        grid_meta = [("hyprvdb_kind", "SparseAdapter")]
+        file_meta = [(FORMAT_KEY, FORMAT), (CRC_KEY, CRC_PLACEHOLDER)]
+        atomic_write(path, lambda tmp: _core_module().save_vdb(
+            self._c, tmp, self.name, grid_meta, file_meta))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, allow_nonfinite: bool = False) -> SparseAdapter:
+        """Read an adapter written by :meth:`save`.
+
+        Raises ``FileNotFoundError`` for a missing file, :class:`CorruptFileError` for a
+        truncated or damaged one, :class:`ForeignFileError` for a file hyprvdb did not write.
+        """
+        path = _fspath("path", path)
+        with open(path, "rb") as f:
+            data = f.read()
+        check_vdb_bytes(data, path)
+        mod = _core_module()
+        try:
+            c, name, meta = mod.load_vdb(path)
+        except mod.FileError as exc:
+            raise ForeignFileError(str(exc)) from None
+        out = cls._wrap(c, allow_nonfinite=allow_nonfinite, name=name)
+        if not allow_nonfinite:
+            v = out.active_weights()[2]
+            if not np.isfinite(v).all():
+                raise CorruptFileError(f"{path!r} holds non-finite values; "
+                                       "pass allow_nonfinite=True to load it")
+        return out
+
+    # ---------------------------------------------------------------- conversions
+    @classmethod
+    def from_dict(cls, weights: Mapping[tuple[int, int], float],
+                  shape: tuple[int, int] | None = None, **kwargs: Any) -> SparseAdapter:
+        """Build from ``{(row, col): value}`` (the seed design's HashMap).
+
+        ``shape`` defaults to one past the largest row and column.
+        """
+        if not isinstance(weights, Mapping):
+            raise TypeError(f"weights must be a mapping {{(row, col): value}}, "
+                            f"got {type(weights).__name__}")
+        keys = list(weights.keys())
+        if any(not (isinstance(k, tuple) and len(k) == 2) for k in keys):
+            bad = next(k for k in keys if not (isinstance(k, tuple) and len(k) == 2))
+            raise TypeError(f"weights keys must be (row, col) tuples, got {bad!r}")
+        rows = np.array([k[0] for k in keys], dtype=np.int64) if keys else np.zeros(0, np.int64)
+        cols = np.array([k[1] for k in keys], dtype=np.int64) if keys else np.zeros(0, np.int64)
+        vals = np.array(list(weights.values()), dtype=np.float64)
+        if shape is None:
+            if not keys:
+                raise ValueError("shape is required for an empty mapping")
+            shape = (int(rows.max()) + 1, int(cols.max()) + 1)
+        out = cls(*shape, **kwargs)
+        out.batch_update(rows, cols, vals)
+        return out
+
+    def to_dict(self) -> dict[tuple[int, int], float]:
+        """``{(row, col): value}`` of every active weight."""
+        r, c, v = self.active_weights()
+        return dict(zip(zip(r.tolist(), c.tolist()), v.tolist()))
+
+    @classmethod
+    def from_dense(cls, dense: Any, *, tolerance: float = 0.0, **kwargs: Any) -> SparseAdapter:
+        """Build from a 2-D array: entries with ``|w| > tolerance`` become active
+        (in tile mode, every block holding one)."""
+        a = V.as_matrix("dense", dense)
+        tol = V.real_scalar("tolerance", tolerance)
+        out = cls(*a.shape, **kwargs)
+        a32 = np.ascontiguousarray(a, dtype=np.float32)
+        if not out._allow_nonfinite:
+            bad = ~np.isfinite(a32)
+            if bad.any():
+                i, j = (int(x) for x in np.argwhere(bad)[0])
+                raise ValueError(f"dense[{i}, {j}] = {a[i, j]!r} is not finite; "
+                                 "pass allow_nonfinite=True to store it")
+        out._c.from_dense(a32, tol)
+        return out
+
+    def to_dense(self) -> np.ndarray:
+        """The full ``rows x cols`` float32 matrix."""
+        out = np.zeros(self.shape, dtype=np.float32)
+        self._c.to_dense(out)
+        return out
+
+    @classmethod
+    def from_scipy(cls, matrix: Any, **kwargs: Any) -> SparseAdapter:
+        """Build from any ``scipy.sparse`` matrix or array; stored entries become active
+        (duplicates are summed, explicit zeros stay active)."""
+        import scipy.sparse as sp
+
+        if not sp.issparse(matrix):
+            raise TypeError(f"matrix must be a scipy.sparse matrix, got {type(matrix).__name__}")
+        coo = sp.coo_matrix(matrix)
+        coo.sum_duplicates()
+        out = cls(*coo.shape, **kwargs)
+        out.batch_update(coo.row.astype(np.int64), coo.col.astype(np.int64), coo.data)
+        return out
+
+    def to_scipy(self, format: str = "csr") -> Any:
+        """A ``scipy.sparse`` matrix (``"csr"``, ``"csc"`` or ``"coo"``) of the active weights,
+        explicit zeros included."""
+        import scipy.sparse as sp
+
+        if format not in ("csr", "csc", "coo"):
+            raise ValueError(f"format must be one of 'csr', 'csc', 'coo', got {format!r}")
+        r, c, v = self.active_weights()
+        if format == "coo":
+            return sp.coo_matrix((v, (r, c)), shape=self.shape)
+        indptr = np.zeros(self.shape[0] + 1, dtype=np.int64)
+        np.cumsum(np.bincount(r, minlength=self.shape[0]), out=indptr[1:])
+        csr = sp.csr_matrix((v, c, indptr), shape=self.shape)
+        return csr if format == "csr" else csr.tocsc()
+
+    @classmethod
+    def from_lora(cls, A: Any, B: Any, alpha: float, density: float,
+                  **kwargs: Any) -> SparseAdapter:
+        """Sparsify a PEFT-style low-rank pair.
+
+        ``A`` is ``lora_A`` (``r x in_features``), ``B`` is ``lora_B`` (``out_features x r``);
+        the delta is ``(alpha / r) * B @ A`` (computed in float64). The
+        ``round(density * out_features * in_features)`` entries of largest magnitude are kept.
+        """
+        a = V.as_matrix("A", A).astype(np.float64)
+        b = V.as_matrix("B", B).astype(np.float64)
+        if b.shape[1] != a.shape[0]:
+            raise ValueError(f"B has {b.shape[1]} columns but A has {a.shape[0]} rows "
+                             f"(B: {b.shape}, A: {a.shape}); expected B: (out, r), A: (r, in)")
+        alpha = V.real_scalar("alpha", alpha)
+        density = V.real_scalar("density", density)
+        if not 0.0 < density <= 1.0:
+            raise ValueError(f"density must be in (0, 1], got {density}")
+        delta = (alpha / a.shape[0]) * (b @ a)
+        rows, cols = delta.shape
+        k = max(1, int(round(density * rows * cols)))
+        flat = np.abs(delta).ravel()
+        keep = np.argpartition(flat, flat.size - k)[flat.size - k:] if k < flat.size \
+            else np.arange(flat.size)
+        out = cls(rows, cols, **kwargs)
+        out.batch_update(keep // cols, keep % cols, delta.ravel()[keep])
+        return out
+
+
+def fuse_adapters(adapters: Sequence[SparseAdapter],
+                  scales: Sequence[float] | None = None) -> SparseAdapter:
+    """A new adapter equal to ``sum(scales[i] * adapters[i])`` (scales default to 1).
+
+    All adapters must have the same shape; the result is unstructured unless every input
+    shares one block shape.
+    """
+    adapters = list(adapters)
+    if not adapters:
+        raise ValueError("adapters must hold at least one SparseAdapter, got none")
+    for i, a in enumerate(adapters):
+        if not isinstance(a, SparseAdapter):
+            raise TypeError(f"adapters[{i}] must be a SparseAdapter, got {type(a).__name__}")
+    scales = [1.0] * len(adapters) if scales is None else list(scales)
+    if len(scales) != len(adapters):
+        raise ValueError(f"scales must have one entry per adapter: "
+                         f"{len(adapters)} adapters, {len(scales)} scales")
+    first = adapters[0]
+    for i, a in enumerate(adapters[1:], 1):
+        if a.shape != first.shape:
+            raise ValueError(f"adapters[{i}] has shape {a.shape}, adapters[0] has {first.shape}")
+    blocks = {a.block_shape for a in adapters}
+    out = SparseAdapter(*first.shape, block_shape=blocks.pop() if len(blocks) == 1 else (1, 1),
+                        name=first.name)
+    for a, s in zip(adapters, scales):
+        out.merge_with(a, s)
+    return out
+
+
+def enforce_sparsity(adapter: SparseAdapter, threshold: float = 0.0, *,
+                     top_k: int | None = None, in_place: bool = False) -> SparseAdapter:
+    """Drop weights with ``|w| <= threshold``, then keep at most ``top_k`` of the largest.
+
+    Returns a new adapter unless ``in_place`` is true.
+    """
+    if not isinstance(adapter, SparseAdapter):
+        raise TypeError(f"adapter must be a SparseAdapter, got {type(adapter).__name__}")
+    out = adapter if in_place else adapter.copy()
+    out.optimize(threshold)
+    if top_k is not None:
+        kept = out.top_k(top_k)
+        if in_place:
+            out._c = kept._c
+        else:
+            out = kept
+    return out
+
+
+# -------------------------------------------------------------------- helpers
+def _block_shape(block_shape: Any) -> tuple[int, int]:
+    try:
+        bh, bw = block_shape
+    except (TypeError, ValueError):
+        raise TypeError(f"block_shape must be a pair of ints, got {block_shape!r}") from None
+    return V.positive_int("block_shape[0]", bh), V.positive_int("block_shape[1]", bw)
+
+
+def _scalar(name: str, value: Any, allow_nonfinite: bool) -> float:
+    return V.real_scalar(name, value, allow_nonfinite=allow_nonfinite)
+
+
+def _unzip_triplets(items: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if isinstance(items, np.ndarray):
+        if items.ndim != 2 or items.shape[1] != 3:
+            raise ValueError(f"a single array of updates must have shape (n, 3), got {items.shape}")
+        return items[:, 0], items[:, 1], items[:, 2]
+    if not isinstance(items, Iterable):
+        raise TypeError(f"updates must be a sequence of (row, col, value) tuples, "
+                        f"got {type(items).__name__}")
+    items = list(items)
+    for i, t in enumerate(items):
+        if not (isinstance(t, (tuple, list)) and len(t) == 3):
+            raise ValueError(f"updates[{i}] must be a (row, col, value) tuple, got {t!r}")
+    if not items:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    rows, cols, vals = zip(*items)
+    return np.array(rows), np.array(cols), np.array(vals)
+
+
+def _same_shape(name: str, a: SparseAdapter, b: Any) -> None:
+    if not isinstance(b, SparseAdapter):
+        raise TypeError(f"{name} must be a SparseAdapter, got {type(b).__name__}")
+    if a.shape != b.shape:
+        raise ValueError(f"{name} has shape {b.shape}, expected {a.shape}")
+
+
+def _fspath(name: str, path: Any) -> str:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a str or os.PathLike, got {type(path).__name__}")
+    return os.fspath(path)

@@ -5,16 +5,22 @@ first time a write-path object (such as :class:`SparseAdapter`) is created.
 """
 
 from ._errors import CorruptFileError, ForeignFileError, HyprVDBError, MissingExtensionError
+from ._history_file import HistoryRecoveryWarning
 from .adapter import SparseAdapter, enforce_sparsity, fuse_adapters
+from .temporal import CorrelatedPair, DeltaDetector, TemporalAdapter
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CorrelatedPair",
     "CorruptFileError",
+    "DeltaDetector",
     "ForeignFileError",
+    "HistoryRecoveryWarning",
     "HyprVDBError",
     "MissingExtensionError",
     "SparseAdapter",
+    "TemporalAdapter",
     "enforce_sparsity",
     "fuse_adapters",
     "__version__",

@@ -1,0 +1,166 @@
+"""Z-runs: the history's changes as a sparse (row, col, t) grid in VDB voxel order.
+
+Time is the Z axis. Ordering the changes the way a VDB orders voxels — (row, col) outer, t
+inner — puts every weight's changes in one contiguous run along Z. The weights at step t are
+then one vectorized pass over the runs (sum each run's changes up to t), whatever t is: no
+slice-by-slice replay.
+
+Every change is either an increment (the value grows by ``d``) or a reset (the value becomes
+``d``; a reset to 0 switches the weight off). A weight is active at t when its value is
+nonzero.
+
+In memory (``Runs``): one gap per distinct weight (linear index ``row * cols + col`` as the
+difference from the previous weight), one change count per weight, and per change its step
+(``t``) and float32 value; resets are listed by change position. Integer arrays use the
+narrowest unsigned dtype that holds them. Values are summed in float64 and rounded to float32
+once, so a state equals a float64 replay of the stored deltas.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def narrow(a: np.ndarray) -> np.ndarray:
+    """``a`` (non-negative ints) in the narrowest unsigned dtype that holds it."""
+    top = int(a.max()) if a.size else 0
+    for dt in (np.uint8, np.uint16, np.uint32):
+        if top <= np.iinfo(dt).max:
+            return a.astype(dt)
+    return a.astype(np.uint64)
+
+
+@dataclass
+class Changes:
+    """Decoded changes sorted by (idx, t): parallel arrays, one entry per change."""
+
+    idx: np.ndarray    # int64 linear index
+    t: np.ndarray      # int64 step
+    d: np.ndarray      # float64 value (increment or reset value)
+    reset: np.ndarray  # bool
+
+    @staticmethod
+    def empty() -> Changes:
+        return Changes(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64),
+                       np.zeros(0, bool))
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def take(self, sel: np.ndarray) -> Changes:
+        return Changes(self.idx[sel], self.t[sel], self.d[sel], self.reset[sel])
+
+    @staticmethod
+    def concat(parts: list[Changes]) -> Changes:
+        """Concatenate and restore (idx, t) order; parts must be given oldest first."""
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return Changes.empty()
+        if len(parts) == 1:
+            return parts[0]
+        c = Changes(*(np.concatenate([getattr(p, f) for p in parts])
+                      for f in ("idx", "t", "d", "reset")))
+        order = np.argsort(c.idx, kind="stable")  # stable: equal idx keep time order
+        return c.take(order)
+
+    def run_starts(self) -> np.ndarray:
+        """Start offset of every run (distinct idx), plus len at the end."""
+        if not len(self.idx):
+            return np.zeros(1, np.int64)
+        brk = np.flatnonzero(np.diff(self.idx)) + 1
+        return np.concatenate([[0], brk, [len(self.idx)]]).astype(np.int64)
+
+    def values_at(self, t: int, base_idx: np.ndarray, base_val: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """Weights at step t: (sorted idx, float64 value) of every weight touched or in base.
+
+        A run contributes its changes with step <= t from its last such reset on; the base
+        value counts only for runs with no reset up to t.
+        """
+        starts = self.run_starts()
+        n_runs = len(starts) - 1
+        if n_runs == 0:
+            return base_idx.copy(), base_val.copy()
+        mask = self.t <= t
+        rmask = mask & self.reset
+        # Resets at positions after p within p's run (masked resets only).
+        csum = np.cumsum(rmask, dtype=np.int64)
+        run_of = np.repeat(np.arange(n_runs), np.diff(starts))
+        run_last = csum[starts[1:] - 1]
+        after = run_last[run_of] - csum
+        use = mask & (after == 0)
+        contrib = np.where(use, self.d, 0.0)
+        sums = np.add.reduceat(contrib, starts[:-1])
+        touched = np.add.reduceat(mask.astype(np.int64), starts[:-1]) > 0
+        has_reset = (run_last - np.concatenate([[0], run_last[:-1]])) > 0
+        ridx = self.idx[starts[:-1]]
+        untouched_base = np.ones(len(base_idx), bool)
+        if len(base_idx):
+            pos = np.minimum(np.searchsorted(base_idx, ridx), len(base_idx) - 1)
+            in_base = base_idx[pos] == ridx
+            sums = sums + np.where(in_base & ~has_reset, base_val[pos], 0.0)
+            untouched_base[pos[in_base & touched]] = False
+        keep = touched
+        idx = np.concatenate([ridx[keep], base_idx[untouched_base]])
+        val = np.concatenate([sums[keep], base_val[untouched_base]])
+        order = np.argsort(idx, kind="stable")
+        return idx[order], val[order]
+
+
+@dataclass
+class Runs:
+    """Compact storage of :class:`Changes` (see the module docstring)."""
+
+    gaps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
+    t: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
+    d: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    resets: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.gaps, self.counts, self.t, self.d, self.resets))
+
+    def __len__(self) -> int:
+        return len(self.d)
+
+    @staticmethod
+    def encode(c: Changes) -> Runs:
+        starts = c.run_starts()
+        ridx = c.idx[starts[:-1]]
+        gaps = np.diff(ridx, prepend=0) if len(ridx) else ridx
+        return Runs(narrow(gaps), narrow(np.diff(starts)), narrow(c.t),
+                    c.d.astype(np.float32), np.flatnonzero(c.reset).astype(np.int64))
+
+    def decode(self) -> Changes:
+        ridx = np.cumsum(self.gaps, dtype=np.int64)
+        idx = np.repeat(ridx, self.counts.astype(np.int64))
+        reset = np.zeros(len(self.d), bool)
+        reset[self.resets] = True
+        return Changes(idx, self.t.astype(np.int64), self.d.astype(np.float64), reset)
+
+    def distinct(self) -> np.ndarray:
+        return np.cumsum(self.gaps, dtype=np.int64)
+
+
+def merge_groups(c: Changes, new_t: np.ndarray) -> Changes:
+    """Restamp changes to ``new_t`` (non-decreasing within each run) and merge the changes of
+    one weight that now share a step: a group with a reset becomes one reset (its last reset's
+    value plus the increments after it), otherwise one increment (the sum)."""
+    if not len(c):
+        return c
+    brk = np.ones(len(c), bool)
+    brk[1:] = (np.diff(c.idx) != 0) | (np.diff(new_t) != 0)
+    starts = np.flatnonzero(brk)
+    if len(starts) == len(c):
+        return Changes(c.idx, new_t.astype(np.int64), c.d, c.reset)
+    bounds = np.append(starts, len(c))
+    group_of = np.repeat(np.arange(len(starts)), np.diff(bounds))
+    csum = np.cumsum(c.reset, dtype=np.int64)
+    group_last = csum[bounds[1:] - 1]
+    after = group_last[group_of] - csum
+    value = np.add.reduceat(np.where(after == 0, c.d, 0.0), starts)
+    any_reset = np.add.reduceat(c.reset.astype(np.int64), starts) > 0
+    return Changes(c.idx[starts], new_t[starts].astype(np.int64), value, any_reset)

@@ -7,7 +7,7 @@ first time a write-path object (such as :class:`SparseAdapter`) is created.
 from ._errors import CorruptFileError, ForeignFileError, HyprVDBError, MissingExtensionError
 from ._history_file import HistoryRecoveryWarning
 from .adapter import SparseAdapter, enforce_sparsity, fuse_adapters
-from .temporal import CorrelatedPair, DeltaDetector, TemporalAdapter
+from .temporal import CorrelatedPair, DeltaDetector, TemporalAdapter, TemporalGroup
 
 __version__ = "0.1.0"
 
@@ -21,6 +21,7 @@ __all__ = [
     "MissingExtensionError",
     "SparseAdapter",
     "TemporalAdapter",
+    "TemporalGroup",
     "enforce_sparsity",
     "fuse_adapters",
     "__version__",

@@ -1,23 +1,28 @@
 """The history file: a header, then one checksummed record per commit, appended.
 
+One file holds the histories of one or more matrices (a :class:`TemporalGroup`; a lone
+:class:`TemporalAdapter` is a group of one) committed together: a step is one record for all
+of them, so its fixed costs are paid once per step, not once per matrix.
+
 Layout (little-endian)::
 
     header  b"HYPRVDBZ" | u16 version | u32 n | n bytes of JSON | u32 CRC32(JSON)
     record  b"ZR" | u8 kind | u32 n | u32 CRC32(kind byte + body) | n bytes of body
 
-Record kinds: 1 base, 2 slice, 3 fold (prune_history), 4 rollback. Loading replays them in
-order through the same code the live object ran, so the state after a load equals the state
-before the save.
+The JSON lists the members (name, shape, settings). Record kinds: 1 base, 2 step, 3 fold
+(prune_history), 4 rollback. Loading replays them in order through the same code the live
+objects ran, so the state after a load equals the state before the save.
 
-Slice body: i64 t | u32 n | u8 gap width | u32 resets | u32 z | z bytes of zlib holding the
-gaps between the sorted linear indices (row * cols + col), the float32 deltas split into
-four byte planes (sign and exponent bytes compress; random mantissas do not), and the reset
-positions as u32. Base body: i64 t | u32 n | u8 gap width | u32 z | zlib(gaps, float64
-values in eight byte planes).
+Step body: i64 t | u32 m | u8 gap width | u32 resets | raw deflate of: the m member numbers
+(u32), their change counts (u32), every member's gaps between its sorted linear indices
+(row * cols + col; the first gap counts from 0) split into byte planes, the float32 deltas
+split into four byte planes (sign and exponent bytes compress, random mantissas do not), and
+the reset positions (u32). Base body: u32 member | i64 t | u32 n | u8 gap width | raw
+deflate of the gap planes and the float64 values' eight byte planes.
 
-A commit is one ``write`` of a whole record followed by fsync, so a crash leaves at most a
-torn final record; loading keeps every record before the first one that is incomplete or
-fails its checksum.
+A commit is one ``write`` of a whole record, so a killed process leaves at most a torn final
+record; loading keeps every record before the first one that is incomplete or fails its
+checksum. With ``sync=True`` every record is also fsynced (durable across power loss).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from ._vdbfile import atomic_write
 MAGIC = b"HYPRVDBZ"
 VERSION = 1
 REC = b"ZR"
-KINDS = {1: "base", 2: "slice", 3: "fold", 4: "rollback"}
+KINDS = {1: "base", 2: "step", 3: "fold", 4: "rollback"}
 _KIND_CODE = {v: k for k, v in KINDS.items()}
 _REC_HEAD = struct.Struct("<2sBII")
 
@@ -47,13 +52,15 @@ class HistoryRecoveryWarning(UserWarning):
     """A history file had a torn or damaged tail; the steps before it were kept."""
 
 
-def _narrow_gaps(idx: np.ndarray) -> tuple[np.ndarray, int]:
-    gaps = np.diff(idx, prepend=0) if len(idx) else idx
+def _gap_width(gaps: np.ndarray) -> int:
     top = int(gaps.max()) if len(gaps) else 0
     for dt in (np.uint8, np.uint16, np.uint32, np.uint64):
         if top <= np.iinfo(dt).max:
-            return gaps.astype(dt), np.dtype(dt).itemsize
+            return np.dtype(dt).itemsize
     raise AssertionError("unreachable")
+
+
+_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
 def _planes(a: np.ndarray) -> bytes:
@@ -65,40 +72,75 @@ def _unplanes(b: bytes, n: int, dtype: Any) -> np.ndarray:
     return np.frombuffer(b, np.uint8).reshape(size, n).T.copy().view(dtype).ravel()
 
 
-def encode_slice(t: int, idx: np.ndarray, d32: np.ndarray, reset: np.ndarray) -> bytes:
-    gaps, width = _narrow_gaps(idx)
-    resets = np.flatnonzero(reset).astype(np.uint32)
-    z = zlib.compress(gaps.tobytes() + _planes(d32.astype(np.float32)) + resets.tobytes(), 6)
-    return struct.pack("<qIBII", t, len(idx), width, len(resets), len(z)) + z
+def _deflate(data: bytes) -> bytes:
+    c = zlib.compressobj(1, zlib.DEFLATED, -15)  # raw deflate: no zlib header or trailer
+    return c.compress(data) + c.flush()
 
 
-def decode_slice(body: bytes) -> tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    t, n, width, nres, zlen = struct.unpack_from("<qIBII", body)
-    raw = zlib.decompress(body[21:21 + zlen])
-    gdt = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[width]
-    if len(raw) != n * width + 4 * n + 4 * nres:
-        raise ValueError("slice payload has the wrong size")
-    idx = np.cumsum(np.frombuffer(raw, gdt, n), dtype=np.int64)
-    d = _unplanes(raw[n * width:n * width + 4 * n], n, np.float32)
+def _inflate(data: bytes) -> bytes:
+    d = zlib.decompressobj(-15)
+    out = d.decompress(data)
+    if not d.eof or d.unused_data:
+        raise ValueError("compressed payload is incomplete or has trailing bytes")
+    return out
+
+
+Slice = tuple[int, np.ndarray, np.ndarray, np.ndarray]  # member, idx, float32 d, reset
+
+
+def encode_step(t: int, slices: list[Slice]) -> bytes:
+    members = np.array([s[0] for s in slices], np.uint32)
+    counts = np.array([len(s[1]) for s in slices], np.uint32)
+    gaps = np.concatenate([np.diff(s[1], prepend=0) for s in slices]) if slices else \
+        np.zeros(0, np.int64)
+    width = _gap_width(gaps)
+    d = np.concatenate([s[2] for s in slices]).astype(np.float32) if slices else \
+        np.zeros(0, np.float32)
+    offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)[:-1]]) if slices else []
+    resets = np.concatenate([np.flatnonzero(s[3]) + o for s, o in zip(slices, offsets)]) \
+        if slices else np.zeros(0, np.int64)
+    z = _deflate(members.tobytes() + counts.tobytes() + _planes(gaps.astype(_UINT[width]))
+                 + _planes(d) + resets.astype(np.uint32).tobytes())
+    return struct.pack("<qIBI", t, len(slices), width, len(resets)) + z
+
+
+def decode_step(body: bytes) -> tuple[int, list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]]:
+    t, m, width, nres = struct.unpack_from("<qIBI", body)
+    raw = _inflate(body[17:])
+    members = np.frombuffer(raw, np.uint32, m, 0)
+    counts = np.frombuffer(raw, np.uint32, m, 4 * m).astype(np.int64)
+    n = int(counts.sum())
+    if width not in _UINT or len(raw) != 8 * m + n * width + 4 * n + 4 * nres:
+        raise ValueError("step payload has the wrong size")
+    at = 8 * m
+    gaps = _unplanes(raw[at:at + n * width], n, _UINT[width]).astype(np.int64)
+    at += n * width
+    d = _unplanes(raw[at:at + 4 * n], n, np.float32).astype(np.float64)
     reset = np.zeros(n, bool)
-    reset[np.frombuffer(raw, np.uint32, nres, n * width + 4 * n)] = True
-    return t, (idx, d.astype(np.float64), reset)
+    reset[np.frombuffer(raw, np.uint32, nres, at + 4 * n)] = True
+    out = []
+    start = 0
+    for member, c in zip(members.tolist(), counts.tolist()):
+        sl = slice(start, start + c)
+        out.append((member, np.cumsum(gaps[sl]), d[sl], reset[sl]))
+        start += c
+    return t, out
 
 
-def encode_base(t: int, idx: np.ndarray, val: np.ndarray) -> bytes:
-    gaps, width = _narrow_gaps(idx)
-    z = zlib.compress(gaps.tobytes() + _planes(val.astype(np.float64)), 6)
-    return struct.pack("<qIBI", t, len(idx), width, len(z)) + z
+def encode_base(member: int, t: int, idx: np.ndarray, val: np.ndarray) -> bytes:
+    gaps = np.diff(idx, prepend=0) if len(idx) else idx
+    width = _gap_width(gaps)
+    z = _deflate(_planes(gaps.astype(_UINT[width])) + _planes(val.astype(np.float64)))
+    return struct.pack("<IqIB", member, t, len(idx), width) + z
 
 
-def decode_base(body: bytes) -> tuple[int, tuple[np.ndarray, np.ndarray]]:
-    t, n, width, zlen = struct.unpack_from("<qIBI", body)
-    raw = zlib.decompress(body[17:17 + zlen])
-    gdt = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[width]
-    if len(raw) != n * width + 8 * n:
+def decode_base(body: bytes) -> tuple[int, tuple[int, np.ndarray, np.ndarray]]:
+    member, t, n, width = struct.unpack_from("<IqIB", body)
+    raw = _inflate(body[17:])
+    if width not in _UINT or len(raw) != n * width + 8 * n:
         raise ValueError("base payload has the wrong size")
-    idx = np.cumsum(np.frombuffer(raw, gdt, n), dtype=np.int64)
-    return t, (idx, _unplanes(raw[n * width:], n, np.float64))
+    idx = np.cumsum(_unplanes(raw[:n * width], n, _UINT[width]).astype(np.int64))
+    return t, (member, idx, _unplanes(raw[n * width:], n, np.float64))
 
 
 def _record(kind: str, body: bytes) -> bytes:
@@ -123,15 +165,16 @@ class HistoryFile:
         self._f: BinaryIO | None = None
 
     @classmethod
-    def create(cls, path: str | os.PathLike, header: dict[str, Any], base_step: int,
-               base_idx: np.ndarray, base_val: np.ndarray,
-               slices: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]],
-               *, sync: bool = True) -> HistoryFile:
+    def create(cls, path: str | os.PathLike, header: dict[str, Any],
+               bases: list[tuple[int, int, np.ndarray, np.ndarray]],
+               steps: list[tuple[int, list[Slice]]], *, sync: bool = False) -> HistoryFile:
+        """Write a whole history atomically: ``bases`` as (member, t, idx, val), then
+        ``steps`` as (t, slices)."""
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-        parts = [_header_bytes(header), _record("base", encode_base(base_step, base_idx,
-                                                                    base_val))]
-        parts += [_record("slice", encode_slice(*s)) for s in slices]
+        parts = [_header_bytes(header)]
+        parts += [_record("base", encode_base(*b)) for b in bases]
+        parts += [_record("step", encode_step(t, sl)) for t, sl in steps]
         data = b"".join(parts)
 
         def write(tmp: str) -> None:
@@ -142,7 +185,7 @@ class HistoryFile:
         return cls(os.fspath(path), len(data), sync)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, strict: bool = False, sync: bool = True
+    def open(cls, path: str | os.PathLike, *, strict: bool = False, sync: bool = False
              ) -> tuple[dict[str, Any], list[tuple[str, int, Any]], HistoryFile]:
         path = os.fspath(path)
         data = Path(path).read_bytes()
@@ -185,8 +228,8 @@ class HistoryFile:
                 break
             kind = KINDS[code]
             try:
-                if kind == "slice":
-                    t, payload = decode_slice(body)
+                if kind == "step":
+                    t, payload = decode_step(body)
                 elif kind == "base":
                     t, payload = decode_base(body)
                 else:
@@ -196,11 +239,10 @@ class HistoryFile:
                 break
             records.append((kind, t, payload))
             pos += _REC_HEAD.size + size
-        if not records or records[0][0] != "base":
-            raise CorruptFileError(f"{shown} has no readable base record"
-                                   + (f": {damage}" if damage else ""))
+        if damage and not records:
+            raise CorruptFileError(f"{shown}: {damage}, before any complete record")
         if damage:
-            steps = [t for k, t, _ in records if k == "slice"]
+            steps = [t for k, t, _ in records if k == "step"]
             last = steps[-1] if steps else records[0][1]
             msg = (f"{shown} ends with {damage}; kept every record before it "
                    f"(newest step {last}), dropped {len(data) - pos} bytes")
@@ -221,11 +263,11 @@ class HistoryFile:
             os.fsync(self._f.fileno())
         self._end += len(record)
 
-    def append_base(self, t: int, idx: np.ndarray, val: np.ndarray) -> None:
-        self._append(_record("base", encode_base(t, idx, val)))
+    def append_base(self, member: int, t: int, idx: np.ndarray, val: np.ndarray) -> None:
+        self._append(_record("base", encode_base(member, t, idx, val)))
 
-    def append_slice(self, t: int, idx: np.ndarray, d32: np.ndarray, reset: np.ndarray) -> None:
-        self._append(_record("slice", encode_slice(t, idx, d32, reset)))
+    def append_step(self, t: int, slices: list[Slice]) -> None:
+        self._append(_record("step", encode_step(t, slices)))
 
     def append_fold(self, cut: int) -> None:
         self._append(_record("fold", struct.pack("<q", cut)))

@@ -72,42 +72,6 @@ class Changes:
         brk = np.flatnonzero(np.diff(self.idx)) + 1
         return np.concatenate([[0], brk, [len(self.idx)]]).astype(np.int64)
 
-    def values_at(self, t: int, base_idx: np.ndarray, base_val: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray]:
-        """Weights at step t: (sorted idx, float64 value) of every weight touched or in base.
-
-        A run contributes its changes with step <= t from its last such reset on; the base
-        value counts only for runs with no reset up to t.
-        """
-        starts = self.run_starts()
-        n_runs = len(starts) - 1
-        if n_runs == 0:
-            return base_idx.copy(), base_val.copy()
-        mask = self.t <= t
-        rmask = mask & self.reset
-        # Resets at positions after p within p's run (masked resets only).
-        csum = np.cumsum(rmask, dtype=np.int64)
-        run_of = np.repeat(np.arange(n_runs), np.diff(starts))
-        run_last = csum[starts[1:] - 1]
-        after = run_last[run_of] - csum
-        use = mask & (after == 0)
-        contrib = np.where(use, self.d, 0.0)
-        sums = np.add.reduceat(contrib, starts[:-1])
-        touched = np.add.reduceat(mask.astype(np.int64), starts[:-1]) > 0
-        has_reset = (run_last - np.concatenate([[0], run_last[:-1]])) > 0
-        ridx = self.idx[starts[:-1]]
-        untouched_base = np.ones(len(base_idx), bool)
-        if len(base_idx):
-            pos = np.minimum(np.searchsorted(base_idx, ridx), len(base_idx) - 1)
-            in_base = base_idx[pos] == ridx
-            sums = sums + np.where(in_base & ~has_reset, base_val[pos], 0.0)
-            untouched_base[pos[in_base & touched]] = False
-        keep = touched
-        idx = np.concatenate([ridx[keep], base_idx[untouched_base]])
-        val = np.concatenate([sums[keep], base_val[untouched_base]])
-        order = np.argsort(idx, kind="stable")
-        return idx[order], val[order]
-
 
 @dataclass
 class Runs:

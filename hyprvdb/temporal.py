@@ -21,10 +21,13 @@ import numpy as np
 
 from . import _validate as V
 from ._history_file import HistoryFile
+from ._native import core as _core_module
 from ._zruns import Changes, Runs, merge_groups
 from .adapter import SparseAdapter
 
-__all__ = ["TemporalAdapter", "DeltaDetector", "CorrelatedPair"]
+__all__ = ["TemporalAdapter", "TemporalGroup", "DeltaDetector", "CorrelatedPair"]
+
+_MAX_STEP = 2**31 - 1  # steps travel as int32 to the kernels
 
 
 class CorrelatedPair(NamedTuple):
@@ -102,6 +105,10 @@ class TemporalAdapter:
         self._steps: list[int] = [0]
         self._open: SparseAdapter | None = None
         self._file: HistoryFile | None = None
+        self._group: TemporalGroup | None = None
+        self._member = 0
+        self._phase = 0  # compaction phase: members of a group compact on different commits
+        self._commits = 0
 
     # ---------------------------------------------------------------- description
     @property
@@ -126,7 +133,8 @@ class TemporalAdapter:
     @property
     def path(self) -> str | None:
         """The history file commits are appended to, if any."""
-        return self._file.path if self._file else None
+        f = self._group._file if self._group else self._file
+        return f.path if f else None
 
     def change_count(self) -> int:
         """Number of stored changes (entries of all slices after the base)."""
@@ -171,8 +179,9 @@ class TemporalAdapter:
         idx, val, _ = self._slice_arrays(rows, cols, values, "values")
         keep = val != 0
         self._base_idx, self._base_val = idx[keep], val[keep]
-        if self._file:
-            self._file.append_base(self.base_step, self._base_idx, self._base_val)
+        f = self._group._file if self._group else self._file
+        if f:
+            f.append_base(self._member, self.base_step, self._base_idx, self._base_val)
 
     def store_delta(self, t: int, rows: Any, cols: Any = None, deltas: Any = None, *,
                     reset: Any = None) -> int:
@@ -189,11 +198,12 @@ class TemporalAdapter:
             rows, cols, deltas = _unzip_mapping(rows)
         elif cols is None or deltas is None:
             raise TypeError("store_delta needs rows, cols and deltas, or a mapping")
+        self._standalone("store_delta")
         t = self._check_new_step(t)
         if self._open is not None and self._open.active_count():
             raise ValueError("the open step holds accumulated changes: commit() them first")
         idx, d, rs = self._slice_arrays(rows, cols, deltas, "deltas", reset=reset)
-        self._append_slice(t, idx, d, rs)
+        self._log_and_append(t, idx, d, rs)
         return t
 
     def accumulate(self, rows: Any, cols: Any, grads: Any) -> None:
@@ -204,15 +214,9 @@ class TemporalAdapter:
 
     def commit(self, t: int | None = None) -> int:
         """Close the open step as slice ``t`` (default: latest + 1) and return ``t``."""
+        self._standalone("commit")
         t = self.latest + 1 if t is None else self._check_new_step(t)
-        if self._open is not None:
-            r, c, v = self._open.active_weights()
-            self._open = None
-        else:
-            r = c = np.zeros(0, np.int64)
-            v = np.zeros(0, np.float32)
-        idx = r * self._cols + c
-        self._append_slice(t, idx, v.astype(np.float64), np.zeros(len(idx), bool))
+        self._log_and_append(t, *self._take_open())
         return t
 
     def discard_open(self) -> None:
@@ -353,6 +357,7 @@ class TemporalAdapter:
     def rollback(self, t: int) -> int:
         """Make the weights at ``t`` current: every later slice is discarded (not kept on a
         branch; save the history first to keep it). Returns the step rolled back to."""
+        self._standalone("rollback")
         if self._open is not None and self._open.active_count():
             raise ValueError("the open step holds accumulated changes: commit() or "
                              "discard_open() them before rollback")
@@ -369,6 +374,7 @@ class TemporalAdapter:
             raise TypeError(f"keep_last must be an int, got {type(keep_last).__name__}")
         if keep_last < 0:
             raise ValueError(f"keep_last must be >= 0, got {keep_last}")
+        self._standalone("prune_history")
         n = len(self._steps) - 1
         if keep_last >= n:
             return self.base_step
@@ -379,38 +385,40 @@ class TemporalAdapter:
         return cut
 
     # ---------------------------------------------------------------- files
-    def save(self, path: str | os.PathLike, *, sync: bool = True) -> None:
+    def save(self, path: str | os.PathLike, *, sync: bool = False) -> None:
         """Write the whole history to ``path`` (atomically) and append every later commit to
-        it. Records are checksummed; a crash mid-commit loses at most that commit. With
-        ``sync`` each append is flushed to disk (fsync) before the commit returns."""
+        it, one checksummed record per commit.
+
+        A commit is safe against a killed process as soon as it returns (its record is
+        written in one ``write``); with ``sync=True`` it is also fsynced, which makes it
+        durable across power loss at the price of a disk flush per commit.
+        """
+        self._standalone("save")
         if self._file:
             self._file.close()
-        self._file = HistoryFile.create(path, self._header(), self.base_step, self._base_idx,
-                                        self._base_val, self._slices(), sync=sync)
+        self._file = HistoryFile.create(
+            path, {"members": [self._settings()]},
+            [(0, self.base_step, self._base_idx, self._base_val)],
+            [(t, [(0, idx, d, r)]) for t, idx, d, r in self._slices()], sync=sync)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, strict: bool = False,
-             sync: bool = True) -> TemporalAdapter:
+             sync: bool = False) -> TemporalAdapter:
         """Open a history written by :meth:`save`; later commits append to it.
 
-        A damaged or torn tail (a crash mid-commit) is dropped with a warning, keeping every
-        step before it; ``strict=True`` raises :class:`CorruptFileError` instead.
+        A damaged or torn tail (a crash mid-commit) is dropped with a
+        :class:`HistoryRecoveryWarning`, keeping every step before it; ``strict=True`` raises
+        :class:`CorruptFileError` instead. Files of a :class:`TemporalGroup` with more than one
+        matrix are read with :meth:`TemporalGroup.load`.
         """
         header, records, file = HistoryFile.open(path, strict=strict, sync=sync)
-        h = cls(header["rows"], header["cols"], max_history=header["max_history"],
-                tiers=header["tiers"], compact_every=header["compact_every"],
-                name=header["name"])
-        for kind, t, payload in records:
-            if kind == "base":
-                h._steps = [t]
-                h._base_idx, h._base_val = payload
-            elif kind == "slice":
-                idx, d, reset = payload
-                h._append_slice(t, idx, d, reset)
-            elif kind == "fold":
-                h._fold(t)
-            elif kind == "rollback":
-                h._rollback(t)
+        members = _members_of(header, path)
+        if len(members) != 1:
+            file.close()
+            raise ValueError(f"{os.fspath(path)!r} holds the histories of {len(members)} "
+                             "matrices: open it with TemporalGroup.load")
+        h = _from_settings(members[0])
+        _replay([h], records)
         h._file = file
         return h
 
@@ -421,13 +429,37 @@ class TemporalAdapter:
         self._file = None
 
     # ---------------------------------------------------------------- internals
-    def _header(self) -> dict[str, Any]:
+    def _settings(self) -> dict[str, Any]:
         return {"rows": self._rows, "cols": self._cols, "name": self.name,
                 "max_history": self._max_history, "compact_every": self._compact_every,
                 "tiers": [list(t) for t in self._tiers] if self._tiers else None}
 
+    def _standalone(self, what: str) -> None:
+        if self._group is not None:
+            raise ValueError(f"{self.name!r} belongs to a TemporalGroup: call {what} on the "
+                             "group, which commits all its matrices together")
+
+    def _take_open(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The open step's changes (sorted linear indices, float64 values, no resets)."""
+        if self._open is not None:
+            r, c, v = self._open.active_weights()
+            self._open = None
+        else:
+            r = c = np.zeros(0, np.int64)
+            v = np.zeros(0, np.float32)
+        idx = r * self._cols + c
+        return idx, v.astype(np.float64), np.zeros(len(idx), bool)
+
+    def _log_and_append(self, t: int, idx: np.ndarray, d: np.ndarray,
+                        reset: np.ndarray) -> None:
+        if self._file:
+            self._file.append_step(t, [(0, idx, d.astype(np.float32), reset)])
+        self._append_slice(t, idx, d, reset)
+
     def _check_new_step(self, t: Any) -> int:
         t = _int("t", t)
+        if t > _MAX_STEP:
+            raise ValueError(f"t = {t} is too large (steps are limited to {_MAX_STEP})")
         if t <= self.latest:
             raise ValueError(f"t = {t} is out of order: steps must increase and the newest "
                              f"committed step is {self.latest}")
@@ -458,13 +490,13 @@ class TemporalAdapter:
         return merged.idx, merged.d, merged.reset
 
     def _append_slice(self, t: int, idx: np.ndarray, d: np.ndarray, reset: np.ndarray) -> None:
-        d32 = d.astype(np.float32)
-        if self._file:
-            self._file.append_slice(t, idx, d32, reset)
-        self._tail.append(Changes(idx, np.full(len(idx), t, np.int64), d32.astype(np.float64),
-                                  reset))
+        d = d.astype(np.float32).astype(np.float64)  # what is stored is float32
+        self._tail.append(Changes(idx, np.full(len(idx), t, np.int64), d, reset))
         self._steps.append(t)
-        if len(self._tail) >= self._compact_every:
+        self._commits += 1
+        ce = self._compact_every
+        if len(self._tail) >= 2 * ce or (
+                len(self._tail) >= ce and (self._commits + self._phase) % ce == 0):
             self._compact()
         if self._max_history is not None and len(self._steps) - 1 > self._max_history:
             self._fold(self._steps[len(self._steps) - 1 - self._max_history])
@@ -496,11 +528,23 @@ class TemporalAdapter:
         return out
 
     def _values_at(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        return self._changes().values_at(step, self._base_idx, self._base_val)
+        """(sorted linear index, float64 value) of every weight in the base or changed up to
+        ``step``: one merge pass in C++ over base, Z-runs and tail."""
+        runs = self._runs
+        reset = np.zeros(len(runs.d), np.uint8)
+        reset[runs.resets] = 1
+        if self._tail:
+            tail = Changes.concat(self._tail)
+        else:
+            tail = Changes.empty()
+        return _core_module().zruns_state(
+            self._base_idx, self._base_val, runs.gaps.astype(np.int64),
+            runs.counts.astype(np.int64), runs.t.astype(np.int32), runs.d, reset,
+            tail.idx, tail.t.astype(np.int32), tail.d, tail.reset.astype(np.uint8), step)
 
     def _fold(self, cut: int) -> None:
         c = self._changes()
-        bi, bv = c.values_at(cut, self._base_idx, self._base_val)
+        bi, bv = self._values_at(cut)
         keep = bv != 0
         self._base_idx, self._base_val = bi[keep], bv[keep]
         self._runs = Runs.encode(c.take(c.t > cut))
@@ -545,9 +589,269 @@ class TemporalAdapter:
     def _adapter(self, idx: np.ndarray, val: np.ndarray) -> SparseAdapter:
         v32 = val.astype(np.float32)
         nz = v32 != 0
+        idx = idx[nz]
         out = SparseAdapter(self._rows, self._cols, name=self.name)
-        out.batch_update(idx[nz] // self._cols, idx[nz] % self._cols, v32[nz])
+        out._c.set(idx // self._cols, idx % self._cols, v32[nz], False)
         return out
+
+
+class TemporalGroup:
+    """The histories of several matrices (say, every adapted layer of a model), committed
+    together: one step is one record in one file, and all members share their steps.
+
+    Parameters
+    ----------
+    shapes : mapping of name to (rows, cols)
+        The members, in order.
+    max_history, tiers, compact_every
+        As for :class:`TemporalAdapter`, applied to every member. Without tiers, members
+        compact their write tails on different commits so that no single commit pays for all.
+
+    Examples
+    --------
+    >>> import hyprvdb
+    >>> g = hyprvdb.TemporalGroup({"q": (4, 4), "v": (4, 8)})
+    >>> g["v"].store_base(rows=[0], cols=[7], values=[1.0])
+    >>> g.store_deltas(1, {"q": ([1], [1], [0.5])})
+    1
+    >>> g.accumulate("v", [0], [7], [0.25]); g.commit()
+    2
+    >>> {k: a.active_count() for k, a in g.weights_at_time(2).items()}
+    {'q': 1, 'v': 1}
+    """
+
+    def __init__(self, shapes: Mapping[str, tuple[int, int]], *,
+                 max_history: int | None = None,
+                 tiers: Sequence[tuple[int | None, int]] | None = None,
+                 compact_every: int = 16) -> None:
+        if not isinstance(shapes, Mapping) or not shapes:
+            raise ValueError(f"shapes must be a non-empty mapping of name to (rows, cols), "
+                             f"got {shapes!r}")
+        self._members: dict[str, TemporalAdapter] = {}
+        for i, (name, shape) in enumerate(shapes.items()):
+            try:
+                rows, cols = shape
+            except (TypeError, ValueError):
+                raise TypeError(f"shapes[{name!r}] must be (rows, cols), got {shape!r}") from None
+            h = TemporalAdapter(rows, cols, max_history=max_history, tiers=tiers,
+                                compact_every=compact_every, name=name)
+            self._adopt(h, i)
+        self._file: HistoryFile | None = None
+
+    def _adopt(self, h: TemporalAdapter, i: int) -> None:
+        h._group, h._member = self, i
+        # Tiers restamp steps when a member compacts, so then all members compact together.
+        h._phase = 0 if h._tiers else i % h._compact_every
+        self._members[h.name] = h
+
+    # ---------------------------------------------------------------- members
+    def __getitem__(self, name: str) -> TemporalAdapter:
+        try:
+            return self._members[name]
+        except KeyError:
+            raise KeyError(f"no member {name!r}; members: {list(self._members)}") from None
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self._members)
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def items(self):  # noqa: ANN201
+        return self._members.items()
+
+    def __repr__(self) -> str:
+        return (f"TemporalGroup({len(self)} matrices, steps {self.base_step}..{self.latest}, "
+                f"changes={self.change_count()})")
+
+    @property
+    def _first(self) -> TemporalAdapter:
+        return next(iter(self._members.values()))
+
+    @property
+    def steps(self) -> list[int]:
+        return self._first.steps
+
+    @property
+    def latest(self) -> int:
+        return self._first.latest
+
+    @property
+    def base_step(self) -> int:
+        return self._first.base_step
+
+    @property
+    def path(self) -> str | None:
+        return self._file.path if self._file else None
+
+    def change_count(self) -> int:
+        return sum(h.change_count() for h in self._members.values())
+
+    def memory_usage(self) -> int:
+        return sum(h.memory_usage() for h in self._members.values())
+
+    def history_bytes(self) -> int:
+        return sum(h.history_bytes() for h in self._members.values())
+
+    # ---------------------------------------------------------------- writes
+    def store_deltas(self, t: int, deltas: Mapping[str, Any]) -> int:
+        """Commit step ``t`` for every member: ``deltas[name]`` is ``(rows, cols, values)``
+        or ``(rows, cols, values, reset)``; members left out get an empty slice. Everything
+        is checked before anything is stored."""
+        if not isinstance(deltas, Mapping):
+            raise TypeError(f"deltas must be a mapping of member name to (rows, cols, values), "
+                            f"got {type(deltas).__name__}")
+        t = self._first._check_new_step(t)
+        unknown = [k for k in deltas if k not in self._members]
+        if unknown:
+            raise KeyError(f"no member {unknown[0]!r}; members: {list(self._members)}")
+        staged = {}
+        for name, h in self._members.items():
+            if h._open is not None and h._open.active_count():
+                raise ValueError(f"member {name!r} holds accumulated changes: commit() first")
+            if name in deltas:
+                item = deltas[name]
+                if not isinstance(item, (tuple, list)) or len(item) not in (3, 4):
+                    raise TypeError(f"deltas[{name!r}] must be (rows, cols, values[, reset]), "
+                                    f"got {type(item).__name__}")
+                staged[name] = h._slice_arrays(*item[:3], "values",
+                                               reset=item[3] if len(item) == 4 else None)
+        self._commit_all(t, staged)
+        return t
+
+    def accumulate(self, name: str, rows: Any, cols: Any, grads: Any) -> None:
+        """Add contributions into member ``name``'s open step."""
+        self[name].accumulate(rows, cols, grads)
+
+    def commit(self, t: int | None = None) -> int:
+        """Close every member's open step as step ``t`` (default latest + 1); returns t."""
+        t = self.latest + 1 if t is None else self._first._check_new_step(t)
+        self._commit_all(t, {name: h._take_open() for name, h in self._members.items()})
+        return t
+
+    def _commit_all(self, t: int, staged: Mapping[str, tuple]) -> None:
+        empty = (np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(0, bool))
+        slices = [(name, h, staged.get(name, empty)) for name, h in self._members.items()]
+        if self._file:
+            self._file.append_step(t, [(h._member, idx, d.astype(np.float32), r)
+                                       for _, h, (idx, d, r) in slices if len(idx)])
+        for _, h, (idx, d, r) in slices:
+            h._append_slice(t, idx, d, r)
+
+    # ---------------------------------------------------------------- queries and surgery
+    def weights_at_time(self, t: int) -> dict[str, SparseAdapter]:
+        """Every member's weights at step ``t``."""
+        return {name: h.weights_at_time(t) for name, h in self._members.items()}
+
+    def rollback(self, t: int) -> int:
+        """Roll every member back to step ``t``; later steps are discarded."""
+        for name, h in self._members.items():
+            if h._open is not None and h._open.active_count():
+                raise ValueError(f"member {name!r} holds accumulated changes: commit() or "
+                                 "discard_open() them before rollback")
+        step = self._first.resolve(t)
+        for h in self._members.values():
+            h._rollback(step)
+        if self._file:
+            self._file.append_rollback(step)
+        return step
+
+    def prune_history(self, keep_last: int) -> int:
+        """Fold all but the newest ``keep_last`` steps of every member into its base."""
+        if isinstance(keep_last, (bool, np.bool_)) or not isinstance(keep_last, (int, np.integer)):
+            raise TypeError(f"keep_last must be an int, got {type(keep_last).__name__}")
+        if keep_last < 0:
+            raise ValueError(f"keep_last must be >= 0, got {keep_last}")
+        steps = self.steps
+        if keep_last >= len(steps) - 1:
+            return self.base_step
+        cut = steps[len(steps) - 1 - keep_last]
+        for h in self._members.values():
+            h._fold(cut)
+        if self._file:
+            self._file.append_fold(cut)
+        return cut
+
+    # ---------------------------------------------------------------- files
+    def save(self, path: str | os.PathLike, *, sync: bool = False) -> None:
+        """Write every member's history to one file and append later commits to it (see
+        :meth:`TemporalAdapter.save` for what ``sync`` buys)."""
+        if self._file:
+            self._file.close()
+        members = list(self._members.values())
+        per_member = [h._slices() for h in members]
+        steps = []
+        for k, t in enumerate(self.steps[1:]):
+            steps.append((t, [(i, idx, d, r) for i, sl in enumerate(per_member)
+                              for (_, idx, d, r) in [sl[k]] if len(idx)]))
+        self._file = HistoryFile.create(
+            path, {"members": [h._settings() for h in members]},
+            [(i, h.base_step, h._base_idx, h._base_val) for i, h in enumerate(members)],
+            steps, sync=sync)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, strict: bool = False,
+             sync: bool = False) -> TemporalGroup:
+        """Open a history file of one or more matrices; later commits append to it."""
+        header, records, file = HistoryFile.open(path, strict=strict, sync=sync)
+        g = cls.__new__(cls)
+        g._members = {}
+        for i, m in enumerate(_members_of(header, path)):
+            g._adopt(_from_settings(m), i)
+        g._file = None
+        _replay(list(g._members.values()), records)
+        g._file = file
+        return g
+
+    def close(self) -> None:
+        """Stop appending commits to the file."""
+        if self._file:
+            self._file.close()
+        self._file = None
+
+
+def _members_of(header: dict[str, Any], path: Any) -> list[dict[str, Any]]:
+    members = header.get("members")
+    if not isinstance(members, list) or not members:
+        from ._errors import CorruptFileError
+        raise CorruptFileError(f"{os.fspath(path)!r}: the header lists no matrices")
+    return members
+
+
+def _from_settings(m: dict[str, Any]) -> TemporalAdapter:
+    return TemporalAdapter(m["rows"], m["cols"], max_history=m["max_history"],
+                           tiers=m["tiers"], compact_every=m["compact_every"], name=m["name"])
+
+
+def _replay(members: list[TemporalAdapter], records: list[tuple[str, int, Any]]) -> None:
+    """Re-run a file's records through the same code that produced them."""
+    n = len(members)
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(0, bool))
+    for kind, t, payload in records:
+        if kind == "base":
+            member, idx, val = payload
+            if not 0 <= member < n:
+                from ._errors import CorruptFileError
+                raise CorruptFileError(f"a base record names matrix {member}, the file has {n}")
+            h = members[member]
+            h._steps = [t]
+            h._base_idx, h._base_val = idx, val
+        elif kind == "step":
+            got = {}
+            for member, idx, d, reset in payload:
+                if not 0 <= member < n:
+                    from ._errors import CorruptFileError
+                    raise CorruptFileError(f"a step record names matrix {member}, the file "
+                                           f"has {n}")
+                got[member] = (idx, d, reset)
+            for i, h in enumerate(members):
+                h._append_slice(t, *got.get(i, empty))
+        elif kind == "fold":
+            for h in members:
+                h._fold(t)
+        elif kind == "rollback":
+            for h in members:
+                h._rollback(t)
 
 
 class DeltaDetector:

@@ -167,24 +167,31 @@ openvdb::Coord AdapterCore::leaf_origin(uint64_t id) const {
 
 void AdapterCore::group(const int64_t* r, const int64_t* c, size_t n, LeafGroups& g) const {
     if (n >= (size_t(1) << 32)) throw BadValue("batches are limited to 2**32 - 1 entries");
-    std::vector<uint64_t> keys(n);
-    g.cell_offset.resize(n);
-    const bool tiled = cell_size() > 1;
-    if (tiled) g.inner.resize(n);
-    const uint64_t zmask = (uint64_t(1) << zbits_) - 1;
+    // Validate first, so that the hot loop below has no branch that throws.
     for (size_t i = 0; i < n; ++i) {
-        const int64_t ri = r[i], ci = c[i];
-        if (ri < 0 || ri >= rows_) throw OutOfRange(coord_error("rows", i, ri, rows_));
-        if (ci < 0 || ci >= cols_) throw OutOfRange(coord_error("cols", i, ci, cols_));
-        const uint64_t R = uint64_t(tiled ? ri / bh_ : ri);
-        const uint64_t C = uint64_t(tiled ? ci / bw_ : ci);
-        const uint64_t y = C >> zbits_, z = C & zmask;
-        keys[i] = ((R >> kLeafLog2) * leaves_y_ + (y >> kLeafLog2)) * leaves_z_ + (z >> kLeafLog2);
-        g.cell_offset[i] = uint16_t(((R & (kLeafDim - 1)) << (2 * kLeafLog2)) |
-                                    ((y & (kLeafDim - 1)) << kLeafLog2) | (z & (kLeafDim - 1)));
-        if (tiled) g.inner[i] = uint32_t((ri % bh_) * bw_ + (ci % bw_));
+        if (r[i] < 0 || r[i] >= rows_) throw OutOfRange(coord_error("rows", i, r[i], rows_));
+        if (c[i] < 0 || c[i] >= cols_) throw OutOfRange(coord_error("cols", i, c[i], cols_));
     }
-    g.order.resize(n);
+    std::unique_ptr<uint64_t[]> keys(new uint64_t[n]);
+    g.cell_offset.reset(new uint16_t[n]);
+    const bool tiled = cell_size() > 1;
+    if (tiled) g.inner.reset(new uint32_t[n]);
+    const uint64_t zmask = (uint64_t(1) << zbits_) - 1;
+    const int zb = zbits_;
+    const uint64_t ly = leaves_y_, lz = leaves_z_;
+    const int64_t bh = bh_, bw = bw_;
+    tbb::parallel_for(tbb::blocked_range<size_t>(0, n, 1 << 16), [&](const auto& range) {
+        for (size_t i = range.begin(); i != range.end(); ++i) {
+            const uint64_t R = uint64_t(tiled ? r[i] / bh : r[i]);
+            const uint64_t C = uint64_t(tiled ? c[i] / bw : c[i]);
+            const uint64_t y = C >> zb, z = C & zmask;
+            keys[i] = ((R >> kLeafLog2) * ly + (y >> kLeafLog2)) * lz + (z >> kLeafLog2);
+            g.cell_offset[i] = uint16_t(((R & (kLeafDim - 1)) << (2 * kLeafLog2)) |
+                                        ((y & (kLeafDim - 1)) << kLeafLog2) | (z & (kLeafDim - 1)));
+            if (tiled) g.inner[i] = uint32_t((r[i] % bh) * bw + (c[i] % bw));
+        }
+    });
+    g.order.reset(new uint32_t[n]);
     g.leaf_ids.clear();
     g.group_start.clear();
     const uint64_t slots = leaves_x_ * leaves_y_ * leaves_z_;
@@ -201,8 +208,8 @@ void AdapterCore::group(const int64_t* r, const int64_t* c, size_t n, LeafGroups
         }
         for (size_t i = 0; i < n; ++i) g.order[count[keys[i]]++] = uint32_t(i);
     } else {
-        std::iota(g.order.begin(), g.order.end(), 0u);
-        std::stable_sort(g.order.begin(), g.order.end(),
+        std::iota(g.order.get(), g.order.get() + n, 0u);
+        std::stable_sort(g.order.get(), g.order.get() + n,
                          [&](uint32_t a, uint32_t b) { return keys[a] < keys[b]; });
         for (size_t k = 0; k < n; ++k) {
             if (k == 0 || keys[g.order[k]] != keys[g.order[k - 1]]) {

@@ -17,6 +17,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <shared_mutex>
 #include <stdexcept>
 #include <string>
@@ -52,12 +53,13 @@ struct ValueBlock {
 };
 
 // Entries of one batch, validated and grouped by the leaf they fall in.
+// Per-entry arrays are left uninitialized (every slot is written before it is read).
 struct LeafGroups {
-    std::vector<uint32_t> order;        // entry indices, grouped by leaf, input order kept
-    std::vector<uint64_t> leaf_ids;     // one per group
-    std::vector<uint32_t> group_start;  // groups + 1 offsets into order
-    std::vector<uint16_t> cell_offset;  // per entry: cell offset inside its leaf
-    std::vector<uint32_t> inner;        // per entry: index inside its cell (tile mode)
+    std::unique_ptr<uint32_t[]> order;        // entry indices, grouped by leaf, input order kept
+    std::vector<uint64_t> leaf_ids;           // one per group
+    std::vector<uint32_t> group_start;        // groups + 1 offsets into order
+    std::unique_ptr<uint16_t[]> cell_offset;  // per entry: cell offset inside its leaf
+    std::unique_ptr<uint32_t[]> inner;        // per entry: index inside its cell (tile mode)
     size_t groups() const { return leaf_ids.size(); }
 };
 

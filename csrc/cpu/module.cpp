@@ -1,0 +1,229 @@
+// The read path's CPU kernels: the per-thread functions of kernels/*.cuh compiled by g++ and
+// run over rows with OpenMP. Links no OpenVDB, so serving machines can load it.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "../../kernels/sparse_ops.cuh"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace {
+
+template <typename T>
+using In1 = nb::ndarray<const T, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+template <typename T>
+using In2 = nb::ndarray<const T, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+template <typename T>
+using Out2 = nb::ndarray<T, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+template <typename T>
+using Out1 = nb::ndarray<T, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+
+struct Csr {
+    const int* indptr;
+    const int* indices;
+    const float* data;
+    int rows;
+};
+
+Csr csr_of(In1<int32_t> indptr, In1<int32_t> indices, In1<float> data) {
+    if (indptr.shape(0) < 1) throw nb::value_error("indptr must hold rows + 1 entries");
+    if (indices.shape(0) != data.shape(0))
+        throw nb::value_error("indices and data must have the same length");
+    return Csr{indptr.data(), indices.data(), data.data(), int(indptr.shape(0) - 1)};
+}
+
+// dtype code: 0 float32, 1 float16, 2 bfloat16 (16-bit arrays arrive as uint16 bit patterns).
+template <typename F>
+void dispatch(int dtype, F&& f) {
+    switch (dtype) {
+        case 0: f(float{}); break;
+        case 1: f(hvdb_half{}); break;
+        case 2: f(hvdb_bf16{}); break;
+        default: throw nb::value_error("dtype code must be 0 (float32), 1 (float16) or 2 (bfloat16)");
+    }
+}
+
+// One pass per row and tile of NB batch rows (the tile unrolled at compile time). Tiles write
+// disjoint outputs, so threads share one static row partition and never wait for each other.
+template <typename T, int NB>
+void linear_tiled(const Csr& m, const T* x, long long ldx, int batch, const T* W, long long ldw,
+                  int k, const T* bias, T* y, long long ldy, float scale, bool accumulate,
+                  bool parallel) {
+#pragma omp parallel if (parallel)
+    for (int b0 = 0; b0 < batch; b0 += NB) {
+        const int nb = std::min(NB, batch - b0);
+        const T* xb = x + b0 * ldx;
+#pragma omp for schedule(static) nowait
+        for (int r = 0; r < m.rows; ++r) {
+            float acc[NB] = {0}, sacc[NB] = {0};
+            if (W) dense_row_dot<T, NB>(W, ldw, xb, ldx, nb, k, r, 0, 1, acc);
+            csr_row_dot<T, NB>(m.indptr, m.indices, m.data, xb, ldx, nb, r, 0, 1, sacc);
+            const float bv = bias ? to_f32(bias[r]) : 0.0f;
+            for (int b = 0; b < nb; ++b) {
+                T* p = y + (b0 + b) * ldy + r;
+                const float base = accumulate ? to_f32(*p) : bv;
+                from_f32(base + acc[b] + scale * sacc[b], p);
+            }
+        }
+    }
+}
+
+// Big batches: x transposed once (k x batch) so each nonzero is a contiguous axpy into a
+// (rows x batch) buffer, transposed into y at the end.
+template <typename T>
+void linear_big(const Csr& m, const T* x, long long ldx, int batch, const T* W, long long ldw,
+                int k, const T* bias, T* y, long long ldy, float scale, bool accumulate,
+                bool parallel) {
+    const int kx = int(ldx);
+    std::vector<float> xt(size_t(kx) * batch), yt(size_t(m.rows) * batch);
+    constexpr int kTile = 64;
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int i0 = 0; i0 < kx; i0 += kTile)
+        for (int b = 0; b < batch; ++b)
+            for (int i = i0; i < std::min(kx, i0 + kTile); ++i)
+                xt[size_t(i) * batch + b] = to_f32(x[b * ldx + i]);
+#pragma omp parallel for schedule(dynamic, 64) if (parallel)
+    for (int r = 0; r < m.rows; ++r) {
+        float* acc = yt.data() + size_t(r) * batch;
+        if (!W) {
+            csr_row_axpy(m.indptr, m.indices, m.data, xt.data(), batch, batch, r, acc);
+            if (scale != 1.0f)
+                for (int b = 0; b < batch; ++b) acc[b] *= scale;
+            continue;
+        }
+        const T* w = W + r * ldw;
+        for (int i = 0; i < k; ++i) {
+            const float wv = to_f32(w[i]);
+            const float* xc = xt.data() + size_t(i) * batch;
+            for (int b = 0; b < batch; ++b) acc[b] += wv * xc[b];
+        }
+        std::vector<float> sacc(batch, 0.0f);
+        csr_row_axpy(m.indptr, m.indices, m.data, xt.data(), batch, batch, r, sacc.data());
+        for (int b = 0; b < batch; ++b) acc[b] += scale * sacc[b];
+    }
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int r0 = 0; r0 < m.rows; r0 += kTile)
+        for (int b = 0; b < batch; ++b)
+            for (int r = r0; r < std::min(m.rows, r0 + kTile); ++r) {
+                T* p = y + b * ldy + r;
+                const float base = accumulate ? to_f32(*p) : (bias ? to_f32(bias[r]) : 0.0f);
+                from_f32(base + yt[size_t(r) * batch + b], p);
+            }
+}
+
+// Below this many multiply-adds a single thread wins: waking a team costs more.
+constexpr double kParallelWork = 2e5;
+
+// y[b, r] (+)= scale * x[b] . dW[r] (+ W[r] . x[b] + bias[r] when W is given).
+template <typename T>
+void linear(const Csr& m, const T* x, long long ldx, int batch, const T* W, long long ldw, int k,
+            const T* bias, T* y, long long ldy, float scale, bool accumulate) {
+    const long long nnz = m.indptr[m.rows] - m.indptr[0];
+    const double work = double(batch) * (double(nnz) + (W ? double(m.rows) * k : 0.0));
+    const bool par = work > kParallelWork;
+    switch (batch) {
+        case 1: return linear_tiled<T, 1>(m, x, ldx, batch, W, ldw, k, bias, y, ldy, scale, accumulate, par);
+        case 2: return linear_tiled<T, 2>(m, x, ldx, batch, W, ldw, k, bias, y, ldy, scale, accumulate, par);
+        case 3: case 4: return linear_tiled<T, 4>(m, x, ldx, batch, W, ldw, k, bias, y, ldy, scale, accumulate, par);
+        default:
+            // Dense rows are long: with W, transpose x once and stream W's rows; the delta
+            // alone gathers from tiles of x that stay in cache.
+            if (W && batch > HVDB_NB)
+                return linear_big<T>(m, x, ldx, batch, W, ldw, k, bias, y, ldy, scale, accumulate, par);
+            return linear_tiled<T, HVDB_NB>(m, x, ldx, batch, W, ldw, k, bias, y, ldy, scale, accumulate, par);
+    }
+}
+
+}  // namespace
+
+NB_MODULE(_cpu, m) {
+    m.doc() = "hyprvdb's read-path kernels on the CPU (the kernels/*.cuh logic, compiled by g++)";
+    m.attr("NB") = HVDB_NB;
+
+    // y += scale * x @ dW.T  (x: batch x k, y: batch x rows, both of one dtype)
+    m.def("delta_matmul",
+          [](In1<int32_t> indptr, In1<int32_t> indices, In1<float> data, nb::ndarray<nb::ndim<2>, nb::c_contig, nb::device::cpu> x,
+             nb::ndarray<nb::ndim<2>, nb::c_contig, nb::device::cpu> y, int dtype, float scale) {
+              Csr c = csr_of(indptr, indices, data);
+              if (y.shape(1) != size_t(c.rows) || y.shape(0) != x.shape(0))
+                  throw nb::value_error("y must have shape (batch, rows)");
+              nb::gil_scoped_release nogil;
+              dispatch(dtype, [&](auto tag) {
+                  using T = decltype(tag);
+                  linear<T>(c, static_cast<const T*>(x.data()), (long long)x.shape(1), int(x.shape(0)),
+                            nullptr, 0, 0, nullptr, static_cast<T*>(y.data()), (long long)y.shape(1),
+                            scale, true);
+              });
+          },
+          "indptr"_a, "indices"_a, "data"_a, "x"_a, "y"_a, "dtype"_a, "scale"_a);
+
+    // y = x @ W.T + bias + scale * x @ dW.T
+    m.def("fused_linear",
+          [](nb::ndarray<nb::ndim<2>, nb::c_contig, nb::device::cpu> W, nb::object bias, In1<int32_t> indptr,
+             In1<int32_t> indices, In1<float> data, nb::ndarray<nb::ndim<2>, nb::c_contig, nb::device::cpu> x,
+             nb::ndarray<nb::ndim<2>, nb::c_contig, nb::device::cpu> y, int dtype, float scale) {
+              Csr c = csr_of(indptr, indices, data);
+              if (W.shape(0) != size_t(c.rows) || W.shape(1) != x.shape(1))
+                  throw nb::value_error("W must have shape (rows, k)");
+              const void* bptr = nullptr;
+              if (!bias.is_none()) {
+                  auto b = nb::cast<nb::ndarray<nb::ndim<1>, nb::c_contig, nb::device::cpu>>(bias);
+                  if (b.shape(0) != size_t(c.rows)) throw nb::value_error("bias must have rows entries");
+                  bptr = b.data();
+              }
+              nb::gil_scoped_release nogil;
+              dispatch(dtype, [&](auto tag) {
+                  using T = decltype(tag);
+                  linear<T>(c, static_cast<const T*>(x.data()), (long long)x.shape(1), int(x.shape(0)),
+                            static_cast<const T*>(W.data()), (long long)W.shape(1), int(W.shape(1)),
+                            static_cast<const T*>(bptr), static_cast<T*>(y.data()),
+                            (long long)y.shape(1), scale, false);
+              });
+          },
+          "W"_a, "bias"_a.none(), "indptr"_a, "indices"_a, "data"_a, "x"_a, "y"_a, "dtype"_a, "scale"_a);
+
+    // W[rows[j], cols[j]] += scale * data[j]
+    m.def("merge",
+          [](nb::ndarray<nb::ndim<2>, nb::c_contig, nb::device::cpu> W, In1<int32_t> rows, In1<int32_t> cols,
+             In1<float> data, int dtype, float scale) {
+              const size_t n = data.shape(0);
+              if (rows.shape(0) != n || cols.shape(0) != n)
+                  throw nb::value_error("rows, cols and data must have the same length");
+              const long long ldw = (long long)W.shape(1);
+              nb::gil_scoped_release nogil;
+              dispatch(dtype, [&](auto tag) {
+                  using T = decltype(tag);
+                  T* w = static_cast<T*>(W.data());
+#pragma omp parallel for schedule(static)
+                  for (long long j = 0; j < (long long)n; ++j)
+                      merge_one<T>(w, ldw, rows.data()[j], cols.data()[j], data.data()[j], scale);
+              });
+          },
+          "W"_a, "rows"_a, "cols"_a, "data"_a, "dtype"_a, "scale"_a);
+
+    // Dense window rebuild from Z-runs (see kernels/window.cu).
+    m.def("window_rebuild",
+          [](In1<int64_t> run_start, In1<int64_t> run_idx, In1<int32_t> t, In1<float> d, In1<uint8_t> reset,
+             In1<double> base_of_run, int t0, int t1, int mode, Out1<float> out) {
+              const long long n_runs = (long long)run_idx.shape(0);
+              if (run_start.shape(0) != size_t(n_runs + 1) || base_of_run.shape(0) != size_t(n_runs))
+                  throw nb::value_error("run_start must hold runs + 1 entries and base_of_run one per run");
+              nb::gil_scoped_release nogil;
+#pragma omp parallel for schedule(static)
+              for (long long r = 0; r < n_runs; ++r) {
+                  double v0, v1;
+                  run_values(run_start.data()[r], run_start.data()[r + 1], t.data(), d.data(),
+                             reset.data(), base_of_run.data()[r], t0, t1, &v0, &v1);
+                  out.data()[run_idx.data()[r]] = mode == 0 ? float(v1 - v0) : float(v1);
+              }
+          },
+          "run_start"_a, "run_idx"_a, "t"_a, "d"_a, "reset"_a, "base_of_run"_a, "t0"_a, "t1"_a,
+          "mode"_a, "out"_a);
+}

@@ -1,0 +1,86 @@
+"""Loading hyprvdb's CUDA kernels (``kernels/*.cu``) through CuPy's NVRTC, lazily.
+
+Nothing here imports CuPy until a kernel is asked for. :func:`function` builds one
+``cupy.RawModule`` per (file, defines) pair, memoized, with the ``#define``\\ s prepended, and
+returns the compiled function for a name expression such as ``"delta_matmul<float>"``.
+
+The same sources, options and name expressions are what the test suite compiles with NVRTC
+on machines without a GPU (:func:`module_source`, :data:`NAME_EXPRESSIONS`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["KERNEL_DIR", "NAME_EXPRESSIONS", "function", "module_source", "nvrtc_options",
+           "cuda_include_dirs"]
+
+
+def _kernel_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    for d in (here / "kernels", here.parent / "kernels"):
+        if (d / "common.cuh").is_file():
+            return d
+    return here / "kernels"
+
+
+KERNEL_DIR = _kernel_dir()
+
+_DTYPES = ("float", "__half", "__nv_bfloat16")
+
+#: Every kernel of every file, as NVRTC name expressions.
+NAME_EXPRESSIONS: dict[str, tuple[str, ...]] = {
+    "matmul.cu": tuple(f"{k}<{t}>" for k in ("delta_matmul", "fused_linear") for t in _DTYPES),
+    "merge.cu": tuple(f"merge_layers<{t}>" for t in _DTYPES),
+    "window.cu": ("window_rebuild",),
+    "gather.cu": ("gather_index",),
+}
+
+
+def cuda_include_dirs() -> list[str]:
+    """Folders holding ``cuda_fp16.h`` (CUDA toolkit, or the pip ``nvidia-*`` wheels)."""
+    found: list[str] = []
+    roots = [os.environ.get("CUDA_PATH"), os.environ.get("CUDA_HOME"), "/usr/local/cuda"]
+    cands = [Path(r) / "include" for r in roots if r]
+    for p in map(Path, sys.path):
+        cands += list((p / "nvidia").glob("*/include")) if (p / "nvidia").is_dir() else []
+    for c in cands:
+        if (c / "cuda_fp16.h").is_file() and str(c) not in found:
+            found.append(str(c))
+    return found
+
+
+def nvrtc_options(arch: str | None = None) -> tuple[str, ...]:
+    opts = ["-std=c++17", f"-I{KERNEL_DIR}"] + [f"-I{d}" for d in cuda_include_dirs()]
+    if arch:
+        opts.append(f"--gpu-architecture={arch}")
+    return tuple(opts)
+
+
+def module_source(filename: str, defines: tuple[tuple[str, Any], ...] = ()) -> str:
+    """The source NVRTC compiles: generated ``#define`` lines, then the kernel file."""
+    path = KERNEL_DIR / filename
+    if filename not in NAME_EXPRESSIONS or not path.is_file():
+        raise ValueError(f"unknown kernel file {filename!r}; known: {sorted(NAME_EXPRESSIONS)}")
+    head = "".join(f"#define {k} {v}\n" for k, v in defines)
+    return head + path.read_text()
+
+
+@functools.cache
+def _module(filename: str, defines: tuple[tuple[str, Any], ...]) -> Any:
+    import cupy
+
+    return cupy.RawModule(code=module_source(filename, defines), options=nvrtc_options(),
+                          name_expressions=NAME_EXPRESSIONS[filename])
+
+
+def function(filename: str, name: str, **defines: Any) -> Any:
+    """The compiled kernel ``name`` (a name expression) of ``kernels/<filename>``."""
+    if name not in NAME_EXPRESSIONS.get(filename, ()):
+        raise ValueError(f"{filename!r} has no kernel {name!r}; it has "
+                         f"{list(NAME_EXPRESSIONS.get(filename, ()))}")
+    return _module(filename, tuple(sorted(defines.items()))).get_function(name)

@@ -1,0 +1,442 @@
+"""The read path's operations: the sparse delta inside the matmul, gather, merge/unmerge,
+and time windows, on ``device="cuda"`` (CuPy raw kernels) or ``"cpu"``.
+
+On the CPU the same per-thread logic as the CUDA kernels runs compiled by g++
+(``hyprvdb._cpu``, no OpenVDB needed); where that extension is not built, numpy computes the
+same results. Nothing here imports CuPy or touches a GPU until a ``"cuda"`` delta is used.
+
+Tolerances against a float64 reference: float32 relative 1e-5 of the row's magnitude;
+float16 and bfloat16 results are the float32 result rounded once to the output dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import zlib
+from typing import Any
+
+import numpy as np
+
+__all__ = ["DeviceDelta", "DeviceHistory", "resolve_device", "delta_matmul", "fused_linear",
+           "gather", "merge", "unmerge", "merge_layers", "window_weights"]
+
+_DEVICES = ("cpu", "cuda", "auto")
+
+
+@functools.cache
+def cuda_available() -> bool:
+    """Whether CuPy imports and sees at least one CUDA device (asked once, lazily)."""
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # noqa: BLE001 - no CuPy, no driver, or no device all mean "no"
+        return False
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` becomes ``"cuda"`` when a GPU is usable, else ``"cpu"``."""
+    if device not in _DEVICES:
+        raise ValueError(f"device must be one of {_DEVICES}, got {device!r}")
+    if device == "auto":
+        return "cuda" if cuda_available() else "cpu"
+    if device == "cuda" and not cuda_available():
+        raise RuntimeError("device='cuda' needs CuPy and a CUDA device; none is usable here")
+    return device
+
+
+@functools.cache
+def _cpu_ext() -> Any:
+    # Idle OpenMP threads sleep instead of spinning: serving shares its cores with other work.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    try:
+        from . import _cpu
+    except ImportError:
+        return None
+    return _cpu
+
+
+def _bf16() -> Any:
+    try:
+        import ml_dtypes
+        return np.dtype(ml_dtypes.bfloat16)
+    except ImportError:
+        return None
+
+
+def _dtype_code(dt: Any) -> int:
+    dt = np.dtype(dt)
+    if dt == np.float32:
+        return 0
+    if dt == np.float16:
+        return 1
+    if dt.name == "bfloat16":
+        return 2
+    raise TypeError(f"x must be float32, float16 or bfloat16, got dtype {dt}")
+
+
+def _xp(a: Any) -> Any:
+    if isinstance(a, np.ndarray):
+        return np
+    import cupy
+    return cupy
+
+
+class DeviceDelta:
+    """A snapshot's sparse delta on a device, in the layout the kernels read.
+
+    Holds CSR arrays (row pointers int32, columns int32, float32 values in row-major order),
+    each nonzero's row, and the permutation from the snapshot's packed values to that order.
+    :meth:`update` re-sends only the values when the topology is unchanged.
+    """
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.shape: tuple[int, int] = (0, 0)
+        self.step: int | None = None
+        self._key = -1
+
+    @classmethod
+    def upload(cls, snapshot: Any, device: str = "auto") -> DeviceDelta:
+        """Send ``snapshot`` (a :class:`hyprvdb.Snapshot`) to ``device``."""
+        out = cls(resolve_device(device))
+        out.update(snapshot)
+        return out
+
+    @property
+    def nnz(self) -> int:
+        return int(self.data.shape[0])
+
+    def update(self, snapshot: Any) -> bool:
+        """Take a newer snapshot; returns True when the topology had to be re-sent."""
+        if tuple(snapshot.shape) != self.shape and self._key != -1:
+            raise ValueError(f"snapshot has shape {tuple(snapshot.shape)}, this delta "
+                             f"{self.shape}")
+        indptr, indices, data, perm = _csr_of(snapshot)
+        key = zlib.crc32(indices.tobytes(), zlib.crc32(indptr.tobytes()))
+        xp = np if self.device == "cpu" else __import__("cupy")
+        rebuilt = key != self._key
+        if rebuilt:
+            self.shape = tuple(int(s) for s in snapshot.shape)
+            self.indptr = xp.asarray(indptr)
+            self.indices = xp.asarray(indices)
+            self.rows = xp.asarray(np.repeat(np.arange(len(indptr) - 1, dtype=np.int32),
+                                             np.diff(indptr)))
+            self._key = key
+        self.data = xp.asarray(data)
+        self.step = snapshot.step
+        return rebuilt
+
+    def to_dense(self) -> Any:
+        """The dense float32 delta on the device (for references and debugging)."""
+        xp = np if self.device == "cpu" else __import__("cupy")
+        out = xp.zeros(self.shape, dtype=xp.float32)
+        out[self.rows, self.indices] = self.data
+        return out
+
+
+def _csr_of(snapshot: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    indptr, indices, data = snapshot.to_csr_arrays()
+    return (np.ascontiguousarray(indptr, dtype=np.int32),
+            np.ascontiguousarray(indices, dtype=np.int32),
+            np.ascontiguousarray(data, dtype=np.float32), np.zeros(0, np.int64))
+
+
+def _as_delta(delta: Any, device: str = "auto") -> DeviceDelta:
+    if isinstance(delta, DeviceDelta):
+        return delta
+    if hasattr(delta, "to_csr_arrays"):
+        return DeviceDelta.upload(delta, device)
+    raise TypeError(f"delta must be a Snapshot or DeviceDelta, got {type(delta).__name__}")
+
+
+def _check_x(x: Any, k: int, xp: Any) -> Any:
+    if not isinstance(x, xp.ndarray):
+        want = "numpy" if xp is np else "cupy"
+        raise TypeError(f"x must be a {want} array on the delta's device, got "
+                        f"{type(x).__module__}.{type(x).__name__}")
+    if x.ndim != 2 or x.shape[1] != k:
+        raise ValueError(f"x must have shape (batch, {k}), got {tuple(x.shape)}")
+    _dtype_code(x.dtype)
+    return xp.ascontiguousarray(x)
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    return a.view(np.uint16) if a.dtype.itemsize == 2 else a
+
+
+def delta_matmul(x: Any, delta: Any, scale: float = 1.0, *, out: Any = None) -> Any:
+    """``out += scale * x @ dW.T`` (or a new array ``scale * x @ dW.T`` when ``out`` is None).
+
+    ``x``: (batch, in_features) float32/float16/bfloat16 on the delta's device; result:
+    (batch, out_features), x's dtype.
+    """
+    d = _as_delta(delta)
+    xp = np if d.device == "cpu" else __import__("cupy")
+    x = _check_x(x, d.shape[1], xp)
+    if out is None:
+        out = xp.zeros((x.shape[0], d.shape[0]), dtype=x.dtype)
+    elif out.shape != (x.shape[0], d.shape[0]) or out.dtype != x.dtype or \
+            not out.flags.c_contiguous:
+        raise ValueError(f"out must be a contiguous {x.dtype} array of shape "
+                         f"{(x.shape[0], d.shape[0])}, got {out.dtype} {tuple(out.shape)}")
+    if x.shape[0] == 0 or d.nnz == 0:
+        return out
+    if d.device == "cuda":
+        _cuda_linear(x, None, None, d, out, float(scale), fused=False)
+    elif _cpu_ext() is not None:
+        _cpu_ext().delta_matmul(d.indptr, d.indices, d.data, _bits(x), _bits(out),
+                                _dtype_code(x.dtype), float(scale))
+    else:
+        out[...] = (out.astype(np.float32) + scale * _np_spmm(d, x)).astype(out.dtype)
+    return out
+
+
+def fused_linear(x: Any, W: Any, delta: Any, scale: float = 1.0, bias: Any = None) -> Any:
+    """``x @ W.T + bias + scale * x @ dW.T`` in one pass over W and the delta.
+
+    ``W``: (out_features, in_features) of x's dtype; ``bias``: (out_features,) or None.
+    """
+    d = _as_delta(delta)
+    xp = np if d.device == "cpu" else __import__("cupy")
+    x = _check_x(x, d.shape[1], xp)
+    if not isinstance(W, xp.ndarray) or W.shape != d.shape or W.dtype != x.dtype:
+        raise ValueError(f"W must be a {x.dtype} array of shape {d.shape} on the delta's "
+                         f"device, got {getattr(W, 'dtype', type(W).__name__)} "
+                         f"{tuple(getattr(W, 'shape', ()))}")
+    W = xp.ascontiguousarray(W)
+    if bias is not None:
+        if bias.shape != (d.shape[0],) or bias.dtype != x.dtype:
+            raise ValueError(f"bias must be a {x.dtype} array of shape ({d.shape[0]},), got "
+                             f"{bias.dtype} {tuple(bias.shape)}")
+        bias = xp.ascontiguousarray(bias)
+    out = xp.empty((x.shape[0], d.shape[0]), dtype=x.dtype)
+    if x.shape[0] == 0:
+        return out
+    if d.device == "cuda":
+        _cuda_linear(x, W, bias, d, out, float(scale), fused=True)
+    elif _cpu_ext() is not None:
+        _cpu_ext().fused_linear(_bits(W), None if bias is None else _bits(bias), d.indptr,
+                                d.indices, d.data, _bits(x), _bits(out),
+                                _dtype_code(x.dtype), float(scale))
+    else:
+        y = x.astype(np.float32) @ W.astype(np.float32).T + scale * _np_spmm(d, x)
+        if bias is not None:
+            y += bias.astype(np.float32)
+        out[...] = y.astype(out.dtype)
+    return out
+
+
+def gather(delta: Any, rows: Any, cols: Any) -> Any:
+    """Values of the delta at ``(rows, cols)`` (0 where inactive), float32."""
+    d = _as_delta(delta)
+    xp = np if d.device == "cpu" else __import__("cupy")
+    r = xp.asarray(rows, dtype=xp.int64).ravel()
+    c = xp.asarray(cols, dtype=xp.int64).ravel()
+    if r.shape != c.shape:
+        raise ValueError(f"rows and cols must have the same length, got {r.size} and {c.size}")
+    for name, a, hi in (("rows", r, d.shape[0]), ("cols", c, d.shape[1])):
+        bad = (a < 0) | (a >= hi)
+        if bool(bad.any()):
+            i = int(xp.flatnonzero(bad)[0])
+            raise IndexError(f"{name}[{i}] = {int(a[i])} is out of range (valid: 0..{hi - 1})")
+    # Binary search of each column inside its row's sorted CSR segment.
+    lo = d.indptr[r].astype(xp.int64)
+    hi = d.indptr[r + 1].astype(xp.int64)
+    out = xp.zeros(r.shape, xp.float32)
+    if d.nnz == 0:
+        return out
+    key = d.rows.astype(xp.int64) * d.shape[1] + d.indices
+    q = r * d.shape[1] + c
+    pos = xp.searchsorted(key, q)
+    pos_c = xp.minimum(pos, d.nnz - 1)
+    hit = (pos < hi) & (pos >= lo) & (key[pos_c] == q)
+    out[hit] = d.data[pos_c[hit]]
+    return out
+
+
+def merge(W: Any, delta: Any, scale: float = 1.0) -> Any:
+    """``W += scale * dW`` in place (adapter switching); returns W."""
+    return merge_layers([W], [delta], scale)[0]
+
+
+def unmerge(W: Any, delta: Any, scale: float = 1.0) -> Any:
+    """``W -= scale * dW`` in place; undoes :func:`merge` up to rounding."""
+    return merge_layers([W], [delta], -scale)[0]
+
+
+def merge_layers(Ws: list[Any], deltas: list[Any], scale: float = 1.0) -> list[Any]:
+    """``Ws[i] += scale * deltas[i]`` for every layer, in one kernel launch on a GPU."""
+    if len(Ws) != len(deltas):
+        raise ValueError(f"Ws and deltas must pair up: {len(Ws)} weights, {len(deltas)} deltas")
+    ds = [_as_delta(d) for d in deltas]
+    if not ds:
+        return Ws
+    devices = {d.device for d in ds}
+    if len(devices) != 1:
+        raise ValueError(f"all deltas must be on one device, got {sorted(devices)}")
+    xp = np if ds[0].device == "cpu" else __import__("cupy")
+    for i, (W, d) in enumerate(zip(Ws, ds)):
+        if not isinstance(W, xp.ndarray) or W.shape != d.shape or not W.flags.c_contiguous:
+            raise ValueError(f"Ws[{i}] must be a contiguous array of shape {d.shape} on the "
+                             f"delta's device, got {type(W).__name__} "
+                             f"{tuple(getattr(W, 'shape', ()))}")
+        _dtype_code(W.dtype)
+    if ds[0].device == "cuda":
+        _cuda_merge(Ws, ds, float(scale))
+    else:
+        for W, d in zip(Ws, ds):
+            if _cpu_ext() is not None:
+                _cpu_ext().merge(_bits(W), d.rows, d.indices, d.data, _dtype_code(W.dtype),
+                                 float(scale))
+            else:
+                cur = W[d.rows, d.indices].astype(np.float32)
+                W[d.rows, d.indices] = (cur + np.float32(scale) * d.data).astype(W.dtype)
+    return Ws
+
+
+class DeviceHistory:
+    """A TemporalAdapter's Z-runs on a device, for rebuilding weights over time windows."""
+
+    def __init__(self, history: Any, device: str = "auto") -> None:
+        self.device = resolve_device(device)
+        self.shape = history.shape
+        self.base_step, self.latest = history.base_step, history.latest
+        c = history._changes()
+        starts = c.run_starts()
+        run_idx = c.idx[starts[:-1]]
+        base_idx, base_val = history._base_idx, history._base_val
+        base_of_run = np.zeros(len(run_idx), np.float64)
+        if len(base_idx) and len(run_idx):
+            pos = np.minimum(np.searchsorted(base_idx, run_idx), len(base_idx) - 1)
+            hit = base_idx[pos] == run_idx
+            base_of_run[hit] = base_val[pos[hit]]
+        xp = np if self.device == "cpu" else __import__("cupy")
+        self._arrays = {
+            "run_start": xp.asarray(starts.astype(np.int64)),
+            "run_idx": xp.asarray(run_idx.astype(np.int64)),
+            "t": xp.asarray(c.t.astype(np.int32)),
+            "d": xp.asarray(c.d.astype(np.float32)),
+            "reset": xp.asarray(c.reset.astype(np.uint8)),
+            "base_of_run": xp.asarray(base_of_run),
+        }
+        self._base_idx = xp.asarray(base_idx)
+        self._base_val = xp.asarray(base_val.astype(np.float32))
+
+    def window(self, t0: int, t1: int, *, mode: str = "delta") -> Any:
+        """Dense float32 matrix: the sum of the slices in (t0, t1] (``mode="delta"``) or the
+        weights at t1 (``mode="state"``). Steps are used as stored (no tier resolution)."""
+        if mode not in ("delta", "state"):
+            raise ValueError(f"mode must be 'delta' or 'state', got {mode!r}")
+        for name, t in (("t0", t0), ("t1", t1)):
+            if not self.base_step <= t <= self.latest:
+                raise ValueError(f"{name} = {t} is outside the stored steps "
+                                 f"{self.base_step}..{self.latest}")
+        if t0 > t1:
+            raise ValueError(f"t0 = {t0} must not be after t1 = {t1}")
+        xp = np if self.device == "cpu" else __import__("cupy")
+        out = xp.zeros(self.shape[0] * self.shape[1], xp.float32)
+        if mode == "state":
+            out[self._base_idx] = self._base_val
+        a = self._arrays
+        n_runs = int(a["run_idx"].shape[0])
+        if n_runs:
+            if self.device == "cuda":
+                from . import kernels
+                fn = kernels.function("window.cu", "window_rebuild")
+                threads = 256
+                fn(((n_runs + threads - 1) // threads,), (threads,),
+                   (a["run_start"], a["run_idx"], a["t"], a["d"], a["reset"],
+                    a["base_of_run"], np.int32(n_runs), np.int32(t0), np.int32(t1),
+                    np.int32(0 if mode == "delta" else 1), out))
+            elif _cpu_ext() is not None:
+                _cpu_ext().window_rebuild(a["run_start"], a["run_idx"], a["t"], a["d"],
+                                          a["reset"], a["base_of_run"], int(t0), int(t1),
+                                          0 if mode == "delta" else 1, out)
+            else:
+                _np_window(a, t0, t1, mode, out)
+        return out.reshape(self.shape)
+
+
+def window_weights(history: Any, t0: int, t1: int, *, mode: str = "delta",
+                   device: str = "auto") -> Any:
+    """One-shot :meth:`DeviceHistory.window`."""
+    return DeviceHistory(history, device).window(t0, t1, mode=mode)
+
+
+# -------------------------------------------------------------------- numpy paths
+def _np_spmm(d: DeviceDelta, x: np.ndarray) -> np.ndarray:
+    """float32 ``x @ dW.T`` with numpy alone: gather x's columns, weight, sum per row."""
+    xt = np.ascontiguousarray(x.astype(np.float32).T)  # (k, batch): gathered rows are contiguous
+    out = np.zeros((d.shape[0], x.shape[0]), np.float32)
+    nonempty = np.flatnonzero(np.diff(d.indptr))
+    if len(nonempty):
+        prod = xt[d.indices] * d.data[:, None]
+        out[nonempty] = np.add.reduceat(prod, d.indptr[nonempty], axis=0)
+    return out.T
+
+
+def _np_window(a: dict[str, np.ndarray], t0: int, t1: int, mode: str, out: np.ndarray) -> None:
+    starts = a["run_start"]
+    n = len(a["run_idx"])
+    run_of = np.repeat(np.arange(n), np.diff(starts))
+    vals = []
+    for t in (t0, t1):
+        mask = a["t"] <= t
+        rmask = mask & (a["reset"] > 0)
+        csum = np.cumsum(rmask, dtype=np.int64)
+        last = csum[starts[1:] - 1]
+        use = mask & ((last[run_of] - csum) == 0)
+        s = np.add.reduceat(np.where(use, a["d"].astype(np.float64), 0.0), starts[:-1])
+        had_reset = (last - np.concatenate([[0], last[:-1]])) > 0
+        vals.append(s + np.where(had_reset, 0.0, a["base_of_run"]))
+    v = vals[1] - vals[0] if mode == "delta" else vals[1]
+    out[a["run_idx"]] = v.astype(np.float32)
+
+
+# -------------------------------------------------------------------- CUDA launches
+def _cuda_linear(x: Any, W: Any, bias: Any, d: DeviceDelta, out: Any, scale: float,
+                 *, fused: bool) -> None:
+    from . import kernels
+    tname = {0: "float", 1: "__half", 2: "__nv_bfloat16"}[_dtype_code(x.dtype)]
+    nb = 8
+    batch, rows = x.shape[0], d.shape[0]
+    if fused:
+        fn = kernels.function("matmul.cu", f"fused_linear<{tname}>")
+        fn((rows, (batch + nb - 1) // nb), (256,),
+           (W, np.int64(W.shape[1]), bias if bias is not None else np.uint64(0), d.indptr,
+            d.indices, d.data, x, np.int64(x.shape[1]), out, np.int64(out.shape[1]),
+            np.int32(rows), np.int32(W.shape[1]), np.int32(batch), np.float32(scale)))
+    else:
+        fn = kernels.function("matmul.cu", f"delta_matmul<{tname}>")
+        warps_per_block = 8
+        fn(((rows + warps_per_block - 1) // warps_per_block, (batch + nb - 1) // nb),
+           (32 * warps_per_block,),
+           (d.indptr, d.indices, d.data, x, np.int64(x.shape[1]), out,
+            np.int64(out.shape[1]), np.int32(rows), np.int32(batch), np.float32(scale)))
+    del cupy
+
+
+def _cuda_merge(Ws: list[Any], ds: list[DeviceDelta], scale: float) -> None:
+    import cupy
+
+    from . import kernels
+    dt = Ws[0].dtype
+    if any(W.dtype != dt for W in Ws):
+        raise ValueError("all Ws must share one dtype")
+    tname = {0: "float", 1: "__half", 2: "__nv_bfloat16"}[_dtype_code(dt)]
+    ptrs = cupy.asarray(np.array([W.data.ptr for W in Ws], dtype=np.uint64))
+    ldw = cupy.asarray(np.array([W.shape[1] for W in Ws], dtype=np.int64))
+    offsets = np.zeros(len(ds) + 1, np.int64)
+    offsets[1:] = np.cumsum([d.nnz for d in ds])
+    rows = cupy.concatenate([d.rows for d in ds])
+    cols = cupy.concatenate([d.indices for d in ds])
+    data = cupy.concatenate([d.data for d in ds])
+    total = int(offsets[-1])
+    if total == 0:
+        return
+    fn = kernels.function("merge.cu", f"merge_layers<{tname}>")
+    threads = 256
+    fn(((total + threads - 1) // threads,), (threads,),
+       (ptrs, ldw, cupy.asarray(offsets), np.int32(len(Ws)), rows, cols, data,
+        np.float32(scale)))

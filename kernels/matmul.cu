@@ -1,0 +1,69 @@
+// Sparse LoRA delta inside the matmul. T is float, __half or __nv_bfloat16 (x, W, y, bias);
+// the delta's values are float32 and every sum is accumulated in float32.
+#include "sparse_ops.cuh"
+
+__device__ inline float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// y[b, r] += scale * sum_c x[b, c] * dW[r, c]: one warp per output row, HVDB_NB batch rows
+// per blockIdx.y.
+template <typename T>
+__global__ void delta_matmul(const int* __restrict__ indptr, const int* __restrict__ indices,
+                             const float* __restrict__ data, const T* __restrict__ x,
+                             long long ldx, T* y, long long ldy, int rows, int batch,
+                             float scale) {
+    const int row = (int)((blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5);
+    const int lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    const int b0 = blockIdx.y * HVDB_NB;
+    const int nb = min(HVDB_NB, batch - b0);
+    float acc[HVDB_NB];
+#pragma unroll
+    for (int b = 0; b < HVDB_NB; ++b) acc[b] = 0.0f;
+    csr_row_dot<T>(indptr, indices, data, x + b0 * ldx, ldx, nb, row, lane, 32, acc);
+#pragma unroll
+    for (int b = 0; b < HVDB_NB; ++b) acc[b] = warp_sum(acc[b]);
+    if (lane == 0)
+        for (int b = 0; b < nb; ++b) {
+            T* p = y + (b0 + b) * ldy + row;
+            from_f32(to_f32(*p) + scale * acc[b], p);
+        }
+}
+
+// y[b, r] = sum_i x[b, i] * W[r, i] + bias[r] + scale * sum_c x[b, c] * dW[r, c], in one pass
+// over W's row and the delta's row: one block per output row and batch tile.
+template <typename T>
+__global__ void fused_linear(const T* __restrict__ W, long long ldw, const T* __restrict__ bias,
+                             const int* __restrict__ indptr, const int* __restrict__ indices,
+                             const float* __restrict__ data, const T* __restrict__ x,
+                             long long ldx, T* __restrict__ y, long long ldy, int rows, int k,
+                             int batch, float scale) {
+    __shared__ float partial[32][HVDB_NB];
+    const int row = blockIdx.x;
+    const int b0 = blockIdx.y * HVDB_NB;
+    const int nb = min(HVDB_NB, batch - b0);
+    float acc[HVDB_NB], sacc[HVDB_NB];
+#pragma unroll
+    for (int b = 0; b < HVDB_NB; ++b) acc[b] = sacc[b] = 0.0f;
+    dense_row_dot<T>(W, ldw, x + b0 * ldx, ldx, nb, k, row, threadIdx.x, blockDim.x, acc);
+    csr_row_dot<T>(indptr, indices, data, x + b0 * ldx, ldx, nb, row, threadIdx.x, blockDim.x,
+                   sacc);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int b = 0; b < HVDB_NB; ++b) {
+        const float v = warp_sum(acc[b] + scale * sacc[b]);
+        if (lane == 0) partial[warp][b] = v;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const int warps = (blockDim.x + 31) >> 5;
+        const float bv = bias ? to_f32(bias[row]) : 0.0f;
+        for (int b = 0; b < nb; ++b) {
+            float s = bv;
+            for (int w = 0; w < warps; ++w) s += partial[w][b];
+            from_f32(s, y + (b0 + b) * ldy + row);
+        }
+    }
+}

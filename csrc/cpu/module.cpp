@@ -10,6 +10,9 @@
 #include <vector>
 
 #include "../../kernels/sparse_ops.cuh"
+#ifdef HYPRVDB_JAX_FFI
+#include "cpu/jax_ffi.h"
+#endif
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -146,6 +149,17 @@ void linear(const Csr& m, const T* x, long long ldx, int batch, const T* W, long
 NB_MODULE(_cpu, m) {
     m.doc() = "hyprvdb's read-path kernels on the CPU (the kernels/*.cuh logic, compiled by g++)";
     m.attr("NB") = HVDB_NB;
+
+#ifdef HYPRVDB_JAX_FFI
+    // XLA FFI handlers for hyprvdb.jax (jax.ffi.register_ffi_target takes these capsules).
+    m.def("ffi_targets", []() {
+        nb::dict d;
+        d["hyprvdb_delta_matmul"] = nb::capsule(hyprvdb_ffi::delta_matmul());
+        d["hyprvdb_delta_matmul_t"] = nb::capsule(hyprvdb_ffi::delta_matmul_t());
+        d["hyprvdb_delta_values_grad"] = nb::capsule(hyprvdb_ffi::delta_values_grad());
+        return d;
+    });
+#endif
 
     // y += scale * x @ dW.T  (x: batch x k, y: batch x rows, both of one dtype)
     m.def("delta_matmul",

@@ -1,0 +1,149 @@
+// XLA FFI targets (CPU) for hyprvdb.jax: the sparse delta product and its two backward
+// products, over a CSR delta (indptr, indices, data). Built when jaxlib's FFI headers are
+// found; hyprvdb.jax falls back to pure JAX otherwise.
+//
+// Leading dimensions of x are flattened: x is (batch, k), the delta (rows, k).
+#include "cpu/jax_ffi.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+#include "../../kernels/sparse_ops.cuh"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// Rows of the delta (the output width) and the batch, from x's and y's shapes.
+int64_t batch_of(ffi::Span<const int64_t> dims) {
+    int64_t b = 1;
+    for (size_t i = 0; i + 1 < dims.size(); ++i) b *= dims[i];
+    return b;
+}
+
+// Transpose a (n x m) row-major block into (m x n).
+void transpose(const float* in, int64_t n, int64_t m, float* out) {
+    constexpr int64_t kTile = 32;
+    for (int64_t i0 = 0; i0 < n; i0 += kTile)
+        for (int64_t j0 = 0; j0 < m; j0 += kTile)
+            for (int64_t i = i0; i < std::min(n, i0 + kTile); ++i)
+                for (int64_t j = j0; j < std::min(m, j0 + kTile); ++j) out[j * n + i] = in[i * m + j];
+}
+
+// y = scale * x @ dW.T: x transposed once so every nonzero is a contiguous axpy over the batch.
+ffi::Error DeltaMatmulImpl(ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::S32> indices,
+                           ffi::Buffer<ffi::F32> data, ffi::Buffer<ffi::F32> x,
+                           ffi::ResultBuffer<ffi::F32> y, float scale) {
+    const int64_t rows = int64_t(indptr.element_count()) - 1;
+    const auto xd = x.dimensions();
+    const int64_t k = xd.back(), batch = batch_of(xd);
+    if (rows < 0 || int64_t(y->element_count()) != batch * rows)
+        return ffi::Error::InvalidArgument("hyprvdb_delta_matmul: y must be (batch, rows)");
+    std::vector<float> xt(size_t(k * batch)), yt(size_t(rows * batch), 0.0f);
+    transpose(x.typed_data(), batch, k, xt.data());
+    const int* ip = indptr.typed_data();
+    const int* ix = indices.typed_data();
+    const float* dv = data.typed_data();
+#pragma omp parallel for schedule(dynamic, 64) if (double(batch) * indices.element_count() > 2e5)
+    for (int64_t r = 0; r < rows; ++r)
+        csr_row_axpy(ip, ix, dv, xt.data(), batch, int(batch), int(r), yt.data() + r * batch);
+    float* out = y->typed_data();
+    transpose(yt.data(), rows, batch, out);
+    if (scale != 1.0f)
+        for (int64_t i = 0; i < rows * batch; ++i) out[i] *= scale;
+    return ffi::Error::Success();
+}
+
+// dx = scale * g @ dW  (g: (batch, rows), dx: (batch, k)).
+ffi::Error DeltaMatmulTImpl(ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::S32> indices,
+                            ffi::Buffer<ffi::F32> data, ffi::Buffer<ffi::F32> g,
+                            ffi::ResultBuffer<ffi::F32> dx, float scale) {
+    const int64_t rows = int64_t(indptr.element_count()) - 1;
+    const int64_t batch = batch_of(g.dimensions());
+    const int64_t k = dx->dimensions().back();
+    if (g.dimensions().back() != rows || int64_t(dx->element_count()) != batch * k)
+        return ffi::Error::InvalidArgument("hyprvdb_delta_matmul_t: shapes do not match");
+    std::vector<float> gt(size_t(rows * batch)), dxt(size_t(k * batch), 0.0f);
+    transpose(g.typed_data(), batch, rows, gt.data());
+    const int* ip = indptr.typed_data();
+    const int* ix = indices.typed_data();
+    const float* dv = data.typed_data();
+    // Columns repeat across rows, so accumulate serially (this is the training path).
+    for (int64_t r = 0; r < rows; ++r) {
+        const float* gr = gt.data() + r * batch;
+        for (int j = ip[r]; j < ip[r + 1]; ++j) {
+            float* acc = dxt.data() + int64_t(ix[j]) * batch;
+            const float v = dv[j] * scale;
+            for (int64_t b = 0; b < batch; ++b) acc[b] += v * gr[b];
+        }
+    }
+    transpose(dxt.data(), k, batch, dx->typed_data());
+    return ffi::Error::Success();
+}
+
+// dvalues[j] = scale * sum_b x[b, indices[j]] * g[b, row(j)]: the gradient restricted to the
+// delta's sparsity pattern.
+ffi::Error DeltaValuesGradImpl(ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::S32> indices,
+                               ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
+                               ffi::ResultBuffer<ffi::F32> dvals, float scale) {
+    const int64_t rows = int64_t(indptr.element_count()) - 1;
+    const auto xd = x.dimensions();
+    const int64_t k = xd.back(), batch = batch_of(xd);
+    if (g.dimensions().back() != rows || batch_of(g.dimensions()) != batch ||
+        dvals->element_count() != indices.element_count())
+        return ffi::Error::InvalidArgument("hyprvdb_delta_values_grad: shapes do not match");
+    std::vector<float> xt(size_t(k * batch)), gt(size_t(rows * batch));
+    transpose(x.typed_data(), batch, k, xt.data());
+    transpose(g.typed_data(), batch, rows, gt.data());
+    const int* ip = indptr.typed_data();
+    const int* ix = indices.typed_data();
+    float* out = dvals->typed_data();
+#pragma omp parallel for schedule(dynamic, 64)
+    for (int64_t r = 0; r < rows; ++r) {
+        const float* gr = gt.data() + r * batch;
+        for (int j = ip[r]; j < ip[r + 1]; ++j) {
+            const float* xc = xt.data() + int64_t(ix[j]) * batch;
+            float s = 0.0f;
+            for (int64_t b = 0; b < batch; ++b) s += xc[b] * gr[b];
+            out[j] = scale * s;
+        }
+    }
+    return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HyprvdbDeltaMatmul, DeltaMatmulImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("scale"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HyprvdbDeltaMatmulT, DeltaMatmulTImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("scale"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HyprvdbDeltaValuesGrad, DeltaValuesGradImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("scale"));
+
+namespace hyprvdb_ffi {
+void* delta_matmul() { return reinterpret_cast<void*>(HyprvdbDeltaMatmul); }
+void* delta_matmul_t() { return reinterpret_cast<void*>(HyprvdbDeltaMatmulT); }
+void* delta_values_grad() { return reinterpret_cast<void*>(HyprvdbDeltaValuesGrad); }
+}  // namespace hyprvdb_ffi

@@ -1,0 +1,8 @@
+// Entry points of the XLA FFI handlers in jax_ffi.cpp, for the bindings to hand to JAX.
+#pragma once
+
+namespace hyprvdb_ffi {
+void* delta_matmul();
+void* delta_matmul_t();
+void* delta_values_grad();
+}  // namespace hyprvdb_ffi

@@ -1,0 +1,212 @@
+"""hyprvdb.jax: a snapshot's sparse delta inside jitted JAX code.
+
+:class:`SparseDelta` is a pytree (CSR structure as integer arrays, values as the one
+differentiable leaf). :func:`delta_matmul` computes ``scale * x @ dW.T`` for x of any leading
+shape; it works under ``jit``, ``vmap`` and ``grad``, and its gradient with respect to the
+values is restricted to the delta's sparsity pattern — exactly the sparse update that
+:meth:`hyprvdb.TemporalAdapter.accumulate` takes (see :func:`to_update`).
+
+Two implementations give the same results (float32 sums, up to summation order):
+
+- ``"ffi"``: the read path's C++ kernels (the logic of ``kernels/sparse_ops.cuh``) as XLA FFI
+  targets on the CPU — chosen by ``impl="auto"`` when JAX runs on the CPU and the targets
+  were built;
+- ``"jax"``: gathers and segment sums in pure JAX, on any backend.
+
+Importing this module imports JAX; ``import hyprvdb`` does not import it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["SparseDelta", "delta_matmul", "linear", "to_dense", "to_update", "ffi_available"]
+
+
+@jax.tree_util.register_pytree_node_class
+class SparseDelta:
+    """A sparse ``rows x cols`` delta in CSR form, ready for JAX.
+
+    ``indptr`` (rows + 1,) int32, ``indices`` (nnz,) int32 columns, ``row_ids`` (nnz,) int32
+    rows, ``values`` (nnz,) float32; entries sorted row-major. ``step`` (static) is the history
+    step the values belong to, if known.
+    """
+
+    def __init__(self, indptr: Any, indices: Any, row_ids: Any, values: Any,
+                 shape: tuple[int, int], step: int | None = None) -> None:
+        self.indptr, self.indices, self.row_ids, self.values = indptr, indices, row_ids, values
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.step = step
+
+    def tree_flatten(self):  # noqa: ANN201
+        return (self.indptr, self.indices, self.row_ids, self.values), (self.shape, self.step)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):  # noqa: ANN001, ANN206
+        return cls(*children, *aux)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.values.shape[-1])
+
+    def with_values(self, values: Any) -> SparseDelta:
+        """Same structure, other values (e.g. a newer step with unchanged topology)."""
+        return SparseDelta(self.indptr, self.indices, self.row_ids, values, self.shape, self.step)
+
+    @classmethod
+    def from_coo(cls, rows: Any, cols: Any, values: Any, shape: tuple[int, int], *,
+                 step: int | None = None, capacity: int | None = None) -> SparseDelta:
+        """From coordinates (duplicates summed). ``capacity`` pads to a fixed number of
+        entries (explicit zeros at the end of the last row), so that a jitted function sees the
+        same shapes from step to step and is not traced again."""
+        rows = np.asarray(rows, np.int64)
+        cols = np.asarray(cols, np.int64)
+        vals = np.asarray(values, np.float32)
+        if not (rows.shape == cols.shape == vals.shape) or rows.ndim != 1:
+            raise ValueError(f"rows, cols and values must be 1-D of one length, got "
+                             f"{rows.shape}, {cols.shape}, {vals.shape}")
+        r, c = shape
+        for name, a, hi in (("rows", rows, r), ("cols", cols, c)):
+            bad = (a < 0) | (a >= hi)
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise IndexError(f"{name}[{i}] = {a[i]} is out of range (valid: 0..{hi - 1})")
+        key = rows * c + cols
+        uniq, inv = np.unique(key, return_inverse=True)
+        summed = np.zeros(len(uniq), np.float64)
+        np.add.at(summed, inv, vals)
+        n = len(uniq)
+        cap = n if capacity is None else int(capacity)
+        if cap < n:
+            raise ValueError(f"capacity = {cap} is below the {n} entries of the delta")
+        ri = np.full(cap, r - 1, np.int32)
+        ci = np.full(cap, c - 1, np.int32)
+        vi = np.zeros(cap, np.float32)
+        ri[:n], ci[:n], vi[:n] = uniq // c, uniq % c, summed
+        if cap > n:  # padding sits at the end of the last row, after its real entries
+            ci[n:] = np.maximum(ci[n - 1], c - 1) if n and ri[n - 1] == r - 1 else c - 1
+        indptr = np.zeros(r + 1, np.int32)
+        np.cumsum(np.bincount(ri, minlength=r), out=indptr[1:])
+        return cls(jnp.asarray(indptr), jnp.asarray(ci), jnp.asarray(ri), jnp.asarray(vi),
+                   (r, c), step)
+
+    @classmethod
+    def from_adapter(cls, adapter: Any, **kwargs: Any) -> SparseDelta:
+        """From anything with ``shape`` and ``active_weights()`` (SparseAdapter, Snapshot)."""
+        r, c, v = adapter.active_weights()
+        kwargs.setdefault("step", getattr(adapter, "step", None))
+        return cls.from_coo(r, c, v, adapter.shape, **kwargs)
+
+
+@functools.cache
+def _ffi_registered() -> bool:
+    try:
+        from . import _cpu
+        targets = _cpu.ffi_targets()
+    except (ImportError, AttributeError):
+        return False
+    for name, capsule in targets.items():
+        jax.ffi.register_ffi_target(name, capsule, platform="cpu")
+    return True
+
+
+def ffi_available() -> bool:
+    """Whether the C++ FFI targets are built and JAX runs on the CPU."""
+    return jax.default_backend() == "cpu" and _ffi_registered()
+
+
+def _impl(impl: str) -> str:
+    if impl not in ("auto", "ffi", "jax"):
+        raise ValueError(f"impl must be 'auto', 'ffi' or 'jax', got {impl!r}")
+    if impl == "auto":
+        return "ffi" if ffi_available() else "jax"
+    if impl == "ffi" and not ffi_available():
+        raise RuntimeError("impl='ffi' needs hyprvdb's FFI targets (built when jaxlib is "
+                           "installed before hyprvdb) and JAX on the CPU")
+    return impl
+
+
+# -------------------------------------------------------------------- the product and its VJP
+def _fwd_jax(indptr, indices, row_ids, values, x, scale, rows):  # noqa: ANN001, ANN202
+    g = x[..., indices] * values  # (..., nnz)
+    y = jax.ops.segment_sum(jnp.moveaxis(g, -1, 0), row_ids, num_segments=rows,
+                            indices_are_sorted=True)
+    return jnp.moveaxis(y, 0, -1) * scale
+
+
+def _ffi(name: str, out_shape: tuple[int, ...], *args: Any, scale: float) -> Any:
+    call = jax.ffi.ffi_call(name, jax.ShapeDtypeStruct(out_shape, jnp.float32),
+                            vmap_method="sequential")
+    return call(*args, scale=np.float32(scale))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _delta_mm(indptr, indices, row_ids, values, x, scale, rows, impl):  # noqa: ANN001, ANN202
+    if impl == "ffi":
+        return _ffi("hyprvdb_delta_matmul", x.shape[:-1] + (rows,), indptr, indices, values, x,
+                    scale=scale)
+    return _fwd_jax(indptr, indices, row_ids, values, x, scale, rows)
+
+
+def _delta_mm_fwd(indptr, indices, row_ids, values, x, scale, rows, impl):  # noqa: ANN001, ANN202
+    y = _delta_mm(indptr, indices, row_ids, values, x, scale, rows, impl)
+    return y, (indptr, indices, row_ids, values, x)
+
+
+def _delta_mm_bwd(scale, rows, impl, res, g):  # noqa: ANN001, ANN202
+    indptr, indices, row_ids, values, x = res
+    if impl == "ffi":
+        dx = _ffi("hyprvdb_delta_matmul_t", x.shape, indptr, indices, values, g, scale=scale)
+        dv = _ffi("hyprvdb_delta_values_grad", values.shape, indptr, indices, x, g, scale=scale)
+    else:
+        gr = g[..., row_ids] * values * scale  # (..., nnz)
+        dx = jnp.moveaxis(jax.ops.segment_sum(jnp.moveaxis(gr, -1, 0), indices,
+                                              num_segments=x.shape[-1]), 0, -1)
+        prod = x[..., indices] * g[..., row_ids]
+        dv = prod.reshape(-1, prod.shape[-1]).sum(0) * scale
+    return (None, None, None, dv, dx)
+
+
+_delta_mm.defvjp(_delta_mm_fwd, _delta_mm_bwd)
+
+
+def delta_matmul(x: Any, delta: SparseDelta, scale: float = 1.0, *, impl: str = "auto") -> Any:
+    """``scale * x @ dW.T`` for x of shape (..., cols), float32; result (..., rows)."""
+    if not isinstance(delta, SparseDelta):
+        raise TypeError(f"delta must be a hyprvdb.jax.SparseDelta, got {type(delta).__name__}")
+    if x.shape[-1] != delta.shape[1]:
+        raise ValueError(f"x has {x.shape[-1]} features, the delta expects {delta.shape[1]}")
+    x = jnp.asarray(x, jnp.float32)
+    return _delta_mm(delta.indptr, delta.indices, delta.row_ids, delta.values, x, float(scale),
+                     delta.shape[0], _impl(impl))
+
+
+def linear(x: Any, W: Any, delta: SparseDelta | None, scale: float = 1.0, bias: Any = None,
+           *, impl: str = "auto") -> Any:
+    """``x @ W.T + bias + scale * x @ dW.T`` (W: (rows, cols), as torch.nn.Linear stores it)."""
+    y = x @ W.T
+    if bias is not None:
+        y = y + bias
+    if delta is not None:
+        y = y + delta_matmul(x, delta, scale, impl=impl)
+    return y
+
+
+def to_dense(delta: SparseDelta) -> Any:
+    """The dense ``rows x cols`` delta."""
+    return jnp.zeros(delta.shape, jnp.float32).at[delta.row_ids, delta.indices].add(delta.values)
+
+
+def to_update(delta: SparseDelta, grad_values: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(rows, cols, grads)`` numpy arrays from a gradient with respect to ``delta.values``,
+    for :meth:`hyprvdb.TemporalAdapter.accumulate` (padding entries dropped)."""
+    g = np.asarray(grad_values, np.float32)
+    r = np.asarray(delta.row_ids, np.int64)
+    c = np.asarray(delta.indices, np.int64)
+    nz = g != 0
+    return r[nz], c[nz], g[nz]

@@ -59,9 +59,12 @@ class Changes:
         if not parts:
             return Changes.empty()
         if len(parts) == 1:
-            return parts[0]
-        c = Changes(*(np.concatenate([getattr(p, f) for p in parts])
-                      for f in ("idx", "t", "d", "reset")))
+            p = parts[0]
+            return Changes(p.idx, p.t.astype(np.int64), p.d.astype(np.float64), p.reset)
+        c = Changes(np.concatenate([p.idx for p in parts]),
+                    np.concatenate([p.t for p in parts]).astype(np.int64),
+                    np.concatenate([p.d for p in parts]).astype(np.float64),
+                    np.concatenate([p.reset for p in parts]))
         order = np.argsort(c.idx, kind="stable")  # stable: equal idx keep time order
         return c.take(order)
 

@@ -482,6 +482,9 @@ class TemporalAdapter:
                 raise TypeError(f"reset must be a bool array, got dtype {rs.dtype}")
             rs = np.broadcast_to(rs, idx.shape).copy() if rs.ndim == 0 else rs
             V.same_length(rows=r, reset=rs)
+        if reset is None and (len(idx) < 2 or bool(np.all(idx[1:] > idx[:-1]))):
+            # Already sorted without repeats (what the serving loop and detectors produce).
+            return idx, v.astype(np.float64), rs
         # Sort and merge repeats (a repeat after a reset builds on the reset).
         order = np.argsort(idx, kind="stable")
         merged = merge_groups(Changes(idx[order], np.zeros(len(idx), np.int64),
@@ -490,8 +493,9 @@ class TemporalAdapter:
         return merged.idx, merged.d, merged.reset
 
     def _append_slice(self, t: int, idx: np.ndarray, d: np.ndarray, reset: np.ndarray) -> None:
-        d = d.astype(np.float32).astype(np.float64)  # what is stored is float32
-        self._tail.append(Changes(idx, np.full(len(idx), t, np.int64), d, reset))
+        # The tail keeps what is stored (float32) in compact dtypes until compaction.
+        self._tail.append(Changes(idx, np.full(len(idx), t, np.int32), d.astype(np.float32),
+                                  reset))
         self._steps.append(t)
         self._commits += 1
         ce = self._compact_every
@@ -540,7 +544,8 @@ class TemporalAdapter:
         return _core_module().zruns_state(
             self._base_idx, self._base_val, runs.gaps.astype(np.int64),
             runs.counts.astype(np.int64), runs.t.astype(np.int32), runs.d, reset,
-            tail.idx, tail.t.astype(np.int32), tail.d, tail.reset.astype(np.uint8), step)
+            tail.idx, tail.t.astype(np.int32), tail.d.astype(np.float64),
+            tail.reset.astype(np.uint8), step)
 
     def _fold(self, cut: int) -> None:
         c = self._changes()

@@ -83,11 +83,12 @@ def _xp(a: Any) -> Any:
 
 
 class DeviceDelta:
-    """A snapshot's sparse delta on a device, in the layout the kernels read.
+    """A snapshot's sparse delta on a device, in the layouts the kernels read.
 
-    Holds CSR arrays (row pointers int32, columns int32, float32 values in row-major order),
-    each nonzero's row, and the permutation from the snapshot's packed values to that order.
-    :meth:`update` re-sends only the values when the topology is unchanged.
+    Holds the snapshot's NanoVDB grid buffer and its packed values (for tree walks such as
+    :func:`gather`) and a CSR view (row pointers int32, columns int32, float32 values in
+    row-major order, and each nonzero's row) for the matmul and merge kernels. :meth:`update`
+    re-sends only the values when the topology is unchanged.
     """
 
     def __init__(self, device: str) -> None:
@@ -109,10 +110,14 @@ class DeviceDelta:
 
     def update(self, snapshot: Any) -> bool:
         """Take a newer snapshot; returns True when the topology had to be re-sent."""
-        if tuple(snapshot.shape) != self.shape and self._key != -1:
+        if not hasattr(snapshot, "to_csr_arrays"):
+            raise TypeError(f"snapshot must be a hyprvdb.Snapshot, got {type(snapshot).__name__}")
+        if self._key != -1 and tuple(snapshot.shape) != self.shape:
             raise ValueError(f"snapshot has shape {tuple(snapshot.shape)}, this delta "
                              f"{self.shape}")
-        indptr, indices, data, perm = _csr_of(snapshot)
+        indptr, indices, data = snapshot.to_csr_arrays()
+        indptr = np.ascontiguousarray(indptr, dtype=np.int32)
+        indices = np.ascontiguousarray(indices, dtype=np.int32)
         key = zlib.crc32(indices.tobytes(), zlib.crc32(indptr.tobytes()))
         xp = np if self.device == "cpu" else __import__("cupy")
         rebuilt = key != self._key
@@ -122,8 +127,11 @@ class DeviceDelta:
             self.indices = xp.asarray(indices)
             self.rows = xp.asarray(np.repeat(np.arange(len(indptr) - 1, dtype=np.int32),
                                              np.diff(indptr)))
+            self.grid = xp.asarray(snapshot.buffer)
+            self.tile_count = int(snapshot.layout.tile_count)
             self._key = key
-        self.data = xp.asarray(data)
+        self.data = xp.asarray(np.ascontiguousarray(data, dtype=np.float32))
+        self.values = xp.asarray(np.ascontiguousarray(snapshot.values, dtype=np.float32))
         self.step = snapshot.step
         return rebuilt
 
@@ -133,13 +141,6 @@ class DeviceDelta:
         out = xp.zeros(self.shape, dtype=xp.float32)
         out[self.rows, self.indices] = self.data
         return out
-
-
-def _csr_of(snapshot: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    indptr, indices, data = snapshot.to_csr_arrays()
-    return (np.ascontiguousarray(indptr, dtype=np.int32),
-            np.ascontiguousarray(indices, dtype=np.int32),
-            np.ascontiguousarray(data, dtype=np.float32), np.zeros(0, np.int64))
 
 
 def _as_delta(delta: Any, device: str = "auto") -> DeviceDelta:
@@ -228,11 +229,12 @@ def fused_linear(x: Any, W: Any, delta: Any, scale: float = 1.0, bias: Any = Non
 
 
 def gather(delta: Any, rows: Any, cols: Any) -> Any:
-    """Values of the delta at ``(rows, cols)`` (0 where inactive), float32."""
+    """Values of the delta at ``(rows, cols)`` (0 where inactive), float32, found by walking
+    the snapshot's NanoVDB tree (``kernels/nanovdb_index.cuh``)."""
     d = _as_delta(delta)
     xp = np if d.device == "cpu" else __import__("cupy")
-    r = xp.asarray(rows, dtype=xp.int64).ravel()
-    c = xp.asarray(cols, dtype=xp.int64).ravel()
+    r = xp.ascontiguousarray(xp.asarray(rows, dtype=xp.int64).ravel())
+    c = xp.ascontiguousarray(xp.asarray(cols, dtype=xp.int64).ravel())
     if r.shape != c.shape:
         raise ValueError(f"rows and cols must have the same length, got {r.size} and {c.size}")
     for name, a, hi in (("rows", r, d.shape[0]), ("cols", c, d.shape[1])):
@@ -240,18 +242,26 @@ def gather(delta: Any, rows: Any, cols: Any) -> Any:
         if bool(bad.any()):
             i = int(xp.flatnonzero(bad)[0])
             raise IndexError(f"{name}[{i}] = {int(a[i])} is out of range (valid: 0..{hi - 1})")
-    # Binary search of each column inside its row's sorted CSR segment.
-    lo = d.indptr[r].astype(xp.int64)
-    hi = d.indptr[r + 1].astype(xp.int64)
     out = xp.zeros(r.shape, xp.float32)
-    if d.nnz == 0:
+    if r.size == 0:
         return out
-    key = d.rows.astype(xp.int64) * d.shape[1] + d.indices
-    q = r * d.shape[1] + c
-    pos = xp.searchsorted(key, q)
-    pos_c = xp.minimum(pos, d.nnz - 1)
-    hit = (pos < hi) & (pos >= lo) & (key[pos_c] == q)
-    out[hit] = d.data[pos_c[hit]]
+    from ._nanovdb import ROOT_OFF, TILES_OFF
+    if d.device == "cuda":
+        from . import kernels
+        fn = kernels.function("gather.cu", "gather_index")
+        threads = 256
+        fn(((r.size + threads - 1) // threads,), (threads,),
+           (d.grid, np.int64(ROOT_OFF), np.int64(TILES_OFF), np.int32(d.tile_count), d.values,
+            r, c, np.int64(r.size), out))
+    elif _cpu_ext() is not None:
+        _cpu_ext().gather_nanovdb(d.grid, ROOT_OFF, TILES_OFF, d.tile_count, d.values, r, c, out)
+    else:
+        # numpy alone: binary search of each column in its row's sorted CSR segment
+        key = d.rows.astype(np.int64) * d.shape[1] + d.indices
+        q = r * d.shape[1] + c
+        pos = np.minimum(np.searchsorted(key, q), max(d.nnz - 1, 0))
+        hit = (key[pos] == q) if d.nnz else np.zeros(r.shape, bool)
+        out[hit] = d.data[pos[hit]]
     return out
 
 

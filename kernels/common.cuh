@@ -9,6 +9,7 @@
 #include <cuda_bf16.h>
 typedef __half hvdb_half;
 typedef __nv_bfloat16 hvdb_bf16;
+__device__ inline int hvdb_popcount64(unsigned long long v) { return __popcll(v); }
 __device__ inline float to_f32(float v) { return v; }
 __device__ inline float to_f32(hvdb_half v) { return __half2float(v); }
 __device__ inline float to_f32(hvdb_bf16 v) { return __bfloat162float(v); }
@@ -22,6 +23,7 @@ __device__ inline void from_f32(float v, hvdb_bf16* out) { *out = __float2bfloat
 // On the host, 16-bit floats are their bit patterns (numpy float16 / ml_dtypes bfloat16).
 struct hvdb_half { unsigned short bits; };
 struct hvdb_bf16 { unsigned short bits; };
+inline int hvdb_popcount64(unsigned long long v) { return __builtin_popcountll(v); }
 inline float to_f32(float v) { return v; }
 inline float to_f32(hvdb_bf16 v) {
     unsigned int u = (unsigned int)v.bits << 16;

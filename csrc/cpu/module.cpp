@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "../../kernels/sparse_ops.cuh"
+#include "../../kernels/nanovdb_index.cuh"
 #ifdef HYPRVDB_JAX_FFI
 #include "cpu/jax_ffi.h"
 #endif
@@ -221,6 +222,24 @@ NB_MODULE(_cpu, m) {
               });
           },
           "W"_a, "rows"_a, "cols"_a, "data"_a, "dtype"_a, "scale"_a);
+
+    // Values at (rows, cols) by walking a snapshot's NanoVDB tree (kernels/nanovdb_index.cuh).
+    m.def("gather_nanovdb",
+          [](In1<uint8_t> grid, int64_t root_off, int64_t tiles_off, int tile_count, In1<float> values,
+             In1<int64_t> rows, In1<int64_t> cols, Out1<float> out) {
+              const size_t n = rows.shape(0);
+              if (cols.shape(0) != n || out.shape(0) != n)
+                  throw nb::value_error("rows, cols and out must have the same length");
+              if (reinterpret_cast<uintptr_t>(grid.data()) % 8)
+                  throw nb::value_error("grid must be 8-byte aligned");
+              nb::gil_scoped_release nogil;
+#pragma omp parallel for schedule(static) if (n > 100000)
+              for (long long i = 0; i < (long long)n; ++i)
+                  out.data()[i] = nvdb_gather(grid.data(), root_off, tiles_off, tile_count,
+                                              values.data(), rows.data()[i], cols.data()[i]);
+          },
+          "grid"_a, "root_off"_a, "tiles_off"_a, "tile_count"_a, "values"_a, "rows"_a, "cols"_a,
+          "out"_a);
 
     // Dense window rebuild from Z-runs (see kernels/window.cu).
     m.def("window_rebuild",

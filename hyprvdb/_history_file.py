@@ -155,6 +155,47 @@ def _header_bytes(header: dict[str, Any]) -> bytes:
         "<I", zlib.crc32(js) & 0xFFFFFFFF)
 
 
+def _newest_step(records: list[tuple[str, int, Any]]) -> int:
+    """The newest step the records leave, rollbacks and folds included."""
+    steps: list[int] = []
+    base = 0
+    for kind, t, _ in records:
+        if kind == "base":
+            base, steps = t, []
+        elif kind == "step":
+            steps.append(t)
+        elif kind == "rollback":
+            steps = [s for s in steps if s <= t]
+        elif kind == "fold":
+            base, steps = t, [s for s in steps if s > t]
+    return steps[-1] if steps else base
+
+
+_MEMBER_KEYS = {"rows": int, "cols": int, "name": str, "compact_every": int}
+
+
+def _check_header(header: Any, shown: str) -> None:
+    """Raise CorruptFileError unless the header describes members hyprvdb can build."""
+    def bad(why: str) -> CorruptFileError:
+        return CorruptFileError(f"{shown}: the header {why}")
+
+    if not isinstance(header, dict) or not isinstance(header.get("members"), list) \
+            or not header["members"]:
+        raise bad("lists no matrices")
+    for i, m in enumerate(header["members"]):
+        if not isinstance(m, dict):
+            raise bad(f"entry {i} is not an object")
+        for key, kind in _MEMBER_KEYS.items():
+            v = m.get(key)
+            if not isinstance(v, kind) or isinstance(v, bool):
+                raise bad(f"entry {i} has no valid {key!r} (got {v!r})")
+        if m["rows"] <= 0 or m["cols"] <= 0 or m["compact_every"] <= 0:
+            raise bad(f"entry {i} has a non-positive size")
+        mh = m.get("max_history")
+        if mh is not None and (not isinstance(mh, int) or isinstance(mh, bool) or mh <= 0):
+            raise bad(f"entry {i} has an invalid max_history {mh!r}")
+
+
 class HistoryFile:
     """An open history file that commits are appended to."""
 
@@ -206,7 +247,11 @@ class HistoryFile:
                                    f"hyprvdb reads version {VERSION}")
         if zlib.crc32(js) & 0xFFFFFFFF != crc:
             raise CorruptFileError(f"{shown}: the header fails its checksum")
-        header = json.loads(js)
+        try:
+            header = json.loads(js.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CorruptFileError(f"{shown}: the header is not JSON ({exc})") from None
+        _check_header(header, shown)
         pos = 18 + n
         records: list[tuple[str, int, Any]] = []
         damage = None
@@ -242,8 +287,7 @@ class HistoryFile:
         if damage and not records:
             raise CorruptFileError(f"{shown}: {damage}, before any complete record")
         if damage:
-            steps = [t for k, t, _ in records if k == "step"]
-            last = steps[-1] if steps else records[0][1]
+            last = _newest_step(records)
             msg = (f"{shown} ends with {damage}; kept every record before it "
                    f"(newest step {last}), dropped {len(data) - pos} bytes")
             if strict:

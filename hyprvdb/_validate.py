@@ -33,8 +33,10 @@ def as_index_array(name: str, x: Any) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.int64)
 
 
-def as_value_array(name: str, x: Any, *, allow_nonfinite: bool = False) -> np.ndarray:
-    """Return ``x`` as a contiguous 1-D float32 array, refusing non-real kinds and NaN/inf."""
+def as_value_array(name: str, x: Any, *, allow_nonfinite: bool = False,
+                   hint: str = "") -> np.ndarray:
+    """Return ``x`` as a contiguous 1-D float32 array, refusing non-real kinds and NaN/inf
+    (``hint`` is appended to that error, e.g. how to allow them)."""
     a = np.asarray(x)
     if a.ndim == 0:
         a = a.reshape(1)
@@ -44,21 +46,21 @@ def as_value_array(name: str, x: Any, *, allow_nonfinite: bool = False) -> np.nd
         return np.zeros(0, dtype=np.float32)
     if a.dtype.kind not in "fiu":
         raise TypeError(f"{name} must hold real numbers, got {_describe(a)}")
-    out = np.ascontiguousarray(a, dtype=np.float32)
+    with np.errstate(over="ignore"):  # overflow becomes inf, refused below with its value
+        out = np.ascontiguousarray(a, dtype=np.float32)
     if not allow_nonfinite:
-        check_finite(name, out, source=a)
+        check_finite(name, out, source=a, hint=hint)
     return out
 
 
-def check_finite(name: str, out: np.ndarray, *, source: np.ndarray | None = None) -> None:
+def check_finite(name: str, out: np.ndarray, *, source: np.ndarray | None = None,
+                 hint: str = "") -> None:
     finite = np.isfinite(out)
     if not finite.all():
         i = int(np.flatnonzero(~finite)[0])
         shown = source[i] if source is not None else out[i]
         why = " (overflows float32)" if np.isfinite(shown) else ""
-        raise ValueError(
-            f"{name}[{i}] = {shown!r} is not finite{why}; pass allow_nonfinite=True to store it"
-        )
+        raise ValueError(f"{name}[{i}] = {shown!r} is not finite{why}{hint}")
 
 
 def as_matrix(name: str, x: Any) -> np.ndarray:

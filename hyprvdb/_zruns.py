@@ -112,10 +112,15 @@ class Runs:
         return np.cumsum(self.gaps, dtype=np.int64)
 
 
-def merge_groups(c: Changes, new_t: np.ndarray) -> Changes:
+def merge_groups(c: Changes, new_t: np.ndarray, *, split: bool = False) -> Changes:
     """Restamp changes to ``new_t`` (non-decreasing within each run) and merge the changes of
     one weight that now share a step: a group with a reset becomes one reset (its last reset's
-    value plus the increments after it), otherwise one increment (the sum)."""
+    value plus the increments after it), otherwise one increment (the sum).
+
+    Values are stored as float32. With ``split`` a merged value keeps float64 accuracy as two
+    float32 changes at the same step, ``hi = f32(v)`` then the increment ``lo = f32(v - hi)``
+    (dropped when 0), so merging never moves a state by more than float64 rounding.
+    """
     if not len(c):
         return c
     brk = np.ones(len(c), bool)
@@ -130,4 +135,23 @@ def merge_groups(c: Changes, new_t: np.ndarray) -> Changes:
     after = group_last[group_of] - csum
     value = np.add.reduceat(np.where(after == 0, c.d, 0.0), starts)
     any_reset = np.add.reduceat(c.reset.astype(np.int64), starts) > 0
-    return Changes(c.idx[starts], new_t[starts].astype(np.int64), value, any_reset)
+    merged = Changes(c.idx[starts], new_t[starts].astype(np.int64), value, any_reset)
+    if not split:
+        return merged
+    hi = value.astype(np.float32).astype(np.float64)
+    lo = (value - hi).astype(np.float32).astype(np.float64)
+    extra = np.flatnonzero(lo != 0)
+    if not len(extra):
+        return Changes(merged.idx, merged.t, hi, merged.reset)
+    # Interleave: each hi is followed by its lo (an increment at the same step).
+    n = len(starts)
+    pos = np.arange(n) + np.searchsorted(extra, np.arange(n), side="left")
+    out_n = n + len(extra)
+    idx = np.empty(out_n, np.int64)
+    t = np.empty(out_n, np.int64)
+    d = np.empty(out_n, np.float64)
+    reset = np.zeros(out_n, bool)
+    idx[pos], t[pos], d[pos], reset[pos] = merged.idx, merged.t, hi, merged.reset
+    lo_pos = pos[extra] + 1
+    idx[lo_pos], t[lo_pos], d[lo_pos] = merged.idx[extra], merged.t[extra], lo[extra]
+    return Changes(idx, t, d, reset)

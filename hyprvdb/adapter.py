@@ -21,6 +21,7 @@ from ._vdbfile import CRC_KEY, CRC_PLACEHOLDER, atomic_write, check_vdb_bytes
 __all__ = ["SparseAdapter", "fuse_adapters", "enforce_sparsity"]
 
 FORMAT_KEY = "hyprvdb_format"
+_NONFINITE_HINT = "; create the adapter with allow_nonfinite=True to store it"
 FORMAT = "sparse_adapter/1"
 
 
@@ -200,7 +201,8 @@ class SparseAdapter:
             raise TypeError(f"pass rows, cols and {value_name}, or one sequence of "
                             "(row, col, value) tuples")
         r, c = self._pairs(rows, cols)
-        v = V.as_value_array(value_name, values, allow_nonfinite=self._allow_nonfinite)
+        v = V.as_value_array(value_name, values, allow_nonfinite=self._allow_nonfinite,
+                             hint=_NONFINITE_HINT)
         V.same_length(rows=r, **{value_name: v})
         return r, c, v
 
@@ -339,13 +341,14 @@ class SparseAdapter:
         a = V.as_matrix("dense", dense)
         tol = V.real_scalar("tolerance", tolerance)
         out = cls(*a.shape, **kwargs)
-        a32 = np.ascontiguousarray(a, dtype=np.float32)
+        with np.errstate(over="ignore"):
+            a32 = np.ascontiguousarray(a, dtype=np.float32)
         if not out._allow_nonfinite:
             bad = ~np.isfinite(a32)
             if bad.any():
                 i, j = (int(x) for x in np.argwhere(bad)[0])
-                raise ValueError(f"dense[{i}, {j}] = {a[i, j]!r} is not finite; "
-                                 "pass allow_nonfinite=True to store it")
+                raise ValueError(f"dense[{i}, {j}] = {a[i, j]!r} is not finite"
+                                 f"{_NONFINITE_HINT}")
         out._c.from_dense(a32, tol)
         return out
 
@@ -471,7 +474,10 @@ def _block_shape(block_shape: Any) -> tuple[int, int]:
 
 
 def _scalar(name: str, value: Any, allow_nonfinite: bool) -> float:
-    return V.real_scalar(name, value, allow_nonfinite=allow_nonfinite)
+    try:
+        return V.real_scalar(name, value, allow_nonfinite=allow_nonfinite)
+    except ValueError as exc:
+        raise ValueError(f"{exc}{_NONFINITE_HINT}") from None
 
 
 def _unzip_triplets(items: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

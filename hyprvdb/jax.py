@@ -33,8 +33,8 @@ class SparseDelta:
     """A sparse ``rows x cols`` delta in CSR form, ready for JAX.
 
     ``indptr`` (rows + 1,) int32, ``indices`` (nnz,) int32 columns, ``row_ids`` (nnz,) int32
-    rows, ``values`` (nnz,) float32; entries sorted row-major. ``step`` (static) is the history
-    step the values belong to, if known.
+    rows, ``values`` (nnz,) float32; entries sorted row-major. ``step`` is the history step the
+    values belong to, if known (plain metadata: it does not survive tree transformations).
     """
 
     def __init__(self, indptr: Any, indices: Any, row_ids: Any, values: Any,
@@ -44,7 +44,8 @@ class SparseDelta:
         self.step = step
 
     def tree_flatten(self):  # noqa: ANN201
-        return (self.indptr, self.indices, self.row_ids, self.values), (self.shape, self.step)
+        # The step is not part of the tree structure: a new step must not retrace jitted code.
+        return (self.indptr, self.indices, self.row_ids, self.values), (self.shape,)
 
     @classmethod
     def tree_unflatten(cls, aux, children):  # noqa: ANN001, ANN206

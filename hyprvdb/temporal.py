@@ -53,9 +53,11 @@ class TemporalAdapter:
     tiers : sequence of (age, resolution), optional
         Hierarchical temporal resolution, finest first, e.g.
         ``[(10, 1), (100, 10), (None, 100)]``: every step for the last 10, one slice per 10
-        steps up to an age of 100, one per 100 beyond. A tier's age limit must be a multiple
-        of the next tier's resolution. Merged slices are stamped with the last step of their
-        span; a query inside a span answers for the step before it and says so.
+        steps up to an age of 100, one per 100 beyond. A span of ``r`` steps (steps
+        ``k*r - r + 1 .. k*r``) joins a tier once its last step is at least the previous
+        tier's age old; each resolution must be a multiple of the previous one. Merged slices
+        are stamped with the last step of their span; a query inside a span answers for the
+        step before it and says so. Merged values keep float64 accuracy.
     compact_every : int, default 16
         Commits kept time-major before they are compacted into Z-runs; a query replays at
         most this many slices.
@@ -163,7 +165,7 @@ class TemporalAdapter:
 
         Only before the first delta; duplicated coordinates are summed.
         """
-        if len(self._steps) > 1 or self._open is not None:
+        if len(self._steps) > 1 or self.base_step != 0 or self._open is not None:
             raise ValueError("store_base must come before the first delta "
                              f"(history already holds steps up to {self.latest})")
         if adapter is not None:
@@ -208,9 +210,13 @@ class TemporalAdapter:
 
     def accumulate(self, rows: Any, cols: Any, grads: Any) -> None:
         """Add contributions into the open step (an OpenVDB tree); repeated coordinates sum."""
+        r = V.as_index_array("rows", rows)
+        c = V.as_index_array("cols", cols)
+        g = V.as_value_array("grads", grads)
+        V.same_length(rows=r, cols=c, grads=g)
         if self._open is None:
             self._open = SparseAdapter(self._rows, self._cols, name=self.name)
-        self._open.add_weights(rows, cols, grads)
+        self._open.add_weights(r, c, g)
 
     def commit(self, t: int | None = None) -> int:
         """Close the open step as slice ``t`` (default: latest + 1) and return ``t``."""
@@ -298,9 +304,14 @@ class TemporalAdapter:
                 ts.append(int(s.t[j]))
                 ds.append(float(s.d[j]))
                 rs.append(bool(s.reset[j]))
+        if self._tiers and ts:
+            ts = self._stamp(np.asarray(ts, np.int64)).tolist()
         for t, d, r in zip(ts, ds, rs):
             value = d if r else value + d
-            out.append((t, float(np.float32(value))))
+            if out and out[-1][0] == t and (t != self.base_step or len(out) > 1):
+                out[-1] = (t, float(np.float32(value)))  # one entry per stored step
+            else:
+                out.append((t, float(np.float32(value))))
         return out
 
     def correlated_changes(self, t: int | None = None, *, window: int = 16,
@@ -497,6 +508,11 @@ class TemporalAdapter:
         self._tail.append(Changes(idx, np.full(len(idx), t, np.int32), d.astype(np.float32),
                                   reset))
         self._steps.append(t)
+        if self._tiers:
+            # The visible steps follow the tiers at every commit; merging the stored changes
+            # (at compaction) only saves space and never changes an answer.
+            stamps = self._stamp(np.asarray(self._steps[1:], np.int64)).tolist()
+            self._steps = [self._steps[0]] + sorted(set(stamps))
         self._commits += 1
         ce = self._compact_every
         if len(self._tail) >= 2 * ce or (
@@ -511,21 +527,20 @@ class TemporalAdapter:
     def _compact(self) -> None:
         c = self._changes()
         if self._tiers:
-            c = merge_groups(c, self._stamp(c.t))
-            self._steps = sorted({self._steps[0], *self._stamp(np.asarray(self._steps[1:],
-                                                                          np.int64)).tolist()})
+            c = merge_groups(c, self._stamp(c.t), split=True)
         self._runs = Runs.encode(c)
         self._tail = []
 
     def _stamp(self, t: np.ndarray) -> np.ndarray:
-        """Tier stamps: each step moved to the end of its span at its age's resolution."""
+        """Tier stamps: each step moves to the end of its span in the coarsest tier whose
+        condition holds (the span's end at least the previous tier's age old). Stamps keep
+        the order of steps, never pass the newest step, and stamping twice changes nothing."""
         out = t.copy()
-        age = self.latest - t
         lower = 0
         for limit, res in self._tiers:
-            sel = age > lower if limit is None else (age > lower) & (age <= limit)
-            if res > 1:
-                out[sel] = -(-t[sel] // res) * res
+            end = -(-t // res) * res
+            sel = (self.latest - end) >= lower
+            out[sel] = end[sel]
             if limit is None:
                 break
             lower = limit
@@ -580,16 +595,16 @@ class TemporalAdapter:
                 [p in resets for p in range(start, stop)])
 
     def _slices(self) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
-        """Every stored slice after the base, oldest first, as (t, idx, d, reset)."""
+        """Every stored slice after the base, oldest first, as (t, idx, d, reset): one per
+        committed step, and one per step a change is stored at (which may be a step that tiers
+        have since merged; loading restamps it the same way)."""
         c = self._changes()
         order = np.lexsort((c.idx, c.t))
         c = c.take(order)
-        out = []
-        bounds = np.searchsorted(c.t, self._steps[1:] + [math.inf], side="left")
-        for k, t in enumerate(self._steps[1:]):
-            sl = slice(bounds[k], bounds[k + 1])
-            out.append((t, c.idx[sl], c.d[sl].astype(np.float32), c.reset[sl]))
-        return out
+        steps = sorted(set(self._steps[1:]) | set(np.unique(c.t).tolist()))
+        bounds = np.searchsorted(c.t, steps + [math.inf], side="left")
+        return [(t, c.idx[bounds[k]:bounds[k + 1]], c.d[bounds[k]:bounds[k + 1]].astype(np.float32),
+                 c.reset[bounds[k]:bounds[k + 1]]) for k, t in enumerate(steps)]
 
     def _adapter(self, idx: np.ndarray, val: np.ndarray) -> SparseAdapter:
         v32 = val.astype(np.float32)
@@ -824,8 +839,14 @@ def _members_of(header: dict[str, Any], path: Any) -> list[dict[str, Any]]:
 
 
 def _from_settings(m: dict[str, Any]) -> TemporalAdapter:
-    return TemporalAdapter(m["rows"], m["cols"], max_history=m["max_history"],
-                           tiers=m["tiers"], compact_every=m["compact_every"], name=m["name"])
+    try:
+        return TemporalAdapter(m["rows"], m["cols"], max_history=m.get("max_history"),
+                               tiers=m.get("tiers"), compact_every=m["compact_every"],
+                               name=m["name"])
+    except (TypeError, ValueError, KeyError) as exc:
+        from ._errors import CorruptFileError
+        raise CorruptFileError(f"the history header describes an invalid matrix: {exc}") \
+            from None
 
 
 def _replay(members: list[TemporalAdapter], records: list[tuple[str, int, Any]]) -> None:
@@ -972,9 +993,6 @@ def _check_tiers(tiers: Any) -> list[tuple[int | None, int]] | None:
         if res % prev_res:
             raise ValueError(f"tiers[{i}] resolution {res} must be a multiple of the previous "
                              f"tier's {prev_res}")
-        if prev_limit % res:
-            raise ValueError(f"tiers[{i}]: the previous tier's age {prev_limit} must be a "
-                             f"multiple of this tier's resolution {res}")
         out.append((limit, res))
         if limit is None and i != len(items) - 1:
             raise ValueError(f"tiers[{i}] has no age limit, so it must be the last tier")

@@ -1,0 +1,831 @@
+"""hyprvdb.ops against a float64 dense numpy reference, on every path it has.
+
+Paths: ``"cpu"`` (``hyprvdb._cpu``: the ``kernels/*.cuh`` logic compiled by g++), ``"numpy"``
+(``hyprvdb.ops._cpu_ext`` patched to return None: numpy alone) and, in :class:`TestCuda`,
+``device="cuda"`` (CuPy raw kernels; skipped without CuPy and a device). One body per check,
+run on each path, with fresh random inputs (seeded from the test's id, so a failure
+reproduces; set ``HYPRVDB_TEST_SEED`` to draw others) and outputs poisoned before each run:
+arrays the library allocates with ``empty`` come back filled with NaN, and ``out`` arrays that
+are accumulated into hold random values.
+
+Tolerances, against float64 computed from the same (rounded) inputs:
+
+- float32: ``|got - ref| <= 1e-5 * mag``, where ``mag`` is the magnitude of the row's terms,
+  ``sum |x_c * w_c|`` (plus ``|out|`` or ``|bias|`` when added in). A row without terms must
+  come back exactly.
+- float16 / bfloat16: the float32 result rounded once to the dtype, within 1 ulp of that
+  dtype: ``got`` lies in ``[round(ref - 1e-5 mag) - 1 ulp, round(ref + 1e-5 mag) + 1 ulp]``.
+- gather is exact; time windows are float64 sums rounded once to float32, compared with
+  ``TemporalAdapter`` (which sums the same way) within 1 float32 ulp (summation order).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import zlib
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from hyprvdb import kernels as K
+from hyprvdb import ops
+from hyprvdb.snapshot import Snapshot
+
+try:
+    import ml_dtypes
+    BF16 = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover - ml_dtypes comes with JAX
+    ml_dtypes = None
+    BF16 = None
+
+F32, F16 = np.dtype(np.float32), np.dtype(np.float16)
+DTYPES = [pytest.param(F32, id="float32"), pytest.param(F16, id="float16"),
+          pytest.param(BF16, id="bfloat16", marks=pytest.mark.skipif(
+              BF16 is None, reason="bfloat16 needs ml_dtypes"))]
+BATCHES = [1, 3, 8, 16, 33, 256]
+SHAPES = [(37, 129), (1, 1), (5, 1000)]
+DENSITIES = [0.0, 0.001, 0.01, 0.1]
+
+
+# ----------------------------------------------------------------------------- backends
+class Host:
+    """numpy arrays on the CPU (the "cpu" and "numpy" paths)."""
+
+    device = "cpu"
+
+    @staticmethod
+    def asarray(a):
+        return np.asarray(a)
+
+    @staticmethod
+    def asnumpy(a):
+        return np.asarray(a)
+
+
+class Cuda:
+    device = "cuda"
+
+    def __init__(self, cupy):
+        self.cp = cupy
+
+    def asarray(self, a):
+        return self.cp.asarray(a)
+
+    def asnumpy(self, a):
+        return self.cp.asnumpy(a)
+
+
+HOST = Host()
+
+
+def _poisoned(empty):
+    def poisoned_empty(*args, **kwargs):
+        a = empty(*args, **kwargs)
+        if a.dtype.kind == "f" or a.dtype == BF16:
+            a.fill(np.nan)
+        return a
+    return poisoned_empty
+
+
+@pytest.fixture(autouse=True)
+def poison_empty(monkeypatch):
+    """Arrays made with numpy's ``empty``/``empty_like`` come back full of NaN: an output the
+    library allocates but does not fully write shows up as NaN."""
+    monkeypatch.setattr(np, "empty", _poisoned(np.empty))
+    monkeypatch.setattr(np, "empty_like", _poisoned(np.empty_like))
+
+
+@pytest.fixture(params=["cpu", "numpy"])
+def path(request, monkeypatch):
+    if request.param == "cpu":
+        if ops._cpu_ext() is None:
+            pytest.skip("hyprvdb._cpu (the CPU extension) is not built")
+    else:
+        monkeypatch.setattr(ops, "_cpu_ext", lambda: None)
+    return request.param
+
+
+@pytest.fixture
+def rng(request):
+    seed = zlib.crc32(request.node.nodeid.encode()) ^ int(os.environ.get("HYPRVDB_TEST_SEED",
+                                                                        "0"))
+    return np.random.default_rng(seed)
+
+
+# ----------------------------------------------------------------------------- inputs
+def random_coo(rng, shape, density):
+    size = shape[0] * shape[1]
+    n = int(round(density * size))
+    flat = rng.choice(size, size=n, replace=False)
+    rows, cols = np.divmod(flat, shape[1])
+    vals = rng.standard_normal(n).astype(np.float32)
+    if n > 3:
+        vals[rng.integers(n)] = 0.0  # an explicit zero is an active weight too
+    return rows, cols, vals
+
+
+def random_delta(rng, shape, density):
+    """(Snapshot, dense float32 dW)."""
+    rows, cols, vals = random_coo(rng, shape, density)
+    dense = np.zeros(shape, np.float32)
+    dense[rows, cols] = vals
+    return Snapshot.from_coo(rows, cols, vals, shape), dense
+
+
+def random_array(rng, shape, dtype, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32).astype(dtype)
+
+
+def f64(a):
+    return np.asarray(a).astype(np.float32).astype(np.float64)
+
+
+# ----------------------------------------------------------------------------- checking
+def _ordered(a, dtype):
+    """16-bit floats as integers in value order (+0 and -0 both 0): 1 apart = 1 ulp apart."""
+    b = a.astype(dtype).view(np.uint16).astype(np.int32)
+    return np.where(b & 0x8000, -(b & 0x7FFF), b)
+
+
+def assert_close(got, ref, mag, dtype, what):
+    """``got`` (the library's result) against ``ref`` (float64) under the module's tolerance."""
+    got = np.asarray(got)
+    assert got.dtype == dtype, f"{what}: dtype {got.dtype}, expected {dtype}"
+    assert got.shape == ref.shape, f"{what}: shape {got.shape}, expected {ref.shape}"
+    nan = np.isnan(got.astype(np.float32))
+    assert not nan.any(), (f"{what}: {int(nan.sum())} NaN entries (unwritten outputs?), first "
+                           f"at {tuple(int(i) for i in np.argwhere(nan)[0])}")
+    tol = 1e-5 * mag
+    if dtype == F32:
+        err = np.abs(got.astype(np.float64) - ref)
+        bad = err > tol
+
+        def detail(i):
+            return f"{got[i]!r} vs {ref[i]!r} (err {err[i]:.3g}, tol {tol[i]:.3g})"
+    else:
+        lo = _ordered((ref - tol).astype(np.float32), dtype)
+        hi = _ordered((ref + tol).astype(np.float32), dtype)
+        g = _ordered(got, dtype)
+        bad = (g < lo - 1) | (g > hi + 1)
+
+        def detail(i):
+            return (f"{got[i]!r} vs {ref[i]!r} (allowed {(ref[i] - tol[i]):.6g} .. "
+                    f"{(ref[i] + tol[i]):.6g} rounded to {dtype}, +-1 ulp)")
+    if bad.any():
+        idx = [tuple(int(j) for j in i) for i in np.argwhere(bad)[:4]]
+        raise AssertionError(f"{what}: {int(bad.sum())} of {bad.size} entries out of tolerance, "
+                             "e.g. " + "; ".join(f"{i}: {detail(i)}" for i in idx))
+
+
+def ulp_equal_f32(got, ref, what, max_ulp=1):
+    got = np.asarray(got, np.float32)
+    ref = np.asarray(ref, np.float32)
+    assert got.shape == ref.shape, f"{what}: shape {got.shape} != {ref.shape}"
+
+    def key(a):
+        b = a.view(np.int32).astype(np.int64)
+        return np.where(b < 0, -(b & 0x7FFFFFFF), b)
+    diff = np.abs(key(got) - key(ref))
+    if (diff > max_ulp).any() or np.isnan(got).any():
+        i = np.argwhere((diff > max_ulp) | np.isnan(got))[0]
+        raise AssertionError(f"{what}: {int((diff > max_ulp).sum())} entries differ by more than "
+                             f"{max_ulp} ulp, e.g. at {tuple(i)}: {got[tuple(i)]!r} vs "
+                             f"{ref[tuple(i)]!r}")
+
+
+# ----------------------------------------------------------------------------- bodies
+# Each body takes the backend (Host or Cuda) and runs one check; the tests below pick paths.
+def check_delta_matmul(bk, rng, batch, shape, density, dtype):
+    snap, dW = random_delta(rng, shape, density)
+    d = ops.DeviceDelta.upload(snap, bk.device)
+    x = random_array(rng, (batch, shape[1]), dtype)
+    xd = bk.asarray(x)
+    terms = np.abs(f64(x)) @ np.abs(dW.astype(np.float64)).T
+    # a new result, scale 1
+    y = ops.delta_matmul(xd, d)
+    assert_close(bk.asnumpy(y), f64(x) @ dW.astype(np.float64).T, terms, dtype,
+                 f"delta_matmul {batch}x{shape} density {density} {dtype}")
+    # accumulated into an existing out (random values: a skipped row keeps them), scale != 1
+    scale = -0.37
+    out0 = random_array(rng, (batch, shape[0]), dtype)
+    out = bk.asarray(out0.copy())
+    res = ops.delta_matmul(xd, d, scale, out=out)
+    assert res is out
+    ref = f64(out0) + scale * (f64(x) @ dW.astype(np.float64).T)
+    assert_close(bk.asnumpy(out), ref, np.abs(f64(out0)) + abs(scale) * terms, dtype,
+                 f"delta_matmul(out=..., scale={scale}) {batch}x{shape} {dtype}")
+    # the snapshot itself is accepted in place of a DeviceDelta
+    if bk.device == "cpu":
+        y2 = ops.delta_matmul(xd, snap, 2.0)
+        assert_close(bk.asnumpy(y2), 2.0 * (f64(x) @ dW.astype(np.float64).T), 2 * terms, dtype,
+                     "delta_matmul(snapshot)")
+
+
+def check_fused_linear(bk, rng, batch, shape, density, dtype, with_bias):
+    snap, dW = random_delta(rng, shape, density)
+    d = ops.DeviceDelta.upload(snap, bk.device)
+    x = random_array(rng, (batch, shape[1]), dtype)
+    W = random_array(rng, shape, dtype, 0.1)
+    bias = random_array(rng, (shape[0],), dtype) if with_bias else None
+    scale = 1.75
+    y = ops.fused_linear(bk.asarray(x), bk.asarray(W), d, scale,
+                         None if bias is None else bk.asarray(bias))
+    ref = f64(x) @ f64(W).T + scale * (f64(x) @ dW.astype(np.float64).T)
+    mag = np.abs(f64(x)) @ np.abs(f64(W)).T + scale * (np.abs(f64(x)) @ np.abs(f64(dW)).T)
+    if bias is not None:
+        ref += f64(bias)
+        mag += np.abs(f64(bias))
+    assert_close(bk.asnumpy(y), ref, mag, dtype,
+                 f"fused_linear {batch}x{shape} density {density} bias={with_bias} {dtype}")
+
+
+def check_gather(bk, rng, shape, density):
+    snap, dW = random_delta(rng, shape, density)
+    d = ops.DeviceDelta.upload(snap, bk.device)
+    ar, ac = np.nonzero(dW != 0)
+    n = 4000
+    rows = np.concatenate([ar, rng.integers(0, shape[0], n), [0, shape[0] - 1, 0,
+                                                              shape[0] - 1]])
+    cols = np.concatenate([ac, rng.integers(0, shape[1], n), [0, 0, shape[1] - 1,
+                                                              shape[1] - 1]])
+    got = bk.asnumpy(ops.gather(d, bk.asarray(rows), bk.asarray(cols)))
+    assert got.dtype == np.float32 and got.shape == rows.shape
+    np.testing.assert_array_equal(got.view(np.uint32), dW[rows, cols].view(np.uint32),
+                                  err_msg=f"gather {shape} density {density}")
+
+
+def check_merge_unmerge(bk, rng, shape, density, dtype, scale):
+    snap, dW = random_delta(rng, shape, density)
+    d = ops.DeviceDelta.upload(snap, bk.device)
+    W0 = random_array(rng, shape, dtype)
+    W = bk.asarray(W0.copy())
+    assert ops.merge(W, d, scale) is W
+    W1 = bk.asnumpy(W).copy()  # W is changed in place by unmerge below
+    ref = f64(W0) + scale * f64(dW)
+    assert_close(W1, ref, np.abs(f64(W0)) + abs(scale) * np.abs(f64(dW)), dtype,
+                 f"merge {shape} density {density} {dtype} scale {scale}")
+    off = dW == 0
+    off[snap.active_weights()[0], snap.active_weights()[1]] = False
+    np.testing.assert_array_equal(W1[off].view(np.uint16 if dtype.itemsize == 2 else np.uint32),
+                                  W0[off].view(np.uint16 if dtype.itemsize == 2 else np.uint32),
+                                  err_msg="merge wrote outside the delta's pattern")
+    assert ops.unmerge(W, d, scale) is W
+    assert_restored(W0, W1, bk.asnumpy(W), dtype, f"unmerge {shape} {dtype}")
+
+
+def assert_restored(W0, W1, W2, dtype, what):
+    """W2 = round(W1 - s dW) after W1 = round(W0 + s dW): each rounding is at most half an ulp
+    of its result, so |W2 - W0| <= eps/2 (|W1| + |W2|) (eps of the dtype; allowed: eps)."""
+    eps = float(np.finfo(np.float32).eps if dtype == F32 else np.finfo(np.float16).eps
+                if dtype == F16 else ml_dtypes.finfo(BF16).eps)
+    tiny = float(np.finfo(np.float16).smallest_subnormal) if dtype == F16 else 0.0
+    tol = eps * (np.abs(f64(W1)) + np.abs(f64(W2))) + tiny
+    err = np.abs(f64(W2) - f64(W0))
+    bad = err > tol
+    assert not bad.any(), (f"{what}: W not restored up to rounding at {int(bad.sum())} entries, "
+                           f"max err {err.max():.3g} at "
+                           f"{np.unravel_index(err.argmax(), err.shape)}")
+
+
+def check_merge_layers(bk, rng, dtype):
+    shapes = [(37, 129), (384, 384), (1, 1), (5, 1000), (1536, 384)]
+    snaps, denses = zip(*(random_delta(rng, s, dens) for s, dens in
+                          zip(shapes, [0.1, 0.01, 1.0, 0.0, 0.015])))
+    ds = [ops.DeviceDelta.upload(s, bk.device) for s in snaps]
+    W0 = [random_array(rng, s, dtype) for s in shapes]
+    Ws = [bk.asarray(w.copy()) for w in W0]
+    scale = 0.5
+    out = ops.merge_layers(Ws, ds, scale)
+    assert out is Ws or list(out) == Ws
+    for i, (w0, dW) in enumerate(zip(W0, denses)):
+        assert_close(bk.asnumpy(Ws[i]), f64(w0) + scale * f64(dW),
+                     np.abs(f64(w0)) + scale * np.abs(f64(dW)), dtype,
+                     f"merge_layers layer {i} {shapes[i]} {dtype}")
+    W1 = [bk.asnumpy(w).copy() for w in Ws]
+    ops.merge_layers(Ws, ds, -scale)
+    for i, w0 in enumerate(W0):
+        assert_restored(w0, W1[i], bk.asnumpy(Ws[i]), dtype, f"merge_layers(-scale) layer {i}")
+
+
+# ----------------------------------------------------------------------------- histories
+def _core_or_skip():
+    try:
+        from hyprvdb import _native
+        _native.core()
+    except Exception as exc:  # noqa: BLE001 - MissingExtensionError or an import failure
+        pytest.skip(f"TemporalAdapter needs hyprvdb._core (OpenVDB): {exc}")
+
+
+HISTORY_KINDS = ["plain", "resets", "compacted+tail", "pruned", "circular", "tiers"]
+
+
+def core_available() -> bool:
+    try:
+        from hyprvdb import _native
+        _native.core()
+    except Exception:  # noqa: BLE001 - MissingExtensionError or an import failure
+        return False
+    return True
+
+
+# Histories these kinds build need the OpenVDB core (the open step is a SparseAdapter; folding
+# queries the state); the others are built with store_delta alone, which is numpy only.
+NEEDS_CORE = {"pruned", "circular"}
+
+
+def random_history(rng, kind, shape=(48, 80), open_steps=True):
+    """A TemporalAdapter with ~20 stored steps (gaps between them) of the given kind;
+    ``open_steps`` commits some steps through ``accumulate`` (which needs the core)."""
+    import hyprvdb
+    kw = {}
+    if kind == "compacted+tail" or kind == "resets":
+        kw["compact_every"] = 4
+    if kind == "circular":
+        kw.update(max_history=7, compact_every=3)
+    if kind == "tiers":
+        kw.update(tiers=[(4, 1), (None, 4)], compact_every=4)
+    h = hyprvdb.TemporalAdapter(*shape, **kw)
+    r, c, v = random_coo(rng, shape, 0.05)
+    h.store_base(rows=r, cols=c, values=v)
+    t = 0
+    prev = (r, c)
+    for k in range(20):
+        t += int(rng.integers(1, 4))
+        n = int(rng.integers(5, 60))
+        flat = rng.choice(shape[0] * shape[1], n, replace=False)
+        rows, cols = np.divmod(flat, shape[1])
+        m = min(len(prev[0]), n // 3)  # some coordinates repeat the step before
+        rows[:m], cols[:m] = prev[0][:m], prev[1][:m]
+        flat = rows * shape[1] + cols
+        _, keep = np.unique(flat, return_index=True)
+        rows, cols = rows[keep], cols[keep]
+        deltas = (rng.standard_normal(len(rows)) * 0.1).astype(np.float32)
+        if kind == "resets":
+            reset = rng.random(len(rows)) < 0.3
+            deltas[reset & (rng.random(len(rows)) < 0.3)] = 0.0  # reset to 0: switched off
+            h.store_delta(t, rows, cols, deltas, reset=reset)
+        elif open_steps and k % 5 == 2:  # the open step: repeated coordinates sum
+            h.accumulate(rows, cols, deltas)
+            h.accumulate(rows[:3], cols[:3], deltas[:3])
+            h.commit(t)
+        else:
+            h.store_delta(t, rows, cols, deltas)
+        prev = (rows, cols)
+    if kind == "pruned":
+        h.prune_history(8)
+    return h
+
+
+def window_pairs(h, rng, n=12):
+    lo, hi = h.base_step, h.latest
+    ts = sorted({lo, hi, *h.steps, *rng.integers(lo, hi + 1, 6).tolist()})
+    pairs = {(lo, hi), (hi, hi), (lo, lo)}
+    while len(pairs) < n:
+        a, b = sorted(rng.choice(ts, 2))
+        pairs.add((int(a), int(b)))
+    return sorted(pairs)
+
+
+def check_windows(bk, rng, kind, reference="temporal"):
+    """DeviceHistory.window on ``bk`` against TemporalAdapter (``reference="temporal"``, needs
+    the core) or against the numpy path's DeviceHistory on the CPU (``"numpy"``, for machines
+    without the core; that path is itself checked against TemporalAdapter where it is)."""
+    h = random_history(rng, kind, open_steps=reference == "temporal")
+    if kind == "pruned":
+        assert h.base_step > 0
+    if reference == "temporal":
+        def ref(t0, t1, mode):
+            if mode == "state":
+                return h.weights_at_time(t1).to_dense()
+            return h.window_delta(t0, t1).to_dense()
+    else:
+        cpu = ops.DeviceHistory(h, "cpu")
+
+        def ref(t0, t1, mode):
+            import unittest.mock
+            with unittest.mock.patch.object(ops, "_cpu_ext", lambda: None):
+                return cpu.window(t0, t1, mode=mode)
+    dh = ops.DeviceHistory(h, bk.device)
+    for t0, t1 in window_pairs(h, rng):
+        got = bk.asnumpy(dh.window(t0, t1))
+        assert got.dtype == np.float32 and got.shape == h.shape
+        ulp_equal_f32(got, ref(t0, t1, "delta"), f"{kind}: window({t0}, {t1})")
+        st = bk.asnumpy(dh.window(t0, t1, mode="state"))
+        ulp_equal_f32(st, ref(t0, t1, "state"), f"{kind}: window({t0}, {t1}, mode='state')")
+    t0, t1 = h.base_step, h.latest
+    one = bk.asnumpy(ops.window_weights(h, t0, t1, mode="state", device=bk.device))
+    ulp_equal_f32(one, ref(t0, t1, "state"), f"{kind}: window_weights")
+
+
+# ============================================================================ CPU / numpy
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("density", DENSITIES)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("batch", BATCHES)
+def test_delta_matmul(path, rng, batch, shape, density, dtype):
+    check_delta_matmul(HOST, rng, batch, shape, density, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [1, 16, 256])
+def test_delta_matmul_model_sized(path, rng, batch, dtype):
+    """A real layer's shape: big enough for the threaded CPU loops."""
+    check_delta_matmul(HOST, rng, batch, (384, 1536), 0.01, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_delta_matmul_strided_x_and_empty_batch(path, rng, dtype):
+    snap, dW = random_delta(rng, (37, 129), 0.1)
+    wide = random_array(rng, (5, 258), dtype)
+    x = wide[:, ::2]  # not contiguous
+    y = ops.delta_matmul(x, snap)
+    assert_close(y, f64(x) @ f64(dW).T, np.abs(f64(x)) @ np.abs(f64(dW)).T, dtype,
+                 "delta_matmul(strided x)")
+    empty = ops.delta_matmul(np.zeros((0, 129), dtype), snap)
+    assert empty.shape == (0, 37) and empty.dtype == dtype
+
+
+@pytest.mark.parametrize("with_bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("density", [0.0, 0.01, 0.1])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("batch", BATCHES)
+def test_fused_linear(path, rng, batch, shape, density, dtype, with_bias):
+    check_fused_linear(HOST, rng, batch, shape, density, dtype, with_bias)
+
+
+@pytest.mark.parametrize("with_bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [1, 4, 16, 256])
+def test_fused_linear_model_sized(path, rng, batch, dtype, with_bias):
+    """A real layer's shape: every CPU loop order (tiles of 1, 4 and 8 rows, transposed x)."""
+    check_fused_linear(HOST, rng, batch, (384, 1536), 0.01, dtype, with_bias)
+
+
+@pytest.mark.parametrize("shape", [(37, 129), (1, 1), (5, 1000), (4097, 70), (3, 40000)],
+                         ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("density", DENSITIES)
+def test_gather(path, rng, shape, density):
+    check_gather(HOST, rng, shape, density)
+
+
+def test_gather_accepts_lists_and_any_int_array(path, rng):
+    snap, dW = random_delta(rng, (37, 129), 0.1)
+    ar, ac = np.nonzero(dW)
+    r2 = ar[:6].reshape(2, 3).astype(np.int32)
+    got = ops.gather(snap, r2, ac[:6].reshape(2, 3).astype(np.uint16))
+    np.testing.assert_array_equal(got, dW[ar[:6], ac[:6]])
+    np.testing.assert_array_equal(ops.gather(snap, [0, 36], [128, 0]), dW[[0, 36], [128, 0]])
+    assert ops.gather(snap, [], []).shape == (0,)
+
+
+@pytest.mark.parametrize("scale", [1.0, -0.37])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("density", [0.0, 0.01, 0.1])
+@pytest.mark.parametrize("shape", SHAPES + [(384, 1536)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_merge_unmerge(path, rng, shape, density, dtype, scale):
+    check_merge_unmerge(HOST, rng, shape, density, dtype, scale)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_merge_layers(path, rng, dtype):
+    check_merge_layers(HOST, rng, dtype)
+
+
+@pytest.mark.parametrize("kind", HISTORY_KINDS)
+def test_windows_match_temporal_adapter(path, rng, kind):
+    _core_or_skip()
+    check_windows(HOST, rng, kind)
+
+
+@pytest.mark.parametrize("kind", [k for k in HISTORY_KINDS if k not in NEEDS_CORE])
+def test_windows_cpu_extension_matches_numpy_path(rng, kind):
+    """What TestCuda compares with on machines without the core, checked here on the CPU."""
+    if ops._cpu_ext() is None:
+        pytest.skip("hyprvdb._cpu (the CPU extension) is not built")
+    check_windows(HOST, rng, kind, reference="numpy")
+
+
+def test_device_delta_update_and_to_dense(path, rng):
+    snap, dW = random_delta(rng, (37, 129), 0.1)
+    d = ops.DeviceDelta.upload(snap, "cpu")
+    assert d.device == "cpu" and d.shape == (37, 129) and d.nnz == snap.nnz
+    np.testing.assert_array_equal(d.to_dense(), dW)
+    r, c, v = snap.active_weights()
+    newer = snap.with_values(r, c, v * 2, step=5)
+    assert d.update(newer) is False  # same topology: values only
+    assert d.step == 5
+    np.testing.assert_array_equal(d.to_dense(), 2 * dW)
+    x = random_array(rng, (4, 129), F32)
+    assert_close(ops.delta_matmul(x, d), f64(x) @ (2 * f64(dW)).T,
+                 np.abs(f64(x)) @ np.abs(2 * f64(dW)).T, F32, "after update")
+    np.testing.assert_array_equal(ops.gather(d, r, c), 2 * v)
+    other, dW2 = random_delta(rng, (37, 129), 0.05)
+    assert d.update(other) is True
+    np.testing.assert_array_equal(d.to_dense(), dW2)
+    np.testing.assert_array_equal(ops.gather(d, *np.nonzero(dW2)), dW2[np.nonzero(dW2)])
+    with pytest.raises(ValueError, match=r"snapshot has shape \(37, 130\), this delta \(37, 129\)"):
+        d.update(Snapshot.from_coo([0], [0], [1.0], (37, 130)))
+    with pytest.raises(TypeError, match="snapshot must be a hyprvdb.Snapshot, got ndarray"):
+        d.update(dW)
+
+
+# ----------------------------------------------------------------------------- errors
+def _error_cases(rng):
+    snap, dW = random_delta(rng, (37, 129), 0.1)
+    d = ops.DeviceDelta.upload(snap, "cpu")
+    x = np.ones((3, 129), np.float32)
+    W = np.ones((37, 129), np.float32)
+    return [
+        ("x wrong width", lambda: ops.delta_matmul(np.ones((3, 128), np.float32), d),
+         ValueError, r"x must have shape \(batch, 129\), got \(3, 128\)"),
+        ("x 1-D", lambda: ops.delta_matmul(np.ones(129, np.float32), d),
+         ValueError, r"x must have shape \(batch, 129\), got \(129,\)"),
+        ("x float64", lambda: ops.delta_matmul(np.ones((3, 129)), d),
+         TypeError, r"x must be float32, float16 or bfloat16, got dtype float64"),
+        ("x a list", lambda: ops.delta_matmul([[1.0] * 129], d),
+         TypeError, r"x must be a numpy array on the delta's device, got builtins.list"),
+        ("delta not a snapshot", lambda: ops.delta_matmul(x, dW),
+         TypeError, r"delta must be a Snapshot or DeviceDelta, got ndarray"),
+        ("out wrong shape", lambda: ops.delta_matmul(x, d, out=np.zeros((3, 36), np.float32)),
+         ValueError, r"out must be a contiguous float32 array of shape \(3, 37\), got float32 "
+                     r"\(3, 36\)"),
+        ("out wrong dtype", lambda: ops.delta_matmul(x, d, out=np.zeros((3, 37), np.float16)),
+         ValueError, r"out must be a contiguous float32 array of shape \(3, 37\), got float16"),
+        ("out strided", lambda: ops.delta_matmul(x, d, out=np.zeros((3, 74), np.float32)[:, ::2]),
+         ValueError, r"out must be a contiguous float32 array"),
+        ("W wrong shape", lambda: ops.fused_linear(x, W[:, :128], d),
+         ValueError, r"W must be a float32 array of shape \(37, 129\) on the delta's device, "
+                     r"got float32 \(37, 128\)"),
+        ("W wrong dtype", lambda: ops.fused_linear(x, W.astype(np.float16), d),
+         ValueError, r"W must be a float32 array of shape \(37, 129\).*got float16"),
+        ("bias wrong shape", lambda: ops.fused_linear(x, W, d, bias=np.ones(36, np.float32)),
+         ValueError, r"bias must be a float32 array of shape \(37,\), got float32 \(36,\)"),
+        ("gather rows out of range", lambda: ops.gather(d, [0, 1, 37], [0, 1, 2]),
+         IndexError, r"rows\[2\] = 37 is out of range \(valid: 0..36\)"),
+        ("gather negative col", lambda: ops.gather(d, [0, 1], [5, -1]),
+         IndexError, r"cols\[1\] = -1 is out of range \(valid: 0..128\)"),
+        ("gather cols out of range", lambda: ops.gather(d, [0], [129]),
+         IndexError, r"cols\[0\] = 129 is out of range \(valid: 0..128\)"),
+        ("gather lengths", lambda: ops.gather(d, [0, 1], [0]),
+         ValueError, r"rows and cols must have the same length, got 2 and 1"),
+        ("merge_layers pairs", lambda: ops.merge_layers([W, W], [d]),
+         ValueError, r"Ws and deltas must pair up: 2 weights, 1 deltas"),
+        ("merge W wrong shape", lambda: ops.merge_layers([W, W[:36]], [d, d]),
+         ValueError, r"Ws\[1\] must be a contiguous array of shape \(37, 129\) on the delta's "
+                     r"device, got ndarray \(36, 129\)"),
+        ("merge W float64", lambda: ops.merge(W.astype(np.float64), d),
+         TypeError, r"float32, float16 or bfloat16, got dtype float64"),
+        ("merge W not contiguous", lambda: ops.merge(np.ones((129, 37), np.float32).T, d),
+         ValueError, r"Ws\[0\] must be a contiguous array"),
+        ("device name", lambda: ops.DeviceDelta.upload(snap, "gpu"),
+         ValueError, r"device must be one of \('cpu', 'cuda', 'auto'\), got 'gpu'"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(20))
+def test_errors(path, rng, case):
+    cases = _error_cases(rng)
+    name, call, exc, msg = cases[case]
+    with pytest.raises(exc, match=msg):
+        call()
+
+
+def test_errors_are_the_same_on_both_paths(monkeypatch, rng):
+    """Every bad call raises the same type with the same message on the cpu and numpy paths."""
+    if ops._cpu_ext() is None:
+        pytest.skip("hyprvdb._cpu (the CPU extension) is not built")
+    seen = {}
+    for p in ("cpu", "numpy"):
+        if p == "numpy":
+            monkeypatch.setattr(ops, "_cpu_ext", lambda: None)
+        cases = _error_cases(np.random.default_rng(1))
+        for name, call, _, _ in cases:
+            try:
+                call()
+            except Exception as e:  # noqa: BLE001 - comparing whatever comes out
+                seen.setdefault(name, []).append((type(e), str(e)))
+            else:
+                seen.setdefault(name, []).append(None)
+    for name, (a, b) in seen.items():
+        assert a is not None, f"{name}: no error"
+        assert a == b, f"{name}: cpu raised {a}, numpy raised {b}"
+
+
+def test_window_errors(path, rng):
+    _core_or_skip()
+    h = random_history(rng, "pruned")
+    dh = ops.DeviceHistory(h, "cpu")
+    lo, hi = h.base_step, h.latest
+    with pytest.raises(ValueError, match=r"mode must be 'delta' or 'state', got 'sum'"):
+        dh.window(lo, hi, mode="sum")
+    with pytest.raises(ValueError, match=rf"t0 = {lo - 1} is outside the stored steps {lo}..{hi}"):
+        dh.window(lo - 1, hi)
+    with pytest.raises(ValueError, match=rf"t1 = {hi + 1} is outside the stored steps"):
+        dh.window(lo, hi + 1)
+    with pytest.raises(ValueError, match=rf"t0 = {hi} must not be after t1 = {lo}"):
+        dh.window(hi, lo)
+
+
+def test_cuda_device_without_a_gpu_is_refused(monkeypatch):
+    monkeypatch.setattr(ops, "cuda_available", lambda: False)
+    assert ops.resolve_device("auto") == "cpu"
+    with pytest.raises(RuntimeError, match="device='cuda' needs CuPy and a CUDA device"):
+        ops.resolve_device("cuda")
+
+
+# ============================================================= CUDA launch glue, no GPU needed
+def kernel_params(filename, name):
+    """(type, name) of each parameter of kernel ``name`` in ``kernels/<filename>``."""
+    src = (K.KERNEL_DIR / filename).read_text()
+    m = re.search(rf"__global__\s+void\s+{name}\s*\(([^)]*)\)", src)
+    assert m, f"{name} not found in {filename}"
+    out = []
+    for p in m.group(1).split(","):
+        p = " ".join(p.replace("__restrict__", "").split())
+        pname = re.findall(r"(\w+)$", p)[0]
+        out.append(("ptr" if "*" in p else p[: -len(pname)].replace("const", "").strip(), pname))
+    return out
+
+
+_C_SCALARS = {"int": np.int32, "long long": np.int64, "float": np.float32}
+
+
+class Launch(SimpleNamespace):
+    pass
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """``device="cuda"`` on this machine: numpy stands in for CuPy and a recorder stands in
+    for every compiled kernel (launches are recorded, not run). What this checks is the glue
+    between ops and kernels/*.cu: grid sizes, argument order and argument widths."""
+    launches = []
+
+    def function(filename, name, **defines):
+        assert name in K.NAME_EXPRESSIONS[filename], name
+
+        def launch(grid, block, args):
+            launches.append(Launch(file=filename, name=name, grid=grid, block=block, args=args,
+                                   defines=defines))
+        return launch
+
+    monkeypatch.setitem(sys.modules, "cupy", np)
+    monkeypatch.setattr(ops, "cuda_available", lambda: True)
+    monkeypatch.setattr(K, "function", function)
+    return launches
+
+
+def check_launch(launch, expected):
+    """Arguments line up with the kernel's parameters by name, with the C widths."""
+    params = kernel_params(launch.file, launch.name.split("<")[0])
+    assert len(launch.args) == len(params), (f"{launch.name}: {len(launch.args)} arguments for "
+                                             f"{len(params)} parameters {params}")
+    for (ctype, pname), arg in zip(params, launch.args):
+        if ctype == "ptr":
+            assert isinstance(arg, (np.ndarray, np.uint64)), (pname, type(arg))
+        else:
+            assert type(arg) is _C_SCALARS[ctype], (f"{launch.name}: {pname} is {ctype}, "
+                                                    f"passed {type(arg).__name__}")
+        if pname in expected:
+            want = expected[pname]
+            if isinstance(want, np.ndarray):
+                assert arg is want or (isinstance(arg, np.ndarray) and
+                                       np.shares_memory(arg, want)), f"{pname}: wrong array"
+            else:
+                assert arg == want, f"{launch.name}: {pname} = {arg!r}, expected {want!r}"
+    threads = int(np.prod(launch.block))
+    assert 0 < threads <= 1024 and threads % 32 == 0
+
+
+@pytest.mark.parametrize("batch", [1, 9, 33])
+def test_cuda_launch_glue_delta_matmul(fake_cuda, rng, batch):
+    snap, _ = random_delta(rng, (37, 129), 0.1)
+    d = ops.DeviceDelta.upload(snap, "cuda")
+    assert d.device == "cuda"
+    x = random_array(rng, (batch, 129), F16)
+    out = np.zeros((batch, 37), F16)
+    ops.delta_matmul(x, d, 0.5, out=out)
+    (ln,) = fake_cuda
+    assert ln.name == "delta_matmul<__half>"
+    check_launch(ln, {"indptr": d.indptr, "indices": d.indices, "data": d.data, "x": x,
+                      "ldx": 129, "y": out, "ldy": 37, "rows": 37, "batch": batch,
+                      "scale": np.float32(0.5)})
+    warps = ln.block[0] // 32
+    assert ln.grid[0] * warps >= 37 and (ln.grid[0] - 1) * warps < 37
+    nb = int(ln.defines.get("HVDB_NB", 8))
+    assert ln.grid[1] * nb >= batch and (ln.grid[1] - 1) * nb < batch
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_cuda_launch_glue_fused_linear(fake_cuda, rng, with_bias):
+    snap, _ = random_delta(rng, (37, 129), 0.1)
+    d = ops.DeviceDelta.upload(snap, "cuda")
+    x = random_array(rng, (17, 129), F32)
+    W = random_array(rng, (37, 129), F32)
+    bias = random_array(rng, (37,), F32) if with_bias else None
+    ops.fused_linear(x, W, d, 2.0, bias)
+    (ln,) = fake_cuda
+    assert ln.name == "fused_linear<float>"
+    check_launch(ln, {"W": W, "ldw": 129, "indptr": d.indptr, "indices": d.indices,
+                      "data": d.data, "x": x, "ldx": 129, "rows": 37, "k": 129, "batch": 17,
+                      "scale": np.float32(2.0), "ldy": 37})
+    assert ln.grid[0] == 37 and ln.grid[1] * 8 >= 17
+    b = ln.args[2]
+    assert (b is bias) if with_bias else (isinstance(b, np.uint64) and b == 0)
+
+
+def test_cuda_launch_glue_gather(fake_cuda, rng):
+    from hyprvdb._nanovdb import ROOT_OFF, TILES_OFF
+    snap, dW = random_delta(rng, (4097, 70), 0.01)
+    d = ops.DeviceDelta.upload(snap, "cuda")
+    rows, cols = np.arange(1000) % 4097, np.arange(1000) % 70
+    ops.gather(d, rows, cols)
+    (ln,) = fake_cuda
+    check_launch(ln, {"grid": d.grid, "values": d.values, "root_off": ROOT_OFF,
+                      "tiles_off": TILES_OFF, "tile_count": snap.layout.tile_count,
+                      "n": 1000})
+    assert ln.grid[0] * ln.block[0] >= 1000
+
+
+def test_cuda_launch_glue_window(fake_cuda, rng):
+    h = random_history(rng, "resets", open_steps=False)  # store_delta only: no core needed
+    dh = ops.DeviceHistory(h, "cuda")
+    lo, hi = h.base_step, h.latest
+    dh.window(lo, hi, mode="state")
+    (ln,) = fake_cuda
+    n_runs = len(dh._arrays["run_idx"])
+    check_launch(ln, {"n_runs": n_runs, "t0": lo, "t1": hi, "mode": 1,
+                      **{k: v for k, v in dh._arrays.items()}})
+    assert ln.grid[0] * ln.block[0] >= n_runs
+
+
+# ============================================================================ CUDA
+@pytest.mark.gpu
+class TestCuda:
+    """The same checks with ``device="cuda"`` (CuPy raw kernels on a GPU)."""
+
+    @pytest.fixture(autouse=True)
+    def bk(self, monkeypatch):
+        cupy = pytest.importorskip("cupy", reason="CuPy is not installed")
+        if not ops.cuda_available():
+            pytest.skip("CuPy sees no CUDA device")
+        monkeypatch.setattr(cupy, "empty", _poisoned(cupy.empty))
+        monkeypatch.setattr(cupy, "empty_like", _poisoned(cupy.empty_like))
+        return Cuda(cupy)
+
+    @pytest.mark.parametrize("dtype", DTYPES)
+    @pytest.mark.parametrize("density", DENSITIES)
+    @pytest.mark.parametrize("shape", SHAPES + [(384, 1536)], ids=lambda s: f"{s[0]}x{s[1]}")
+    @pytest.mark.parametrize("batch", BATCHES)
+    def test_delta_matmul(self, bk, rng, batch, shape, density, dtype):
+        check_delta_matmul(bk, rng, batch, shape, density, dtype)
+
+    @pytest.mark.parametrize("with_bias", [False, True], ids=["nobias", "bias"])
+    @pytest.mark.parametrize("dtype", DTYPES)
+    @pytest.mark.parametrize("density", [0.0, 0.01, 0.1])
+    @pytest.mark.parametrize("shape", SHAPES + [(384, 1536)], ids=lambda s: f"{s[0]}x{s[1]}")
+    @pytest.mark.parametrize("batch", [1, 3, 8, 16, 33, 256])
+    def test_fused_linear(self, bk, rng, batch, shape, density, dtype, with_bias):
+        check_fused_linear(bk, rng, batch, shape, density, dtype, with_bias)
+
+    @pytest.mark.parametrize("shape", [(37, 129), (1, 1), (5, 1000), (4097, 70), (3, 40000)],
+                             ids=lambda s: f"{s[0]}x{s[1]}")
+    @pytest.mark.parametrize("density", DENSITIES)
+    def test_gather(self, bk, rng, shape, density):
+        check_gather(bk, rng, shape, density)
+
+    @pytest.mark.parametrize("scale", [1.0, -0.37])
+    @pytest.mark.parametrize("dtype", DTYPES)
+    @pytest.mark.parametrize("shape", SHAPES + [(384, 1536)], ids=lambda s: f"{s[0]}x{s[1]}")
+    def test_merge_unmerge(self, bk, rng, shape, dtype, scale):
+        check_merge_unmerge(bk, rng, shape, 0.05, dtype, scale)
+
+    @pytest.mark.parametrize("dtype", DTYPES)
+    def test_merge_layers(self, bk, rng, dtype):
+        check_merge_layers(bk, rng, dtype)
+
+    @pytest.mark.parametrize("kind", HISTORY_KINDS)
+    def test_windows_match_temporal_adapter(self, bk, rng, kind):
+        if core_available():
+            check_windows(bk, rng, kind)
+        elif kind in NEEDS_CORE:
+            pytest.skip(f"a {kind!r} history needs hyprvdb._core (OpenVDB) to be built")
+        else:  # serving machines: no OpenVDB; the numpy path is the reference
+            check_windows(bk, rng, kind, reference="numpy")
+
+    def test_errors_match_the_cpu(self, bk, rng):
+        snap, _ = random_delta(rng, (37, 129), 0.1)
+        d = ops.DeviceDelta.upload(snap, "cuda")
+        cp = bk.cp
+        with pytest.raises(ValueError, match=r"x must have shape \(batch, 129\), got \(3, 128\)"):
+            ops.delta_matmul(cp.ones((3, 128), cp.float32), d)
+        with pytest.raises(TypeError, match=r"x must be a cupy array on the delta's device"):
+            ops.delta_matmul(np.ones((3, 129), np.float32), d)
+        with pytest.raises(IndexError, match=r"rows\[2\] = 37 is out of range \(valid: 0..36\)"):
+            ops.gather(d, cp.asarray([0, 1, 37]), cp.asarray([0, 1, 2]))
+        with pytest.raises(ValueError, match=r"Ws\[0\] must be a contiguous array"):
+            ops.merge(cp.ones((36, 129), cp.float32), d)

@@ -38,10 +38,12 @@ class SparseDelta:
     """
 
     def __init__(self, indptr: Any, indices: Any, row_ids: Any, values: Any,
-                 shape: tuple[int, int], step: int | None = None) -> None:
+                 shape: tuple[int, int], step: int | None = None,
+                 n_real: int | None = None) -> None:
         self.indptr, self.indices, self.row_ids, self.values = indptr, indices, row_ids, values
         self.shape = (int(shape[0]), int(shape[1]))
         self.step = step
+        self.n_real = n_real  # entries before the padding (None: all are real)
 
     def tree_flatten(self):  # noqa: ANN201
         # The step is not part of the tree structure: a new step must not retrace jitted code.
@@ -57,7 +59,8 @@ class SparseDelta:
 
     def with_values(self, values: Any) -> SparseDelta:
         """Same structure, other values (e.g. a newer step with unchanged topology)."""
-        return SparseDelta(self.indptr, self.indices, self.row_ids, values, self.shape, self.step)
+        return SparseDelta(self.indptr, self.indices, self.row_ids, values, self.shape, self.step,
+                           self.n_real)
 
     @classmethod
     def from_coo(cls, rows: Any, cols: Any, values: Any, shape: tuple[int, int], *,
@@ -94,7 +97,7 @@ class SparseDelta:
         indptr = np.zeros(r + 1, np.int32)
         np.cumsum(np.bincount(ri, minlength=r), out=indptr[1:])
         return cls(jnp.asarray(indptr), jnp.asarray(ci), jnp.asarray(ri), jnp.asarray(vi),
-                   (r, c), step)
+                   (r, c), step, n)
 
     @classmethod
     def from_adapter(cls, adapter: Any, **kwargs: Any) -> SparseDelta:
@@ -205,9 +208,11 @@ def to_dense(delta: SparseDelta) -> Any:
 
 def to_update(delta: SparseDelta, grad_values: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(rows, cols, grads)`` numpy arrays from a gradient with respect to ``delta.values``,
-    for :meth:`hyprvdb.TemporalAdapter.accumulate` (padding entries dropped)."""
-    g = np.asarray(grad_values, np.float32)
-    r = np.asarray(delta.row_ids, np.int64)
-    c = np.asarray(delta.indices, np.int64)
+    for :meth:`hyprvdb.TemporalAdapter.accumulate` (padding entries and zeros dropped; the
+    delta must be the one from_coo built, which knows where its padding starts)."""
+    n = delta.nnz if delta.n_real is None else delta.n_real
+    g = np.asarray(grad_values, np.float32)[:n]
+    r = np.asarray(delta.row_ids, np.int64)[:n]
+    c = np.asarray(delta.indices, np.int64)[:n]
     nz = g != 0
     return r[nz], c[nz], g[nz]

@@ -83,8 +83,12 @@ class MiniLM:
     def weight(self, name: str) -> Any:
         return self.params[f"encoder.{name}.weight"]
 
-    def tokenize(self, texts: list[str], *, max_length: int = 128) -> tuple[np.ndarray, np.ndarray]:
-        """``(input_ids, attention_mask)`` int32, padded to a multiple of 16 tokens."""
+    def tokenize(self, texts: list[str], *, max_length: int = 128,
+                 pad_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(input_ids, attention_mask)`` int32, padded to a multiple of 16 tokens, or to
+        exactly ``pad_to`` (truncating to it) so that jitted shapes never change."""
+        if pad_to is not None:
+            max_length = pad_to
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise TypeError("texts must be a list of str")
         if not texts:
@@ -93,7 +97,7 @@ class MiniLM:
         ids = [e.ids[:max_length] for e in enc]
         if any(len(e.ids) > max_length for e in enc):
             ids = [i[:-1] + [enc[0].ids[-1]] if len(i) == max_length else i for i in ids]
-        length = max(16, -(-max(len(i) for i in ids) // 16) * 16)
+        length = pad_to or max(16, -(-max(len(i) for i in ids) // 16) * 16)
         input_ids = np.zeros((len(ids), length), np.int32)
         mask = np.zeros((len(ids), length), np.int32)
         for k, i in enumerate(ids):

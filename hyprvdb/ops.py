@@ -424,7 +424,6 @@ def _cuda_linear(x: Any, W: Any, bias: Any, d: DeviceDelta, out: Any, scale: flo
            (32 * warps_per_block,),
            (d.indptr, d.indices, d.data, x, np.int64(x.shape[1]), out,
             np.int64(out.shape[1]), np.int32(rows), np.int32(batch), np.float32(scale)))
-    del cupy
 
 
 def _cuda_merge(Ws: list[Any], ds: list[DeviceDelta], scale: float) -> None:

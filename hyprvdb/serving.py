@@ -81,11 +81,14 @@ class AdaptiveEncoder:
     capacity_fraction : float
         Room reserved in each serving delta, as a fraction of the matrix, so that steps do
         not change the jitted shapes; it doubles when exceeded (one retrace).
+    query_tokens, doc_tokens : int
+        Token lengths adaptation batches are padded (or truncated) to.
     """
 
     def __init__(self, model: MiniLM | None = None, history: str | os.PathLike | None = None,
                  *, lr: float = 0.05, update_fraction: float = 5e-4,
-                 capacity_fraction: float = 0.01) -> None:
+                 capacity_fraction: float = 0.01, query_tokens: int = 32,
+                 doc_tokens: int = 96) -> None:
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}")
         if not 0 < update_fraction <= 1:
@@ -95,6 +98,7 @@ class AdaptiveEncoder:
         self.model = model if model is not None else MiniLM.load()
         self.shapes = self.model.linear_shapes()
         self.lr, self.update_fraction = float(lr), float(update_fraction)
+        self.query_tokens, self.doc_tokens = int(query_tokens), int(doc_tokens)
         self._capacity = {n: max(256, int(capacity_fraction * r * c))
                           for n, (r, c) in self.shapes.items()}
         if history is not None and os.path.exists(history):
@@ -164,8 +168,9 @@ class AdaptiveEncoder:
         lr = self.lr if lr is None else float(lr)
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}")
-        qi, qm = self.model.tokenize([p[0] for p in pairs])
-        pi, pm = self.model.tokenize([p[1] for p in pairs])
+        # Fixed lengths: the gradient is traced once, not once per batch shape.
+        qi, qm = self.model.tokenize([p[0] for p in pairs], pad_to=self.query_tokens)
+        pi, pm = self.model.tokenize([p[1] for p in pairs], pad_to=self.doc_tokens)
         with self._write:
             st = self._state
             weights = {n: self.model.weight(n) for n in self.shapes}
@@ -243,4 +248,4 @@ def _sparse_delta(idx: np.ndarray, val32: np.ndarray, shape: tuple[int, int], ca
     indptr = np.zeros(rows + 1, np.int32)
     np.cumsum(np.bincount(r, minlength=rows), out=indptr[1:])
     return hj.SparseDelta(jnp.asarray(indptr), jnp.asarray(c), jnp.asarray(r), jnp.asarray(v),
-                          shape, step)
+                          shape, step, n)

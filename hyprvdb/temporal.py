@@ -704,6 +704,10 @@ class TemporalGroup:
     def path(self) -> str | None:
         return self._file.path if self._file else None
 
+    def resolve(self, t: int) -> int:
+        """The step a query for ``t`` answers for (the same for every member)."""
+        return self._first.resolve(t)
+
     def change_count(self) -> int:
         return sum(h.change_count() for h in self._members.values())
 

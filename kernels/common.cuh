@@ -5,6 +5,7 @@
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 #define HVDB_HD __host__ __device__
 #define HVDB_DEVICE 1
+#define HVDB_UNROLL _Pragma("unroll")
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 typedef __half hvdb_half;
@@ -18,7 +19,7 @@ __device__ inline void from_f32(float v, hvdb_half* out) { *out = __float2half_r
 __device__ inline void from_f32(float v, hvdb_bf16* out) { *out = __float2bfloat16_rn(v); }
 #else
 #define HVDB_HD
-#pragma GCC diagnostic ignored "-Wunknown-pragmas"  // "#pragma unroll" is for nvcc
+#define HVDB_UNROLL  // the host compiler unrolls by itself
 #include <cstring>
 // On the host, 16-bit floats are their bit patterns (numpy float16 / ml_dtypes bfloat16).
 struct hvdb_half { unsigned short bits; };

@@ -20,10 +20,10 @@ __global__ void delta_matmul(const int* __restrict__ indptr, const int* __restri
     const int b0 = blockIdx.y * HVDB_NB;
     const int nb = min(HVDB_NB, batch - b0);
     float acc[HVDB_NB];
-#pragma unroll
+HVDB_UNROLL
     for (int b = 0; b < HVDB_NB; ++b) acc[b] = 0.0f;
     csr_row_dot<T>(indptr, indices, data, x + b0 * ldx, ldx, nb, row, lane, 32, acc);
-#pragma unroll
+HVDB_UNROLL
     for (int b = 0; b < HVDB_NB; ++b) acc[b] = warp_sum(acc[b]);
     if (lane == 0)
         for (int b = 0; b < nb; ++b) {
@@ -45,13 +45,13 @@ __global__ void fused_linear(const T* __restrict__ W, long long ldw, const T* __
     const int b0 = blockIdx.y * HVDB_NB;
     const int nb = min(HVDB_NB, batch - b0);
     float acc[HVDB_NB], sacc[HVDB_NB];
-#pragma unroll
+HVDB_UNROLL
     for (int b = 0; b < HVDB_NB; ++b) acc[b] = sacc[b] = 0.0f;
     dense_row_dot<T>(W, ldw, x + b0 * ldx, ldx, nb, k, row, threadIdx.x, blockDim.x, acc);
     csr_row_dot<T>(indptr, indices, data, x + b0 * ldx, ldx, nb, row, threadIdx.x, blockDim.x,
                    sacc);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
+HVDB_UNROLL
     for (int b = 0; b < HVDB_NB; ++b) {
         const float v = warp_sum(acc[b] + scale * sacc[b]);
         if (lane == 0) partial[warp][b] = v;

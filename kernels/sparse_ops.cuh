@@ -21,7 +21,7 @@ HVDB_HD inline void csr_row_dot(const int* indptr, const int* indices, const flo
     for (int j = indptr[row] + lane; j < end; j += stride) {
         const float v = data[j];
         const T* xc = x + indices[j];
-#pragma unroll
+HVDB_UNROLL
         for (int b = 0; b < NB; ++b)
             if (NB == 1 || b < nb) acc[b] += v * to_f32(xc[b * ldx]);
     }
@@ -46,7 +46,7 @@ HVDB_HD inline void dense_row_dot(const T* W, long long ldw, const T* x, long lo
     const T* w = W + row * ldw;
     for (int i = lane; i < k; i += stride) {
         const float wv = to_f32(w[i]);
-#pragma unroll
+HVDB_UNROLL
         for (int b = 0; b < NB; ++b)
             if (NB == 1 || b < nb) acc[b] += wv * to_f32(x[b * ldx + i]);
     }

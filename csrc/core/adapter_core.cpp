@@ -382,15 +382,18 @@ size_t AdapterCore::zero(const int64_t* r, const int64_t* c, size_t n) {
     if (n == 0) return 0;
     std::vector<uint8_t> on(n);
     get(r, c, n, nullptr, on.data());
-    std::vector<int64_t> rr, cc;
+    std::vector<int64_t> rr, cc, keys;
     for (size_t i = 0; i < n; ++i)
         if (on[i]) {
             rr.push_back(r[i]);
             cc.push_back(c[i]);
+            keys.push_back(r[i] * cols_ + c[i]);
         }
     std::vector<float> zeros(rr.size(), 0.0f);
     set(rr.data(), cc.data(), zeros.data(), rr.size(), false);
-    return rr.size();
+    // A weight listed twice is still one weight.
+    std::sort(keys.begin(), keys.end());
+    return size_t(std::unique(keys.begin(), keys.end()) - keys.begin());
 }
 
 size_t AdapterCore::prune(float tolerance) {
@@ -407,7 +410,8 @@ size_t AdapterCore::prune(float tolerance) {
                 const Word low = bits & (~bits + 1);
                 const float* cell = b.data + size_t(src) * cs;
                 bool keep = false;
-                for (uint32_t j = 0; j < cs && !keep; ++j) keep = std::fabs(cell[j]) > tolerance;
+                // NaN is never "within the tolerance": only |w| <= tolerance drops a weight.
+                for (uint32_t j = 0; j < cs && !keep; ++j) keep = !(std::fabs(cell[j]) <= tolerance);
                 if (keep) {
                     if (dst != src)
                         std::memmove(b.data + size_t(dst) * cs, cell, cs * sizeof(float));
@@ -537,7 +541,7 @@ void AdapterCore::from_dense(const float* dense, float tolerance) {
             bool on = false;
             for (int64_t i = 0; i < bh_ && !on; ++i)
                 for (int64_t j = 0; j < bw_ && !on; ++j)
-                    on = std::fabs(dense[(R * bh_ + i) * cols_ + C * bw_ + j]) > tolerance;
+                    on = !(std::fabs(dense[(R * bh_ + i) * cols_ + C * bw_ + j]) <= tolerance);
             if (!on) continue;
             for (int64_t i = 0; i < bh_; ++i)
                 for (int64_t j = 0; j < bw_; ++j) {

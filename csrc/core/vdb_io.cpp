@@ -70,7 +70,7 @@ std::unique_ptr<AdapterCore> load_vdb(const std::string& path, std::string& grid
         file.open(/*delayLoad=*/false);
         openvdb::GridPtrVecPtr heads = file.readAllGridMetadata();
         for (const auto& head : *heads) {
-            if (head->isType<openvdb::FloatGrid>() && (*head)[kMetaRows]) {
+            if (head->isType<openvdb::FloatGrid>() && (*head)[kMetaRows]) {  // a hyprvdb grid
                 grid = openvdb::gridPtrCast<openvdb::FloatGrid>(file.readGrid(head->getName()));
                 break;
             }
@@ -86,9 +86,10 @@ std::unique_ptr<AdapterCore> load_vdb(const std::string& path, std::string& grid
                         std::string(kMetaRows) + "' metadata)");
 
     auto int_meta = [&](const char* key) -> int64_t {
-        auto m = grid->getMetadata<openvdb::Int64Metadata>(key);
-        if (!m) throw FileError(path + ": grid metadata '" + key + "' is missing or not int64");
-        return m->value();
+        if (auto m = grid->getMetadata<openvdb::Int64Metadata>(key)) return m->value();
+        // pyopenvdb writes Python ints as int32 metadata.
+        if (auto m = grid->getMetadata<openvdb::Int32Metadata>(key)) return m->value();
+        throw FileError(path + ": grid metadata '" + key + "' is missing or not an integer");
     };
     const int64_t rows = int_meta(kMetaRows), cols = int_meta(kMetaCols);
     const int64_t bh = int_meta(kMetaBlockRows), bw = int_meta(kMetaBlockCols);

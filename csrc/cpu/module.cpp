@@ -132,14 +132,16 @@ void linear(const Csr& m, const T* x, long long ldx, int batch, const T* W, long
     const long long nnz = m.indptr[m.rows] - m.indptr[0];
     const double work = double(batch) * (double(nnz) + (W ? double(m.rows) * k : 0.0));
     const bool par = work > kParallelWork;
+    if (!W) k = int(ldx);
     switch (batch) {
         case 1: return linear_tiled<T, 1>(m, x, ldx, batch, W, ldw, k, bias, y, ldy, scale, accumulate, par);
         case 2: return linear_tiled<T, 2>(m, x, ldx, batch, W, ldw, k, bias, y, ldy, scale, accumulate, par);
         case 3: case 4: return linear_tiled<T, 4>(m, x, ldx, batch, W, ldw, k, bias, y, ldy, scale, accumulate, par);
         default:
-            // Dense rows are long: with W, transpose x once and stream W's rows; the delta
-            // alone gathers from tiles of x that stay in cache.
-            if (W && batch > HVDB_NB)
+            // Transposing x once (then one contiguous axpy per nonzero) pays off with dense
+            // rows, or when there are several nonzeros per input column; a very sparse delta
+            // gathers from tiles of x that stay in cache instead.
+            if (W || nnz >= 4 * (long long)(k + m.rows))
                 return linear_big<T>(m, x, ldx, batch, W, ldw, k, bias, y, ldy, scale, accumulate, par);
             return linear_tiled<T, HVDB_NB>(m, x, ldx, batch, W, ldw, k, bias, y, ldy, scale, accumulate, par);
     }

@@ -1,0 +1,228 @@
+"""The ``hyprvdb`` command: ``demo``, ``serve``, ``info FILE``, ``convert SRC DST``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["main"]
+
+_VDB_MAGIC = (0x56444220).to_bytes(8, "little")
+_NVDB_FILE_MAGIC = b"NanoVDB"
+_HISTORY_MAGIC = b"HYPRVDBZ"
+
+
+def file_kind(path: str | os.PathLike) -> str:
+    """``"vdb"``, ``"nvdb"``, ``"history"`` or ``"safetensors"``, from the file's first bytes."""
+    p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(f"{os.fspath(path)!r} is a folder, not a file")
+    with open(p, "rb") as f:
+        head = f.read(16)
+    if head.startswith(_VDB_MAGIC):
+        return "vdb"
+    if head.startswith(_HISTORY_MAGIC):
+        return "history"
+    if head[:7] == _NVDB_FILE_MAGIC:
+        return "nvdb"
+    if len(head) >= 9 and head[8:9] == b"{":  # u64 header length, then JSON
+        return "safetensors"
+    raise ValueError(f"{os.fspath(path)!r} is not a .vdb, .nvdb, history or safetensors file "
+                     f"(it starts with {head[:8]!r})")
+
+
+# -------------------------------------------------------------------- info
+def info(path: str) -> dict[str, Any]:
+    """A description of a hyprvdb file."""
+    kind = file_kind(path)
+    out: dict[str, Any] = {"file": path, "kind": kind, "bytes": os.path.getsize(path)}
+    if kind == "vdb":
+        from .adapter import SparseAdapter
+        a = SparseAdapter.load(path)
+        out.update(name=a.name, shape=list(a.shape), block_shape=list(a.block_shape),
+                   active=a.active_count(), density=a.density(), memory_bytes=a.memory_usage())
+    elif kind == "nvdb":
+        from .snapshot import Snapshot
+        s = Snapshot.load_nvdb(path)
+        out.update(name=s.name, shape=list(s.shape), step=s.step, active=s.nnz,
+                   grid_bytes=s.nbytes, checksum=f"{s.checksum:016x}")
+    elif kind == "history":
+        from .temporal import TemporalGroup
+        g = TemporalGroup.load(path)
+        try:
+            out.update(matrices=len(g), base_step=g.base_step, latest=g.latest,
+                       steps=len(g.steps) - 1, changes=g.change_count(),
+                       memory_bytes=g.memory_usage(),
+                       members={k: list(h.shape) for k, h in g.items()})
+        finally:
+            g.close()
+    else:
+        from safetensors.numpy import load_file
+        t = load_file(path)
+        out.update(tensors={k: [list(v.shape), str(v.dtype)] for k, v in sorted(t.items())})
+    return out
+
+
+# -------------------------------------------------------------------- convert
+def _lora_pairs(tensors: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    pairs = {}
+    for k, a in tensors.items():
+        if k.endswith("lora_A.weight"):
+            base = k[: -len("lora_A.weight")].rstrip(".")
+            b = tensors.get(f"{base}.lora_B.weight")
+            if b is None:
+                raise ValueError(f"{k} has no matching {base}.lora_B.weight")
+            pairs[base] = (a, b)
+    return pairs
+
+
+def _adapters_from_safetensors(path: str, density: float, alpha: float | None
+                               ) -> dict[str, Any]:
+    """PEFT LoRA pairs (sparsified by ``from_lora``) or dense 2-D tensors (top entries)."""
+    from safetensors.numpy import load_file
+
+    from .adapter import SparseAdapter
+    tensors = load_file(path)
+    pairs = _lora_pairs(tensors)
+    out = {}
+    if pairs:
+        cfg = Path(path).with_name("adapter_config.json")
+        conf = json.loads(cfg.read_text()) if cfg.is_file() else {}
+        for name, (a, b) in sorted(pairs.items()):
+            r = a.shape[0]
+            al = alpha if alpha is not None else float(conf.get("lora_alpha", r))
+            out[name] = SparseAdapter.from_lora(a, b, alpha=al, density=density, name=name)
+        return out
+    for name, w in sorted(tensors.items()):
+        if w.ndim != 2:
+            continue
+        dense = SparseAdapter.from_dense(w.astype(np.float32), name=name)
+        k = max(1, int(round(density * w.size)))
+        out[name] = dense.top_k(k)
+    if not out:
+        raise ValueError(f"{path!r} holds neither LoRA pairs (*.lora_A.weight / *.lora_B.weight) "
+                         "nor 2-D tensors")
+    return out
+
+
+def convert(src: str, dst: str, *, density: float = 0.01, alpha: float | None = None,
+            step: int | None = None) -> list[str]:
+    """Convert between PEFT LoRA / dense safetensors, .vdb, .nvdb and history files.
+
+    The destination's kind follows its suffix: ``.vdb``, ``.nvdb``, ``.safetensors`` (dense
+    deltas), ``.hvh`` (a history whose bases are the adapters), or a folder (one ``.vdb`` per
+    adapter). Returns the files written.
+    """
+    from .adapter import SparseAdapter
+    kind = file_kind(src)
+    if kind == "safetensors":
+        adapters = _adapters_from_safetensors(src, density, alpha)
+    elif kind == "vdb":
+        a = SparseAdapter.load(src)
+        adapters = {a.name: a}
+    elif kind == "nvdb":
+        from .snapshot import Snapshot
+        s = Snapshot.load_nvdb(src)
+        a = SparseAdapter(*s.shape, name=s.name)
+        a.batch_update(*s.active_weights())
+        adapters = {s.name: a}
+    else:
+        from .temporal import TemporalGroup
+        g = TemporalGroup.load(src)
+        t = g.latest if step is None else step
+        adapters = {k: h.weights_at_time(t) for k, h in g.items()}
+        g.close()
+    return _write(adapters, dst, step)
+
+
+def _write(adapters: dict[str, Any], dst: str, step: int | None) -> list[str]:
+    d = Path(dst)
+    suffix = d.suffix.lower()
+    if suffix in (".vdb", ".nvdb"):
+        if len(adapters) != 1:
+            raise ValueError(f"{dst!r} holds one adapter but the source has {len(adapters)}; "
+                             "give a folder (one .vdb each), a .safetensors or a .hvh file")
+        (a,) = adapters.values()
+        if suffix == ".vdb":
+            a.save(dst)
+        else:
+            from .snapshot import Snapshot
+            Snapshot.from_adapter(a, step=step).save_nvdb(dst)
+        return [dst]
+    if suffix == ".safetensors":
+        from safetensors.numpy import save_file
+        save_file({k: a.to_dense() for k, a in adapters.items()}, dst)
+        return [dst]
+    if suffix == ".hvh":
+        from .temporal import TemporalGroup
+        g = TemporalGroup({k: a.shape for k, a in adapters.items()})
+        for k, a in adapters.items():
+            g[k].store_base(a)
+        g.save(dst)
+        g.close()
+        return [dst]
+    if suffix:
+        raise ValueError(f"unknown destination kind {suffix!r}: use .vdb, .nvdb, .safetensors, "
+                         ".hvh or a folder")
+    d.mkdir(parents=True, exist_ok=True)
+    written = []
+    for k, a in adapters.items():
+        p = d / (k.replace("/", "_") + ".vdb")
+        a.save(p)
+        written.append(str(p))
+    return written
+
+
+# -------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hyprvdb", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", help="adapt MiniLM online on Python's own documentation")
+    d.add_argument("--steps", type=int, default=12, help="adaptation steps (default 12)")
+    d.add_argument("--seed", type=int, default=0)
+    s = sub.add_parser("serve", help="HTTP server: /embed /adapt /history /rollback /metrics")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--history", default="hyprvdb-history.hvh",
+                   help="history file (created or appended to)")
+    s.add_argument("--model", default=None, help="model folder (default: embedded MiniLM)")
+    i = sub.add_parser("info", help="describe a .vdb, .nvdb, history or safetensors file")
+    i.add_argument("file")
+    c = sub.add_parser("convert", help="PEFT LoRA / dense safetensors <-> .vdb / .nvdb / .hvh")
+    c.add_argument("src")
+    c.add_argument("dst")
+    c.add_argument("--density", type=float, default=0.01,
+                   help="fraction of entries kept when sparsifying (default 0.01)")
+    c.add_argument("--alpha", type=float, default=None,
+                   help="LoRA alpha (default: adapter_config.json beside the file, else r)")
+    c.add_argument("--step", type=int, default=None, help="history step to export")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "demo":
+            from .demo import run
+            run(steps=args.steps, seed=args.seed)
+        elif args.command == "serve":
+            from .server import serve
+            serve(args.host, args.port, args.history, args.model)
+        elif args.command == "info":
+            print(json.dumps(info(args.file), indent=2))
+        else:
+            if not 0 < args.density <= 1:
+                parser.error(f"--density must be in (0, 1], got {args.density}")
+            for p in convert(args.src, args.dst, density=args.density, alpha=args.alpha,
+                             step=args.step):
+                print(p)
+    except (OSError, ValueError) as exc:
+        print(f"hyprvdb {args.command}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""``hyprvdb serve``: an HTTP API over :class:`hyprvdb.serving.AdaptiveEncoder` (FastAPI).
+
+Endpoints (JSON in and out):
+
+- ``POST /embed`` ``{"texts": [str, ...]}`` → ``{"step", "embeddings"}``
+- ``POST /adapt`` ``{"pairs": [[query, positive], ...], "lr"?: float}`` →
+  ``{"step", "loss", "changes", "swap_ms"}``
+- ``GET /history`` → ``{"latest", "base_step", "steps", "changes", "path"}``
+- ``POST /rollback`` ``{"step": int}`` → ``{"step"}``
+- ``GET /healthz`` → ``{"status": "ok", "step"}``
+- ``GET /metrics`` → Prometheus text format
+
+Bad requests get a 4xx status and ``{"error": message}``. Every response that depends on the
+adapter says which committed step it saw. A committed step is on disk (in the history file)
+before ``/adapt`` answers.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .serving import AdaptiveEncoder
+
+__all__ = ["create_app"]
+
+MAX_TEXTS = 256
+MAX_TEXT_CHARS = 10_000
+
+
+def create_app(encoder: AdaptiveEncoder) -> Any:
+    """The FastAPI application serving ``encoder``."""
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, PlainTextResponse
+    from pydantic import BaseModel, Field
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    app = FastAPI(title="hyprvdb", description="MiniLM served with learning sparse adapters")
+    metrics = encoder.metrics
+
+    class EmbedIn(BaseModel):
+        texts: list[str] = Field(min_length=1, max_length=MAX_TEXTS)
+
+    class AdaptIn(BaseModel):
+        pairs: list[tuple[str, str]] = Field(min_length=2, max_length=MAX_TEXTS)
+        lr: float | None = Field(default=None, gt=0)
+
+    class RollbackIn(BaseModel):
+        step: int
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse(status_code=status, content={"error": message})
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for e in exc.errors():
+            where = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+            parts.append(f"{where or 'body'}: {e.get('msg', 'invalid')}")
+        metrics.observe(request.url.path, 0.0, ok=False)
+        return error(422, "; ".join(parts))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error(exc.status_code, str(exc.detail))
+
+    def timed(endpoint: str, fn: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            out = fn()
+        except (ValueError, TypeError) as exc:
+            metrics.observe(endpoint, time.perf_counter() - start, ok=False)
+            return error(400, str(exc))
+        metrics.observe(endpoint, time.perf_counter() - start)
+        return out
+
+    @app.post("/embed")
+    def embed(body: EmbedIn) -> Any:
+        def run() -> dict[str, Any]:
+            for i, t in enumerate(body.texts):
+                if not t.strip():
+                    raise ValueError(f"texts[{i}] is empty")
+                if len(t) > MAX_TEXT_CHARS:
+                    raise ValueError(f"texts[{i}] has {len(t)} characters; at most "
+                                     f"{MAX_TEXT_CHARS} are accepted")
+            emb, step = encoder.encode(body.texts)
+            metrics.embedded_texts += len(body.texts)
+            return {"step": step, "embeddings": emb.tolist()}
+        return timed("/embed", run)
+
+    @app.post("/adapt")
+    def adapt(body: AdaptIn) -> Any:
+        return timed("/adapt", lambda: encoder.adapt([tuple(p) for p in body.pairs], lr=body.lr))
+
+    @app.get("/history")
+    def history() -> Any:
+        h = encoder.history
+        return {"latest": h.latest, "base_step": h.base_step, "steps": h.steps,
+                "serving_step": encoder.step, "changes": h.change_count(), "path": h.path}
+
+    @app.post("/rollback")
+    def rollback(body: RollbackIn) -> Any:
+        return timed("/rollback", lambda: {"step": encoder.rollback(body.step)})
+
+    @app.get("/healthz")
+    def healthz() -> Any:
+        return {"status": "ok", "step": encoder.step}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def prometheus() -> str:
+        lines = [
+            "# HELP hyprvdb_requests_total Requests by endpoint.",
+            "# TYPE hyprvdb_requests_total counter",
+        ]
+        with metrics.lock:
+            reqs, errs, secs = dict(metrics.requests), dict(metrics.errors), dict(metrics.seconds)
+        for ep, n in sorted(reqs.items()):
+            lines.append(f'hyprvdb_requests_total{{endpoint="{ep}"}} {n}')
+        lines += ["# HELP hyprvdb_request_errors_total Requests answered with a 4xx status.",
+                  "# TYPE hyprvdb_request_errors_total counter"]
+        for ep, n in sorted(errs.items()):
+            lines.append(f'hyprvdb_request_errors_total{{endpoint="{ep}"}} {n}')
+        lines += ["# HELP hyprvdb_request_seconds_total Time spent answering, by endpoint.",
+                  "# TYPE hyprvdb_request_seconds_total counter"]
+        for ep, s in sorted(secs.items()):
+            lines.append(f'hyprvdb_request_seconds_total{{endpoint="{ep}"}} {s:.6f}')
+        h = encoder.history
+        lines += [
+            "# HELP hyprvdb_step The committed step being served.",
+            "# TYPE hyprvdb_step gauge", f"hyprvdb_step {encoder.step}",
+            "# HELP hyprvdb_history_changes Stored changes in the history.",
+            "# TYPE hyprvdb_history_changes gauge", f"hyprvdb_history_changes {h.change_count()}",
+            "# HELP hyprvdb_history_bytes Bytes held by the history in memory.",
+            "# TYPE hyprvdb_history_bytes gauge", f"hyprvdb_history_bytes {h.history_bytes()}",
+            "# HELP hyprvdb_embedded_texts_total Texts embedded.",
+            "# TYPE hyprvdb_embedded_texts_total counter",
+            f"hyprvdb_embedded_texts_total {metrics.embedded_texts}",
+            "# HELP hyprvdb_adapt_steps_total Adaptation steps committed by this process.",
+            "# TYPE hyprvdb_adapt_steps_total counter",
+            f"hyprvdb_adapt_steps_total {metrics.adapt_steps}",
+            "# HELP hyprvdb_last_swap_seconds Time to build and swap in the last step.",
+            "# TYPE hyprvdb_last_swap_seconds gauge",
+            f"hyprvdb_last_swap_seconds {metrics.last_swap_seconds:.6f}",
+        ]
+        return "\n".join(lines) + "\n"
+
+    return app
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, history: str | None = None,
+          model: str | None = None, log_level: str = "info") -> None:
+    """Run the server until interrupted."""
+    import uvicorn
+
+    from .model import MiniLM
+    encoder = AdaptiveEncoder(MiniLM.load(model), history)
+    encoder.encode(["warm up"])  # trace the forward pass before the first request
+    uvicorn.run(create_app(encoder), host=host, port=port, log_level=log_level)

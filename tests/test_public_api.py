@@ -20,6 +20,7 @@ EXPECTED_ALL = [
     "HistoryRecoveryWarning",
     "HyprVDBError",
     "MissingExtensionError",
+    "Snapshot",
     "SparseAdapter",
     "TemporalAdapter",
     "TemporalGroup",

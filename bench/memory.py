@@ -207,10 +207,12 @@ def main() -> int:
     results = {}
     for name in CONTENDERS:
         runs = [run_child(name, args.seed) for _ in range(args.repeats)]
-        reps = {r["reported_bytes"] for r in runs}
-        assert len(reps) == 1, f"{name}: reported bytes differ between runs: {reps}"
+        # hyprvdb reports malloc's usable size of each value block, which can differ by a few
+        # bytes between runs with the allocator's state: take the median, keep every run.
+        reps = [r["reported_bytes"] for r in runs]
+        assert max(reps) - min(reps) <= 0.001 * max(reps), f"{name}: reported bytes {reps}"
         active = runs[0]["active"]
-        rep = runs[0]["reported_bytes"]
+        rep = C.median(reps)
         rss = C.median([r["rss_delta"] for r in runs])
         results[name] = {
             "label": LABELS[name], "active_weights": active,
@@ -218,6 +220,7 @@ def main() -> int:
             "rss_delta_bytes_median": rss, "rss_bytes_per_weight": rss / active,
             "rss_over_reported": rss / rep,
             "rss_delta_bytes_runs": [r["rss_delta"] for r in runs],
+            "reported_bytes_runs": reps,
             "raw_rss_bytes_per_weight": C.median([r["rss_delta_raw"] for r in runs]) / active,
             "raw_rss_delta_bytes_runs": [r["rss_delta_raw"] for r in runs],
             "malloc_in_use_delta_bytes_runs": [r["malloc_in_use_delta"] for r in runs],

@@ -294,6 +294,12 @@ void AdapterCore::set(const int64_t* r, const int64_t* c, const float* v, size_t
 void AdapterCore::get(const int64_t* r, const int64_t* c, size_t n, float* out,
                       uint8_t* active) const {
     if (n == 0) return;
+    const uint64_t slots = leaves_x_ * leaves_y_ * leaves_z_;
+    const size_t leaves = tree_.leafCount();
+    if (slots <= (uint64_t(1) << 22) && n >= 4 * leaves && n >= 4096) {
+        get_direct(r, c, n, out, active);
+        return;
+    }
     LeafGroups g;
     group(r, c, n, g);
     const uint32_t cs = uint32_t(cell_size());
@@ -323,6 +329,62 @@ void AdapterCore::get(const int64_t* r, const int64_t* c, size_t n, float* out,
                                        (tiled ? g.inner[i] : 0)]
                                 : 0.0f;
             }
+        }
+    });
+}
+
+// Many queries: a table from leaf slot to leaf, and every leaf's per-word popcount prefix,
+// built once (O(leaves)), make each lookup O(1) with no sorting of the queries.
+void AdapterCore::get_direct(const int64_t* r, const int64_t* c, size_t n, float* out,
+                             uint8_t* active) const {
+    for (size_t i = 0; i < n; ++i) {
+        if (r[i] < 0 || r[i] >= rows_) throw OutOfRange(coord_error("rows", i, r[i], rows_));
+        if (c[i] < 0 || c[i] >= cols_) throw OutOfRange(coord_error("cols", i, c[i], cols_));
+    }
+    const uint64_t slots = leaves_x_ * leaves_y_ * leaves_z_;
+    std::vector<int32_t> slot_leaf(slots, -1);
+    std::vector<const MaskLeaf*> leaves;
+    leaves.reserve(tree_.leafCount());
+    for (auto it = tree_.cbeginLeaf(); it; ++it) {
+        const openvdb::Coord o = it->origin();
+        const uint64_t id = ((uint64_t(o.x()) >> kLeafLog2) * leaves_y_ +
+                             (uint64_t(o.y()) >> kLeafLog2)) * leaves_z_ +
+                            (uint64_t(o.z()) >> kLeafLog2);
+        slot_leaf[id] = int32_t(leaves.size());
+        leaves.push_back(&*it);
+    }
+    std::vector<uint32_t> prefix(leaves.size() * (kLeafWords + 1));
+    tbb::parallel_for(tbb::blocked_range<size_t>(0, leaves.size(), 256), [&](const auto& rg) {
+        for (size_t l = rg.begin(); l != rg.end(); ++l)
+            prefix_counts(words_of(*leaves[l]), &prefix[l * (kLeafWords + 1)]);
+    });
+    const int64_t cs = cell_size();
+    const bool tiled = cs > 1;
+    const uint64_t zmask = (uint64_t(1) << zbits_) - 1;
+    tbb::parallel_for(tbb::blocked_range<size_t>(0, n, 1 << 14), [&](const auto& rg) {
+        for (size_t i = rg.begin(); i != rg.end(); ++i) {
+            const uint64_t R = uint64_t(tiled ? r[i] / bh_ : r[i]);
+            const uint64_t C = uint64_t(tiled ? c[i] / bw_ : c[i]);
+            const uint64_t y = C >> zbits_, z = C & zmask;
+            const uint64_t id = ((R >> kLeafLog2) * leaves_y_ + (y >> kLeafLog2)) * leaves_z_ +
+                                (z >> kLeafLog2);
+            const int32_t l = slot_leaf[id];
+            float v = 0.0f;
+            bool on = false;
+            if (l >= 0) {
+                const uint32_t off = uint32_t(((R & (kLeafDim - 1)) << (2 * kLeafLog2)) |
+                                              ((y & (kLeafDim - 1)) << kLeafLog2) |
+                                              (z & (kLeafDim - 1)));
+                const Word* w = words_of(*leaves[size_t(l)]);
+                on = bit(w, off);
+                if (on) {
+                    const uint32_t rank = rank_of(w, &prefix[size_t(l) * (kLeafWords + 1)], off);
+                    v = block_of(*leaves[size_t(l)]).data[size_t(rank) * cs +
+                                                          (tiled ? (r[i] % bh_) * bw_ + c[i] % bw_ : 0)];
+                }
+            }
+            if (out) out[i] = v;
+            if (active) active[i] = on;
         }
     });
 }

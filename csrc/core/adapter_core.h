@@ -114,6 +114,8 @@ public:
 
 private:
     void group(const int64_t* r, const int64_t* c, size_t n, LeafGroups& g) const;
+    void get_direct(const int64_t* r, const int64_t* c, size_t n, float* out,
+                    uint8_t* active) const;
     openvdb::Coord leaf_origin(uint64_t leaf_id) const;
     ValueBlock& block_of(const MaskLeaf& leaf);
     const ValueBlock& block_of(const MaskLeaf& leaf) const;

@@ -89,8 +89,8 @@ class MiniLM:
         exactly ``pad_to`` (truncating to it) so that jitted shapes never change."""
         if pad_to is not None:
             max_length = pad_to
-        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-            raise TypeError("texts must be a list of str")
+        if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
+            raise TypeError(f"texts must be a list of str, got {type(texts).__name__}")
         if not texts:
             raise ValueError("texts must not be empty")
         enc = self.tokenizer.encode_batch(list(texts))
@@ -167,8 +167,18 @@ def _forward(params: dict[str, Any], deltas: dict[str, hj.SparseDelta], ids: Any
     return pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
 
 
-def contrastive_loss(q: Any, p: Any, temperature: float = 0.05) -> Any:
-    """In-batch InfoNCE of normalized query and positive embeddings (row i matches row i)."""
+def contrastive_loss(q: Any, p: Any, temperature: float = 0.05, valid: Any = None) -> Any:
+    """In-batch InfoNCE of normalized query and positive embeddings (row i matches row i).
+
+    ``valid`` (bool, one per row) marks real pairs; padding rows are neither queries nor
+    negatives, so a padded batch has the loss (and gradient) of its real pairs alone.
+    """
+    n = q.shape[0]
     logits = (q @ p.T) / temperature
-    return -jnp.mean(jax.nn.log_softmax(logits, axis=-1)[jnp.arange(q.shape[0]),
-                                                          jnp.arange(q.shape[0])])
+    if valid is not None:
+        logits = jnp.where(valid[None, :], logits, -1e9)
+    ll = jax.nn.log_softmax(logits, axis=-1)[jnp.arange(n), jnp.arange(n)]
+    if valid is None:
+        return -jnp.mean(ll)
+    w = valid.astype(jnp.float32)
+    return -jnp.sum(ll * w) / jnp.maximum(jnp.sum(w), 1.0)

@@ -15,8 +15,8 @@ adapter says which committed step it saw. A committed step is on disk (in the hi
 before ``/adapt`` answers.
 """
 
-from __future__ import annotations
-
+# No "from __future__ import annotations" here: FastAPI reads the body models' annotations at
+# runtime, and the models are local to create_app.
 import time
 from typing import Any
 
@@ -85,7 +85,7 @@ def create_app(encoder: AdaptiveEncoder) -> Any:
                     raise ValueError(f"texts[{i}] has {len(t)} characters; at most "
                                      f"{MAX_TEXT_CHARS} are accepted")
             emb, step = encoder.encode(body.texts)
-            metrics.embedded_texts += len(body.texts)
+            metrics.count_texts(len(body.texts))
             return {"step": step, "embeddings": emb.tolist()}
         return timed("/embed", run)
 

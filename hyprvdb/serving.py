@@ -31,7 +31,7 @@ from .temporal import TemporalGroup
 
 __all__ = ["AdaptiveEncoder", "ServingState"]
 
-_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,10 @@ class Metrics:
     adapt_steps: int = 0
     last_swap_seconds: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count_texts(self, n: int) -> None:
+        with self.lock:
+            self.embedded_texts += n
 
     def observe(self, endpoint: str, seconds: float, ok: bool = True) -> None:
         with self.lock:
@@ -115,13 +119,13 @@ class AdaptiveEncoder:
         fwd = self.model.embed_fn()
         self._embed = jax.jit(fwd)
 
-        def loss(weights, params, deltas, qi, qm, pi, pm):  # noqa: ANN001, ANN202
+        def loss(weights, params, deltas, qi, qm, pi, pm, valid):  # noqa: ANN001, ANN202
             p = dict(params)
             for name, w in weights.items():
                 p[f"encoder.{name}.weight"] = w
             q = fwd(p, deltas, qi, qm, 1.0)
             k = fwd(p, deltas, pi, pm, 1.0)
-            return contrastive_loss(q, k)
+            return contrastive_loss(q, k, valid=valid)
 
         self._grad = jax.jit(jax.value_and_grad(loss))
         self._state = self._state_from_history()
@@ -168,14 +172,20 @@ class AdaptiveEncoder:
         lr = self.lr if lr is None else float(lr)
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}")
-        # Fixed lengths: the gradient is traced once, not once per batch shape.
-        qi, qm = self.model.tokenize([p[0] for p in pairs], pad_to=self.query_tokens)
-        pi, pm = self.model.tokenize([p[1] for p in pairs], pad_to=self.doc_tokens)
+        # Fixed lengths, and the pair count padded to a bucket (padding masked out of the
+        # loss): the gradient is traced once per bucket, not once per batch shape.
+        n = len(pairs)
+        b = next((x for x in _BATCH_BUCKETS if x >= n), n)
+        padded = list(pairs) + [pairs[0]] * (b - n)
+        valid = np.arange(b) < n
+        qi, qm = self.model.tokenize([p[0] for p in padded], pad_to=self.query_tokens)
+        pi, pm = self.model.tokenize([p[1] for p in padded], pad_to=self.doc_tokens)
         with self._write:
             st = self._state
             weights = {n: self.model.weight(n) for n in self.shapes}
             loss, grads = self._grad(weights, self.model.params, st.deltas, jnp.asarray(qi),
-                                     jnp.asarray(qm), jnp.asarray(pi), jnp.asarray(pm))
+                                     jnp.asarray(qm), jnp.asarray(pi), jnp.asarray(pm),
+                                     jnp.asarray(valid))
             update = {}
             for name, g in grads.items():
                 g = np.asarray(g).ravel()

@@ -246,6 +246,8 @@ class TemporalAdapter:
         if t > self.latest:
             raise ValueError(f"t = {t} is unknown: the newest committed step is {self.latest}")
         if t < self.base_step:
+            if self.base_step == 0:
+                raise ValueError(f"t = {t} is unknown: steps start at 0 (the base)")
             raise ValueError(f"t = {t} is no longer stored: history up to step "
                              f"{self.base_step} was folded into the base")
         i = np.searchsorted(np.asarray(self._steps), t, side="right") - 1

@@ -11,6 +11,7 @@
 
 #include "xla/ffi/api/ffi.h"
 #include "../../kernels/sparse_ops.cuh"
+#include "cpu/linear.h"
 
 namespace ffi = xla::ffi;
 
@@ -32,7 +33,8 @@ void transpose(const float* in, int64_t n, int64_t m, float* out) {
                 for (int64_t j = j0; j < std::min(m, j0 + kTile); ++j) out[j * n + i] = in[i * m + j];
 }
 
-// y = scale * x @ dW.T: x transposed once so every nonzero is a contiguous axpy over the batch.
+// y = scale * x @ dW.T, with the extension's CPU product (no transposes for deltas as sparse
+// as an adapter's: tiles of x rows stay in cache while each row's nonzeros gather from them).
 ffi::Error DeltaMatmulImpl(ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::S32> indices,
                            ffi::Buffer<ffi::F32> data, ffi::Buffer<ffi::F32> x,
                            ffi::ResultBuffer<ffi::F32> y, float scale) {
@@ -41,18 +43,10 @@ ffi::Error DeltaMatmulImpl(ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::S32> i
     const int64_t k = xd.back(), batch = batch_of(xd);
     if (rows < 0 || int64_t(y->element_count()) != batch * rows)
         return ffi::Error::InvalidArgument("hyprvdb_delta_matmul: y must be (batch, rows)");
-    std::vector<float> xt(size_t(k * batch)), yt(size_t(rows * batch), 0.0f);
-    transpose(x.typed_data(), batch, k, xt.data());
-    const int* ip = indptr.typed_data();
-    const int* ix = indices.typed_data();
-    const float* dv = data.typed_data();
-#pragma omp parallel for schedule(dynamic, 64) if (double(batch) * indices.element_count() > 2e5)
-    for (int64_t r = 0; r < rows; ++r)
-        csr_row_axpy(ip, ix, dv, xt.data(), batch, int(batch), int(r), yt.data() + r * batch);
-    float* out = y->typed_data();
-    transpose(yt.data(), rows, batch, out);
-    if (scale != 1.0f)
-        for (int64_t i = 0; i < rows * batch; ++i) out[i] *= scale;
+    const hyprvdb_cpu::Csr m{indptr.typed_data(), indices.typed_data(), data.typed_data(),
+                             int(rows)};
+    hyprvdb_cpu::linear<float>(m, x.typed_data(), k, int(batch), nullptr, 0, 0, nullptr,
+                               y->typed_data(), rows, scale, false);
     return ffi::Error::Success();
 }
 

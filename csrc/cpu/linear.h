@@ -5,6 +5,9 @@
 
 #include <algorithm>
 #include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "../../kernels/sparse_ops.cuh"
 
@@ -42,47 +45,60 @@ void linear_tiled(const Csr& m, const T* x, long long ldx, int batch, const T* W
     }
 }
 
-// Big batches: x transposed once (k x batch) so each nonzero is a contiguous axpy into a
-// (rows x batch) buffer, transposed into y at the end.
+// Batches past a few rows: chunks of kChunk batch rows, each transposed (k x chunk) so that
+// every nonzero is one contiguous, vectorized axpy over the chunk; the chunk's operands stay
+// in cache and threads take whole chunks, so nothing is shared or waited for.
 template <typename T>
-void linear_big(const Csr& m, const T* x, long long ldx, int batch, const T* W, long long ldw,
-                int k, const T* bias, T* y, long long ldy, float scale, bool accumulate,
-                bool parallel) {
+void linear_chunked(const Csr& m, const T* x, long long ldx, int batch, const T* W,
+                    long long ldw, int k, const T* bias, T* y, long long ldy, float scale,
+                    bool accumulate, bool parallel) {
+    // Chunks of up to 64 rows, at least one per thread when the batch is small.
+    int threads = 1;
+#ifdef _OPENMP
+    if (parallel) threads = omp_get_max_threads();
+#endif
+    const int kChunk = std::clamp((batch + threads - 1) / threads, 4, 64);
     const int kx = int(ldx);
-    std::vector<float> xt(size_t(kx) * batch), yt(size_t(m.rows) * batch);
-    constexpr int kTile = 64;
-#pragma omp parallel for schedule(static) if (parallel)
-    for (int i0 = 0; i0 < kx; i0 += kTile)
-        for (int b = 0; b < batch; ++b)
-            for (int i = i0; i < std::min(kx, i0 + kTile); ++i)
-                xt[size_t(i) * batch + b] = to_f32(x[b * ldx + i]);
-#pragma omp parallel for schedule(dynamic, 64) if (parallel)
-    for (int r = 0; r < m.rows; ++r) {
-        float* acc = yt.data() + size_t(r) * batch;
-        if (!W) {
-            csr_row_axpy(m.indptr, m.indices, m.data, xt.data(), batch, batch, r, acc);
-            if (scale != 1.0f)
-                for (int b = 0; b < batch; ++b) acc[b] *= scale;
-            continue;
-        }
-        const T* w = W + r * ldw;
-        for (int i = 0; i < k; ++i) {
-            const float wv = to_f32(w[i]);
-            const float* xc = xt.data() + size_t(i) * batch;
-            for (int b = 0; b < batch; ++b) acc[b] += wv * xc[b];
-        }
-        std::vector<float> sacc(batch, 0.0f);
-        csr_row_axpy(m.indptr, m.indices, m.data, xt.data(), batch, batch, r, sacc.data());
-        for (int b = 0; b < batch; ++b) acc[b] += scale * sacc[b];
-    }
-#pragma omp parallel for schedule(static) if (parallel)
-    for (int r0 = 0; r0 < m.rows; r0 += kTile)
-        for (int b = 0; b < batch; ++b)
-            for (int r = r0; r < std::min(m.rows, r0 + kTile); ++r) {
-                T* p = y + b * ldy + r;
-                const float base = accumulate ? to_f32(*p) : (bias ? to_f32(bias[r]) : 0.0f);
-                from_f32(base + yt[size_t(r) * batch + b], p);
+    const int chunks = (batch + kChunk - 1) / kChunk;
+#pragma omp parallel if (parallel && chunks > 1)
+    {
+        std::vector<float> xt(size_t(kx) * kChunk), yt(size_t(m.rows) * kChunk),
+            sacc(kChunk);
+#pragma omp for schedule(dynamic, 1)
+        for (int ci = 0; ci < chunks; ++ci) {
+            const int b0 = ci * kChunk, nb = std::min(kChunk, batch - b0);
+            for (int b = 0; b < nb; ++b) {
+                const T* xr = x + (b0 + b) * ldx;
+                for (int i = 0; i < kx; ++i) xt[size_t(i) * nb + b] = to_f32(xr[i]);
             }
+            std::fill(yt.begin(), yt.begin() + size_t(m.rows) * nb, 0.0f);
+            for (int r = 0; r < m.rows; ++r) {
+                float* acc = yt.data() + size_t(r) * nb;
+                if (W) {
+                    const T* w = W + r * ldw;
+                    for (int i = 0; i < k; ++i) {
+                        const float wv = to_f32(w[i]);
+                        const float* xc = xt.data() + size_t(i) * nb;
+                        for (int b = 0; b < nb; ++b) acc[b] += wv * xc[b];
+                    }
+                    std::fill(sacc.begin(), sacc.begin() + nb, 0.0f);
+                    csr_row_axpy(m.indptr, m.indices, m.data, xt.data(), nb, nb, r, sacc.data());
+                    for (int b = 0; b < nb; ++b) acc[b] += scale * sacc[b];
+                } else {
+                    csr_row_axpy(m.indptr, m.indices, m.data, xt.data(), nb, nb, r, acc);
+                    if (scale != 1.0f)
+                        for (int b = 0; b < nb; ++b) acc[b] *= scale;
+                }
+            }
+            for (int b = 0; b < nb; ++b) {
+                T* yr = y + (b0 + b) * ldy;
+                for (int r = 0; r < m.rows; ++r) {
+                    const float base = accumulate ? to_f32(yr[r]) : (bias ? to_f32(bias[r]) : 0.0f);
+                    from_f32(base + yt[size_t(r) * nb + b], yr + r);
+                }
+            }
+        }
+    }
 }
 
 // Below this many multiply-adds a single thread wins: waking a team costs more.
@@ -92,21 +108,15 @@ constexpr double kParallelWork = 2e5;
 template <typename T>
 void linear(const Csr& m, const T* x, long long ldx, int batch, const T* W, long long ldw, int k,
             const T* bias, T* y, long long ldy, float scale, bool accumulate) {
-    const long long nnz = m.indptr[m.rows] - m.indptr[0];
-    const double work = double(batch) * (double(nnz) + (W ? double(m.rows) * k : 0.0));
+    const double nnz = double(m.indptr[m.rows] - m.indptr[0]);
+    const double work = double(batch) * (nnz + (W ? double(m.rows) * k : 0.0));
     const bool par = work > kParallelWork;
     if (!W) k = int(ldx);
     switch (batch) {
         case 1: return linear_tiled<T, 1>(m, x, ldx, batch, W, ldw, k, bias, y, ldy, scale, accumulate, par);
         case 2: return linear_tiled<T, 2>(m, x, ldx, batch, W, ldw, k, bias, y, ldy, scale, accumulate, par);
         case 3: case 4: return linear_tiled<T, 4>(m, x, ldx, batch, W, ldw, k, bias, y, ldy, scale, accumulate, par);
-        default:
-            // Transposing x once (then one contiguous axpy per nonzero) pays off with dense
-            // rows, or when there are several nonzeros per input column; a very sparse delta
-            // gathers from tiles of x that stay in cache instead.
-            if (W || nnz >= 4 * (long long)(k + m.rows))
-                return linear_big<T>(m, x, ldx, batch, W, ldw, k, bias, y, ldy, scale, accumulate, par);
-            return linear_tiled<T, HVDB_NB>(m, x, ldx, batch, W, ldw, k, bias, y, ldy, scale, accumulate, par);
+        default: return linear_chunked<T>(m, x, ldx, batch, W, ldw, k, bias, y, ldy, scale, accumulate, par);
     }
 }
 

@@ -69,7 +69,7 @@ NB_MODULE(_cpu, m) {
 
     // y += scale * x @ dW.T  (x: batch x k, y: batch x rows, both of one dtype)
     m.def("delta_matmul",
-          [](In1<int32_t> indptr, In1<int32_t> indices, In1<float> data, nb::ndarray<nb::ndim<2>, nb::c_contig, nb::device::cpu> x,
+          [](In1<int32_t> indptr, In1<int32_t> indices, In1<float> data, nb::ndarray<nb::ro, nb::ndim<2>, nb::c_contig, nb::device::cpu> x,
              nb::ndarray<nb::ndim<2>, nb::c_contig, nb::device::cpu> y, int dtype, float scale) {
               Csr c = csr_of(indptr, indices, data);
               if (y.shape(1) != size_t(c.rows) || y.shape(0) != x.shape(0))
@@ -86,15 +86,15 @@ NB_MODULE(_cpu, m) {
 
     // y = x @ W.T + bias + scale * x @ dW.T
     m.def("fused_linear",
-          [](nb::ndarray<nb::ndim<2>, nb::c_contig, nb::device::cpu> W, nb::object bias, In1<int32_t> indptr,
-             In1<int32_t> indices, In1<float> data, nb::ndarray<nb::ndim<2>, nb::c_contig, nb::device::cpu> x,
+          [](nb::ndarray<nb::ro, nb::ndim<2>, nb::c_contig, nb::device::cpu> W, nb::object bias, In1<int32_t> indptr,
+             In1<int32_t> indices, In1<float> data, nb::ndarray<nb::ro, nb::ndim<2>, nb::c_contig, nb::device::cpu> x,
              nb::ndarray<nb::ndim<2>, nb::c_contig, nb::device::cpu> y, int dtype, float scale) {
               Csr c = csr_of(indptr, indices, data);
               if (W.shape(0) != size_t(c.rows) || W.shape(1) != x.shape(1))
                   throw nb::value_error("W must have shape (rows, k)");
               const void* bptr = nullptr;
               if (!bias.is_none()) {
-                  auto b = nb::cast<nb::ndarray<nb::ndim<1>, nb::c_contig, nb::device::cpu>>(bias);
+                  auto b = nb::cast<nb::ndarray<nb::ro, nb::ndim<1>, nb::c_contig, nb::device::cpu>>(bias);
                   if (b.shape(0) != size_t(c.rows)) throw nb::value_error("bias must have rows entries");
                   bptr = b.data();
               }

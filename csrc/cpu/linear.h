@@ -116,7 +116,12 @@ void linear(const Csr& m, const T* x, long long ldx, int batch, const T* W, long
         case 1: return linear_tiled<T, 1>(m, x, ldx, batch, W, ldw, k, bias, y, ldy, scale, accumulate, par);
         case 2: return linear_tiled<T, 2>(m, x, ldx, batch, W, ldw, k, bias, y, ldy, scale, accumulate, par);
         case 3: case 4: return linear_tiled<T, 4>(m, x, ldx, batch, W, ldw, k, bias, y, ldy, scale, accumulate, par);
-        default: return linear_chunked<T>(m, x, ldx, batch, W, ldw, k, bias, y, ldy, scale, accumulate, par);
+        default:
+            // Chunks transpose x and y in cache: worth it with dense rows or several nonzeros
+            // per row and column; sparser deltas gather from tiles of x rows instead.
+            if (W || nnz >= 4.0 * (double(k) + m.rows))
+                return linear_chunked<T>(m, x, ldx, batch, W, ldw, k, bias, y, ldy, scale, accumulate, par);
+            return linear_tiled<T, HVDB_NB>(m, x, ldx, batch, W, ldw, k, bias, y, ldy, scale, accumulate, par);
     }
 }
 

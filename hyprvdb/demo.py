@@ -164,7 +164,9 @@ def run(steps: int = 12, seed: int = 0, batch: int = 16) -> dict:
     print(f"  {'hyprvdb history (all steps)':36s} {hist / 1e6:9.3f} MB  "
           f"{hist / max(changes, 1):8.1f} B/change")
     print(f"  {'full checkpoints, one per step':36s} {dense_bytes * n_steps / 1e6:9.3f} MB")
-    print("  (dict: 164 B/weight as bench/memory.py measures it)")
+    print("  (dict: 164 B/weight as bench/memory.py measures it; the OpenVDB adapters cost more "
+          "per weight\n   here than at 1% density because these matrices hold a few weights per "
+          "16^3 leaf — see bench/memory.py)")
 
     path = "cpu, C++ kernels as XLA FFI targets" if hj.ffi_available() else \
         "pure JAX (XLA gathers and segment sums)"

@@ -107,3 +107,14 @@ def real_scalar(name: str, x: Any, *, allow_nonfinite: bool = False) -> float:
     if not allow_nonfinite and not np.isfinite(v):
         raise ValueError(f"{name} = {v!r} is not finite")
     return v
+
+
+def check_range(name: str, a: np.ndarray, hi: int) -> None:
+    """Raise IndexError naming the first entry of ``a`` outside ``0..hi-1``."""
+    if len(a) == 0 or (a.min() >= 0 and a.max() < hi):
+        return
+    bad = (a < 0) | (a >= hi)
+    i = int(np.flatnonzero(bad)[0])
+    what = "rows" if name == "rows" else "columns"
+    raise IndexError(f"{name}[{i}] = {a[i]} is out of range for {hi} {what} "
+                     f"(valid: 0..{hi - 1})")

@@ -163,8 +163,8 @@ class Snapshot:
         c = V.as_index_array("cols", cols)
         v = V.as_value_array("values", values, allow_nonfinite=allow_nonfinite)
         V.same_length(rows=r, cols=c, values=v)
-        _check_range("rows", r, n_rows)
-        _check_range("cols", c, n_cols)
+        V.check_range("rows", r, n_rows)
+        V.check_range("cols", c, n_cols)
         step = _check_step(step)
         name_bytes = _check_name(name)
         x, y, z = r, c >> 3, c & 7
@@ -356,8 +356,8 @@ class Snapshot:
         r = V.as_index_array("rows", rows)
         c = V.as_index_array("cols", cols)
         V.same_length(rows=r, cols=c)
-        _check_range("rows", r, self._shape[0])
-        _check_range("cols", c, self._shape[1])
+        V.check_range("rows", r, self._shape[0])
+        V.check_range("cols", c, self._shape[1])
         return r, c
 
 
@@ -379,17 +379,6 @@ def _check_shape(shape: Any) -> tuple[int, int]:
             raise ValueError(f"{what} = {n} exceeds NanoVDB's int32 coordinates "
                              f"(at most {N.COORD_MAX})")
     return n_rows, n_cols
-
-
-def _check_range(name: str, a: np.ndarray, hi: int) -> None:
-    if len(a) == 0 or (a.min() >= 0 and a.max() < hi):
-        return
-    bad = (a < 0) | (a >= hi)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        what = "rows" if name == "rows" else "columns"
-        raise IndexError(f"{name}[{i}] = {a[i]} is out of range for {hi} {what} "
-                         f"(valid: 0..{hi - 1})")
 
 
 def _check_step(step: Any) -> int | None:
@@ -477,8 +466,8 @@ def _load(data: bytes, shown: str) -> Snapshot:
                              f"{lay.voxel_count}")
         if len(x) and (z.max() > 7 or z.min() < 0):
             raise ValueError("it has voxels outside the (row, col >> 3, col & 7) map")
-        _check_range("rows", rows, shape[0])
-        _check_range("cols", cols, shape[1])
+        V.check_range("rows", rows, shape[0])
+        V.check_range("cols", cols, shape[1])
         keys = N.sort_key(x, y, z)
         if len(keys) > 1 and not (keys[1:] > keys[:-1]).all():
             raise ValueError("its voxels are not in hyprvdb's index order")

@@ -547,8 +547,8 @@ class TemporalAdapter:
         c = V.as_index_array("cols", cols)
         v = V.as_value_array(name, values)
         V.same_length(rows=r, cols=c, **{name: v})
-        _check_range("rows", r, self._rows)
-        _check_range("cols", c, self._cols)
+        V.check_range("rows", r, self._rows)
+        V.check_range("cols", c, self._cols)
         idx = r * self._cols + c
         if reset is None:
             rs = np.zeros(len(idx), bool)
@@ -1033,15 +1033,6 @@ def _int(name: str, x: Any) -> int:
     if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(x).__name__} {x!r}")
     return int(x)
-
-
-def _check_range(name: str, a: np.ndarray, hi: int) -> None:
-    bad = (a < 0) | (a >= hi)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        what = "rows" if name == "rows" else "columns"
-        raise IndexError(f"{name}[{i}] = {a[i]} is out of range for {hi} {what} "
-                         f"(valid: 0..{hi - 1})")
 
 
 def _check_tiers(tiers: Any) -> list[tuple[int | None, int]] | None:

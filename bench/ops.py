@@ -270,7 +270,6 @@ def main() -> int:
     print(f"  {hit_rate:.1%} of the queried coordinates are active; results of all three "
           f"asserted equal")
     print()
-    io = res["io"]
     C.print_table(
         ["(c) save / load", "active", "save", "load", "file", "file B/w", "file/memory",
          "target", "status"],

@@ -168,10 +168,7 @@ class SparseAdapter:
         In tile mode the weight is set to 0 and its block stays active (a block is dropped by
         :meth:`optimize` once all its weights are 0).
         """
-        r, c = self._coord(row, col)
-        if self.block_shape == (1, 1):
-            return int(self._c.remove(r, c)) == 1
-        return int(self._c.zero(r, c)) == 1
+        return self._remove(*self._coord(row, col)) == 1
 
     def __contains__(self, key: tuple[int, int]) -> bool:
         row, col = key
@@ -233,7 +230,10 @@ class SparseAdapter:
 
     def remove_weights(self, rows: Any, cols: Any) -> int:
         """Deactivate many weights; return how many were active (tile mode: zeroes them)."""
-        r, c = self._pairs(rows, cols)
+        return self._remove(*self._pairs(rows, cols))
+
+    def _remove(self, r: np.ndarray, c: np.ndarray) -> int:
+        """Deactivate (tile mode: zero) validated coordinates; count the active ones."""
         if self.block_shape == (1, 1):
             return int(self._c.remove(r, c))
         return int(self._c.zero(r, c))

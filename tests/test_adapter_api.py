@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-import hyprvdb
 from conftest import assert_f32_identical, assert_matches_dense, reference_of
 from hyprvdb import SparseAdapter, enforce_sparsity, fuse_adapters
 

@@ -8,15 +8,14 @@ seeded), so batches have realistic token lengths.
 (a) overhead    One jitted forward pass (the function ``MiniLM.embed_fn()``), batch 32 and
                 batch 1, with a 1%-dense adapter on every linear layer (36
                 ``SparseDelta.from_coo``, random entries, seeded) against the plain model (no
-                deltas). Calls are interleaved (plain, ffi, jax, plain, ...) so that load
+                deltas). Calls are interleaved (plain, ffi, plain, ffi, ...) so that load
                 drift hits every contender alike; medians of wall and CPU time. Target:
                 with / without <= 1.3x for the default implementation (``impl="auto"``,
-                which is ``"ffi"``, the C++ FFI targets, on the CPU). MiniLM's forward pass
-                calls ``hj.delta_matmul(h, d)`` and has no parameter to choose the
-                implementation, so the ``"jax"`` row is traced with ``hyprvdb.jax.delta_matmul``
-                replaced by ``partial(delta_matmul, impl="jax")`` for the duration of that
-                contender (a bench-only patch; info, no target; few calls: it is slow). The
-                traced programs are inspected to show which implementation each row ran.
+                which is ``"ffi"`` on the CPU: the C++ FFI target that adds the delta into
+                the dense product's buffer in place). The ``"jax"`` row is the same model
+                built with ``MiniLM(..., impl="jax")`` (pure JAX gathers; info, no target;
+                few calls: it is slow). The traced programs are inspected to show which
+                implementation each row ran.
                 Embeddings are compared (auto vs jax, adapter vs the adapter merged into W).
 (b) commit ->    ``AdaptiveEncoder.adapt`` on 8 (query, docstring) pairs per step. For each
     first request step: ``swap`` = from ``store_deltas`` returning (the step is durable) to
@@ -41,8 +40,6 @@ The last line printed is a one-line summary.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import os
 import sys
 import tempfile
@@ -94,18 +91,6 @@ def interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict:
                 "cpu_median_s": C.median(cpu[k])} for k in fns}
 
 
-@contextlib.contextmanager
-def delta_impl(impl: str):
-    """Trace MiniLM's forward with ``hj.delta_matmul(..., impl=impl)`` (bench-only patch:
-    MiniLM has no parameter for it)."""
-    original = hj.delta_matmul
-    hj.delta_matmul = functools.partial(original, impl=impl)
-    try:
-        yield
-    finally:
-        hj.delta_matmul = original
-
-
 def random_deltas(shapes: dict, rng: np.random.Generator) -> dict[str, hj.SparseDelta]:
     out = {}
     for name, (r, c) in shapes.items():
@@ -148,7 +133,7 @@ def maxdiff(a, b) -> float:
 # ------------------------------------------------------------------------------ (a)
 def ffi_calls(fn, *args) -> int:
     """How many FFI delta products the traced program holds (which implementation ran)."""
-    return str(jax.make_jaxpr(fn)(*args)).count("hyprvdb_delta_matmul")
+    return str(jax.make_jaxpr(fn)(*args)).count("hyprvdb_delta_accumulate")
 
 
 def bench_overhead(model: MiniLM, deltas: dict, texts: list[str], repeats: int,
@@ -159,7 +144,7 @@ def bench_overhead(model: MiniLM, deltas: dict, texts: list[str], repeats: int,
     for batch in (BATCH, 1):
         ids, mask = (jnp.asarray(x) for x in model.tokenize(texts[:batch]))
         args = (deltas, ids, mask, one)
-        # Traced outside the patch: what a user of MiniLM / AdaptiveEncoder gets.
+        # What a user of MiniLM / AdaptiveEncoder gets (impl="auto").
         plain = jax.jit(model.embed_fn())
         fns = {"plain": lambda: plain(model.params, {}, ids, mask, one),
                "auto": lambda: plain(model.params, *args)}
@@ -171,14 +156,14 @@ def bench_overhead(model: MiniLM, deltas: dict, texts: list[str], repeats: int,
         times = interleaved(fns, n)
         e_auto = fns["auto"]()
         calls = {"auto": ffi_calls(model.embed_fn(), model.params, *args)}
-        with delta_impl("jax"):
-            as_jax = jax.jit(model.embed_fn())
-            calls["jax"] = ffi_calls(model.embed_fn(), model.params, *args)
-            t0 = time.perf_counter()
-            e_jax = jax.block_until_ready(as_jax(model.params, *args))
-            compile_jax_s = time.perf_counter() - t0
-            times.update(interleaved({"jax": lambda: as_jax(model.params, *args)},
-                                     jax_repeats if batch > 1 else n, warmup=0))
+        jax_model = MiniLM(model.params, model.config, model.tokenizer, impl="jax")
+        as_jax = jax.jit(jax_model.embed_fn())
+        calls["jax"] = ffi_calls(jax_model.embed_fn(), model.params, *args)
+        t0 = time.perf_counter()
+        e_jax = jax.block_until_ready(as_jax(model.params, *args))
+        compile_jax_s = time.perf_counter() - t0
+        times.update(interleaved({"jax": lambda: as_jax(model.params, *args)},
+                                 jax_repeats if batch > 1 else n, warmup=0))
         e_merged = plain(merged, {}, ids, mask, one)
         out["batches"].append({
             "batch": batch, "tokens": int(ids.shape[1]), "compile_s": compile_s,
@@ -196,7 +181,7 @@ def print_overhead(res: dict) -> None:
         t = b["times"]
         for k, label in (("plain", "plain model (no deltas)"),
                          ("auto", f"1% adapter, impl=auto ({res['impl_default']})"),
-                         ("jax", "1% adapter, impl=jax (patched)")):
+                         ("jax", "1% adapter, impl=jax")):
             ratio = "" if k == "plain" else f"{t[k]['median_s'] / t['plain']['median_s']:.2f}x"
             target = ""
             if k == "auto" and b["batch"] == BATCH:
@@ -212,8 +197,7 @@ def print_overhead(res: dict) -> None:
               f"{b['maxdiff_auto_vs_merged']:.2g}; FFI products in the traced forward: auto "
               f"{b['ffi_calls']['auto']}, jax {b['ffi_calls']['jax']}; compile: plain + auto "
               f"{b['compile_s']:.1f} s, jax {b['compile_jax_s']:.1f} s")
-    print(f"    (the jax row: {res['jax_repeats']} timed call(s) at batch {BATCH}; MiniLM has no "
-          "impl parameter, so it is traced with hyprvdb.jax.delta_matmul patched)")
+    print(f"    (the jax row: {res['jax_repeats']} timed call(s) at batch {BATCH})")
 
 
 # ------------------------------------------------------------------------------ (b)

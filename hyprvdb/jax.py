@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["SparseDelta", "delta_matmul", "linear", "to_dense", "to_update", "ffi_available"]
+__all__ = ["SparseDelta", "delta_matmul", "delta_add", "linear", "to_dense", "to_update", "ffi_available"]
 
 
 @jax.tree_util.register_pytree_node_class
@@ -143,9 +143,10 @@ def _fwd_jax(indptr, indices, row_ids, values, x, scale, rows):  # noqa: ANN001,
     return jnp.moveaxis(y, 0, -1) * scale
 
 
-def _ffi(name: str, out_shape: tuple[int, ...], *args: Any, scale: float) -> Any:
+def _ffi(name: str, out_shape: tuple[int, ...], *args: Any, scale: float,
+         aliases: dict[int, int] | None = None) -> Any:
     call = jax.ffi.ffi_call(name, jax.ShapeDtypeStruct(out_shape, jnp.float32),
-                            vmap_method="sequential")
+                            vmap_method="sequential", input_output_aliases=aliases)
     return call(*args, scale=np.float32(scale))
 
 
@@ -179,25 +180,69 @@ def _delta_mm_bwd(scale, rows, impl, res, g):  # noqa: ANN001, ANN202
 _delta_mm.defvjp(_delta_mm_fwd, _delta_mm_bwd)
 
 
-def delta_matmul(x: Any, delta: SparseDelta, scale: float = 1.0, *, impl: str = "auto") -> Any:
-    """``scale * x @ dW.T`` for x of shape (..., cols), float32; result (..., rows)."""
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
+def _delta_acc(y, indptr, indices, row_ids, values, x, scale, rows, impl):  # noqa: ANN001, ANN202
+    if impl == "ffi":  # the delta is added into y's buffer: no second output, no add pass
+        return _ffi("hyprvdb_delta_accumulate", y.shape, indptr, indices, values, x, y,
+                    scale=scale, aliases={4: 0})
+    return y + _fwd_jax(indptr, indices, row_ids, values, x, scale, rows)
+
+
+def _delta_acc_fwd(y, indptr, indices, row_ids, values, x, scale, rows, impl):  # noqa: ANN001, ANN202
+    out = _delta_acc(y, indptr, indices, row_ids, values, x, scale, rows, impl)
+    return out, (indptr, indices, row_ids, values, x)
+
+
+def _delta_acc_bwd(scale, rows, impl, res, g):  # noqa: ANN001, ANN202
+    return (g, *_delta_mm_bwd(scale, rows, impl, res, g))
+
+
+_delta_acc.defvjp(_delta_acc_fwd, _delta_acc_bwd)
+
+
+def _check(x: Any, delta: Any) -> None:
     if not isinstance(delta, SparseDelta):
         raise TypeError(f"delta must be a hyprvdb.jax.SparseDelta, got {type(delta).__name__}")
     if x.shape[-1] != delta.shape[1]:
         raise ValueError(f"x has {x.shape[-1]} features, the delta expects {delta.shape[1]}")
+
+
+def delta_matmul(x: Any, delta: SparseDelta, scale: float = 1.0, *, impl: str = "auto") -> Any:
+    """``scale * x @ dW.T`` for x of shape (..., cols), float32; result (..., rows)."""
+    _check(x, delta)
     x = jnp.asarray(x, jnp.float32)
     return _delta_mm(delta.indptr, delta.indices, delta.row_ids, delta.values, x, float(scale),
                      delta.shape[0], _impl(impl))
 
 
-def linear(x: Any, W: Any, delta: SparseDelta | None, scale: float = 1.0, bias: Any = None,
+def delta_add(y: Any, x: Any, delta: SparseDelta, scale: Any = 1.0, *,
+              impl: str = "auto") -> Any:
+    """``y + scale * x @ dW.T`` (y: (..., rows) float32, x: (..., cols)). With the FFI
+    targets the delta is accumulated into y's buffer in place. ``scale`` may be a traced
+    scalar (it multiplies the values, not the output)."""
+    _check(x, delta)
+    x = jnp.asarray(x, jnp.float32)
+    y = jnp.asarray(y, jnp.float32)
+    if y.shape != x.shape[:-1] + (delta.shape[0],):
+        raise ValueError(f"y has shape {y.shape}, expected {x.shape[:-1] + (delta.shape[0],)}")
+    values = delta.values
+    if isinstance(scale, (int, float)):
+        static = float(scale)
+    else:
+        values, static = values * jnp.asarray(scale, jnp.float32), 1.0
+    return _delta_acc(y, delta.indptr, delta.indices, delta.row_ids, values, x, static,
+                      delta.shape[0], _impl(impl))
+
+
+def linear(x: Any, W: Any, delta: SparseDelta | None, scale: Any = 1.0, bias: Any = None,
            *, impl: str = "auto") -> Any:
-    """``x @ W.T + bias + scale * x @ dW.T`` (W: (rows, cols), as torch.nn.Linear stores it)."""
+    """``x @ W.T + bias + scale * x @ dW.T`` (W: (rows, cols), as torch.nn.Linear stores it).
+    The delta is added in place into the dense product (see :func:`delta_add`)."""
     y = x @ W.T
     if bias is not None:
         y = y + bias
     if delta is not None:
-        y = y + delta_matmul(x, delta, scale, impl=impl)
+        y = delta_add(y, x, delta, scale, impl=impl)
     return y
 
 

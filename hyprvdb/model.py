@@ -46,18 +46,22 @@ class MiniLM:
     forward pass is traced once per (batch, length) bucket and delta capacity, not per step.
     """
 
-    def __init__(self, params: dict[str, Any], config: dict[str, Any], tokenizer: Any) -> None:
+    def __init__(self, params: dict[str, Any], config: dict[str, Any], tokenizer: Any, *,
+                 impl: str = "auto") -> None:
+        hj._impl(impl)  # checked now, chosen at trace time
+        self.impl = impl
         self.params = params
         self.config = config
         self.tokenizer = tokenizer
         self.layers = int(config["num_hidden_layers"])
         self.heads = int(config["num_attention_heads"])
         self.eps = float(config["layer_norm_eps"])
-        self._forward = jax.jit(functools.partial(_forward, heads=self.heads, eps=self.eps))
+        self._forward = jax.jit(self.embed_fn())
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> MiniLM:
-        """Load weights, config and tokenizer from ``path`` (default: the embedded model)."""
+    def load(cls, path: str | Path | None = None, *, impl: str = "auto") -> MiniLM:
+        """Load weights, config and tokenizer from ``path`` (default: the embedded model).
+        ``impl`` is the delta product's implementation (see :func:`hyprvdb.jax.delta_add`)."""
         from safetensors.numpy import load_file
         from tokenizers import Tokenizer
 
@@ -73,7 +77,7 @@ class MiniLM:
         tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
         tok.no_padding()
         tok.enable_truncation(max_length=256)
-        return cls(params, config, tok)
+        return cls(params, config, tok, impl=impl)
 
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """Name -> (out_features, in_features) of every adaptable matrix, in forward order."""
@@ -115,7 +119,7 @@ class MiniLM:
     def embed_fn(self):  # noqa: ANN201
         """The pure function ``(params, deltas, ids, mask, scale) -> embeddings`` (jit-able,
         differentiable)."""
-        return functools.partial(_forward, heads=self.heads, eps=self.eps)
+        return functools.partial(_forward, heads=self.heads, eps=self.eps, impl=self.impl)
 
 
 def _layer_norm(x: Any, w: Any, b: Any, eps: float) -> Any:
@@ -125,7 +129,7 @@ def _layer_norm(x: Any, w: Any, b: Any, eps: float) -> Any:
 
 
 def _forward(params: dict[str, Any], deltas: dict[str, hj.SparseDelta], ids: Any, mask: Any,
-             scale: Any, *, heads: int, eps: float) -> Any:
+             scale: Any, *, heads: int, eps: float, impl: str = "auto") -> Any:
     p = params
     b, n = ids.shape
     x = (p["embeddings.word_embeddings.weight"][ids]
@@ -136,11 +140,8 @@ def _forward(params: dict[str, Any], deltas: dict[str, hj.SparseDelta], ids: Any
     layers = sum(1 for k in p if k.endswith("attention.self.query.weight"))
 
     def lin(h: Any, name: str) -> Any:
-        y = h @ p[f"encoder.{name}.weight"].T + p[f"encoder.{name}.bias"]
-        d = deltas.get(name)
-        if d is not None:
-            y = y + hj.delta_matmul(h, d) * scale
-        return y
+        return hj.linear(h, p[f"encoder.{name}.weight"], deltas.get(name), scale,
+                         p[f"encoder.{name}.bias"], impl=impl)
 
     for i in range(layers):
         L = f"layer.{i}"

@@ -152,6 +152,70 @@ def test_linear(impl, rng, with_bias):
     assert_close(y0, f64(x) @ f64(W).T, np.abs(f64(x)) @ np.abs(f64(W)).T, "linear, no delta")
 
 
+@pytest.mark.parametrize("lead", [(1,), (40,), (3, 11), ()], ids=str)
+@pytest.mark.parametrize("shape", [(37, 129), (384, 1536), (1536, 384)],
+                         ids=lambda s: f"{s[0]}x{s[1]}")
+def test_delta_add(impl, rng, shape, lead):
+    """y + scale * x @ dW.T, with the FFI target adding into y's buffer; y stays usable (the
+    alias does not clobber a y the caller still holds)."""
+    d, dW = make_delta(rng, shape, 0.01)
+    x = rng.standard_normal(lead + (shape[1],)).astype(np.float32)
+    y0 = rng.standard_normal(lead + (shape[0],)).astype(np.float32)
+    ref, mag = ref_mm(x, dW, -0.6)
+    ref, mag = ref + f64(y0), mag + np.abs(f64(y0))
+    y = jnp.asarray(y0)
+    assert_close(hj.delta_add(y, jnp.asarray(x), d, -0.6, impl=impl), ref, mag, f"eager {impl}")
+    f = jax.jit(lambda y, x, d, s: hj.delta_add(y, x, d, s, impl=impl))
+    assert_close(f(y, jnp.asarray(x), d, jnp.float32(-0.6)), ref, mag,
+                 f"jit, traced scale ({impl})")
+    np.testing.assert_array_equal(np.asarray(y), y0)
+
+
+def test_delta_add_grad_and_vmap(impl, rng):
+    shape = (37, 129)
+    rows, cols, vals = random_coo(rng, shape, 0.1)
+    d = hj.SparseDelta.from_coo(rows, cols, vals, shape)
+    r, c = np.asarray(d.row_ids), np.asarray(d.indices)
+    dW = dense_of(rows, cols, vals, shape)
+    x = rng.standard_normal((5, 129)).astype(np.float32)
+    y0 = rng.standard_normal((5, 37)).astype(np.float32)
+    g = rng.standard_normal((5, 37)).astype(np.float32)
+    scale = 0.8
+
+    def loss(y, x, v, s):
+        return jnp.sum(hj.delta_add(y, x, d.with_values(v), s, impl=impl) * g)
+
+    dy, dx, dv, ds = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))(
+        jnp.asarray(y0), jnp.asarray(x), d.values, jnp.float32(scale))
+    np.testing.assert_array_equal(np.asarray(dy), g)
+    rdx, rdx_mag, rdv, rdv_mag = ref_grads(x, g, r, c, dW, scale)
+    assert_close(dx, rdx, rdx_mag, f"dL/dx ({impl})")
+    assert_close(dv, rdv, rdv_mag, f"dL/dvalues ({impl})")
+    # dL/dscale = sum(g * x @ dW.T)
+    prod, pmag = ref_mm(x, dW, 1.0)
+    assert_close(np.asarray(ds)[None], np.array([np.sum(f64(g) * prod)]),
+                 np.array([np.sum(np.abs(f64(g)) * pmag)]), f"dL/dscale ({impl})")
+    # vmap over a stack of (y, x)
+    xs = rng.standard_normal((3, 4, 129)).astype(np.float32)
+    ys = rng.standard_normal((3, 4, 37)).astype(np.float32)
+    got = jax.jit(jax.vmap(lambda y, x: hj.delta_add(y, x, d, 1.5, impl=impl)))(
+        jnp.asarray(ys), jnp.asarray(xs))
+    ref, mag = ref_mm(xs, dW, 1.5)
+    assert_close(got, ref + f64(ys), mag + np.abs(f64(ys)), f"vmap ({impl})")
+
+
+def test_delta_add_errors():
+    d = hj.SparseDelta.from_coo([1], [2], [3.0], (5, 7))
+    with pytest.raises(ValueError, match=r"y has shape \(3, 4\), expected \(3, 5\)"):
+        hj.delta_add(jnp.ones((3, 4)), jnp.ones((3, 7)), d)
+    with pytest.raises(ValueError, match="x has 6 features"):
+        hj.delta_add(jnp.ones((3, 5)), jnp.ones((3, 6)), d)
+    with pytest.raises(TypeError, match="delta must be"):
+        hj.delta_add(jnp.ones((3, 5)), jnp.ones((3, 7)), "not a delta")
+    with pytest.raises(ValueError, match="impl must be"):
+        hj.delta_add(jnp.ones((3, 5)), jnp.ones((3, 7)), d, impl="gpu")
+
+
 def test_empty_delta_and_empty_batch(impl):
     d = hj.SparseDelta.from_coo([], [], [], (5, 7))
     assert d.nnz == 0

@@ -436,6 +436,32 @@ def test_delta_matmul_model_sized(path, rng, batch, dtype):
     check_delta_matmul(HOST, rng, batch, (384, 1536), 0.01, dtype)
 
 
+@pytest.fixture(params=[True, False], ids=["avx2", "portable"])
+def simd(request):
+    """The CPU extension's float32 delta product with its AVX2 kernel on, then off (the
+    portable kernels every CPU runs)."""
+    cpu = ops._cpu_ext()
+    if cpu is None:
+        pytest.skip("hyprvdb._cpu (the CPU extension) is not built")
+    before = cpu.simd()
+    if request.param and not cpu.simd(True):
+        pytest.skip("this CPU (or build) has no AVX2 + FMA")
+    cpu.simd(request.param)
+    assert cpu.simd() is request.param
+    yield request.param
+    cpu.simd(before)
+
+
+@pytest.mark.parametrize("density", [0.001, 0.01, 0.1])
+@pytest.mark.parametrize("shape", [(37, 129), (9, 7), (64, 8), (384, 1536), (1536, 384)],
+                         ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("batch", [8, 9, 31, 32, 33, 77, 256])
+def test_delta_matmul_both_cpu_kernels(simd, rng, batch, shape, density):
+    """Batches past a chunk and ragged in every way (rows, columns and tokens not multiples
+    of 8 or 32), fresh and accumulated, float32 (the only dtype the AVX2 kernel takes)."""
+    check_delta_matmul(HOST, rng, batch, shape, density, F32)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_delta_matmul_strided_x_and_empty_batch(path, rng, dtype):
     snap, dW = random_delta(rng, (37, 129), 0.1)

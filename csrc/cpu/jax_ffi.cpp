@@ -50,6 +50,27 @@ ffi::Error DeltaMatmulImpl(ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::S32> i
     return ffi::Error::Success();
 }
 
+// y += scale * x @ dW.T in place: y_in is the dense product, aliased to the result by
+// hyprvdb.jax (input_output_aliases), so the delta costs no extra output pass.
+ffi::Error DeltaAccumulateImpl(ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::S32> indices,
+                               ffi::Buffer<ffi::F32> data, ffi::Buffer<ffi::F32> x,
+                               ffi::Buffer<ffi::F32> y_in, ffi::ResultBuffer<ffi::F32> y,
+                               float scale) {
+    const int64_t rows = int64_t(indptr.element_count()) - 1;
+    const auto xd = x.dimensions();
+    const int64_t k = xd.back(), batch = batch_of(xd);
+    if (rows < 0 || int64_t(y->element_count()) != batch * rows ||
+        y_in.element_count() != y->element_count())
+        return ffi::Error::InvalidArgument("hyprvdb_delta_accumulate: y must be (batch, rows)");
+    if (y_in.typed_data() != y->typed_data())
+        std::copy_n(y_in.typed_data(), y_in.element_count(), y->typed_data());
+    const hyprvdb_cpu::Csr m{indptr.typed_data(), indices.typed_data(), data.typed_data(),
+                             int(rows)};
+    hyprvdb_cpu::linear<float>(m, x.typed_data(), k, int(batch), nullptr, 0, 0, nullptr,
+                               y->typed_data(), rows, scale, true);
+    return ffi::Error::Success();
+}
+
 // dx = scale * g @ dW  (g: (batch, rows), dx: (batch, k)).
 ffi::Error DeltaMatmulTImpl(ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::S32> indices,
                             ffi::Buffer<ffi::F32> data, ffi::Buffer<ffi::F32> g,
@@ -121,6 +142,15 @@ static auto csr_binding() {
         .Attr<float>("scale");
 }
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HyprvdbDeltaAccumulate, DeltaAccumulateImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("scale"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HyprvdbDeltaMatmul, DeltaMatmulImpl, csr_binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HyprvdbDeltaMatmulT, DeltaMatmulTImpl, csr_binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HyprvdbDeltaValuesGrad, DeltaValuesGradImpl, csr_binding());
@@ -129,4 +159,5 @@ namespace hyprvdb_ffi {
 void* delta_matmul() { return reinterpret_cast<void*>(HyprvdbDeltaMatmul); }
 void* delta_matmul_t() { return reinterpret_cast<void*>(HyprvdbDeltaMatmulT); }
 void* delta_values_grad() { return reinterpret_cast<void*>(HyprvdbDeltaValuesGrad); }
+void* delta_accumulate() { return reinterpret_cast<void*>(HyprvdbDeltaAccumulate); }
 }  // namespace hyprvdb_ffi

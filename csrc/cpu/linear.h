@@ -4,12 +4,15 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
+#include <type_traits>
 #include <vector>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
 #include "../../kernels/sparse_ops.cuh"
+#include "cpu/delta_avx2.h"
 
 namespace hyprvdb_cpu {
 
@@ -101,6 +104,41 @@ void linear_chunked(const Csr& m, const T* x, long long ldx, int batch, const T*
     }
 }
 
+// Whether float32 delta products may take the AVX2 kernel (when the CPU has it); tests switch
+// it off to check the portable kernels against it.
+inline std::atomic<bool>& simd_enabled() {
+    static std::atomic<bool> on{avx2_supported()};
+    return on;
+}
+
+// The float32 delta product over token chunks (delta_avx2.cpp). With fewer chunks than twice
+// the threads, each chunk's rows are split too, so that every thread has work.
+inline void linear_avx2(const Csr& m, const float* x, long long ldx, int batch, float* y,
+                        long long ldy, float scale, bool accumulate, bool parallel) {
+    int threads = 1;
+#ifdef _OPENMP
+    if (parallel) threads = omp_get_max_threads();
+#endif
+    const int chunk = avx2_chunk(), chunks = (batch + chunk - 1) / chunk;
+    const int splits = chunks >= 2 * threads
+                           ? 1
+                           : std::clamp((2 * threads + chunks - 1) / chunks, 1, std::max(1, m.rows / 64));
+    const int per = ((m.rows + splits - 1) / splits + 7) / 8 * 8;
+    const int items = chunks * splits;
+    const int k = int(ldx);
+#pragma omp parallel if (parallel && items > 1)
+    {
+        std::vector<float> scratch(avx2_scratch_floats(k));
+#pragma omp for schedule(dynamic, 1)
+        for (int it = 0; it < items; ++it) {
+            const int r0 = (it % splits) * per, r1 = std::min(m.rows, r0 + per);
+            if (r0 < r1)
+                delta_avx2(m.indptr, m.indices, m.data, x, ldx, k, batch, y, ldy, scale,
+                           accumulate, it / splits, r0, r1, scratch.data());
+        }
+    }
+}
+
 // Below this many multiply-adds a single thread wins: waking a team costs more.
 constexpr double kParallelWork = 2e5;
 
@@ -112,6 +150,10 @@ void linear(const Csr& m, const T* x, long long ldx, int batch, const T* W, long
     const double work = double(batch) * (nnz + (W ? double(m.rows) * k : 0.0));
     const bool par = work > kParallelWork;
     if (!W) k = int(ldx);
+    if constexpr (std::is_same_v<T, float>) {
+        if (!W && batch >= 8 && simd_enabled().load(std::memory_order_relaxed))
+            return linear_avx2(m, x, ldx, batch, y, ldy, scale, accumulate, par);
+    }
     switch (batch) {
         case 1: return linear_tiled<T, 1>(m, x, ldx, batch, W, ldw, k, bias, y, ldy, scale, accumulate, par);
         case 2: return linear_tiled<T, 2>(m, x, ldx, batch, W, ldw, k, bias, y, ldy, scale, accumulate, par);

@@ -2,9 +2,11 @@
 // run over rows with OpenMP. Links no OpenVDB, so serving machines can load it.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -55,6 +57,12 @@ void dispatch(int dtype, F&& f) {
 NB_MODULE(_cpu, m) {
     m.doc() = "hyprvdb's read-path kernels on the CPU (the kernels/*.cuh logic, compiled by g++)";
     m.attr("NB") = HVDB_NB;
+    // The float32 delta product's AVX2 kernel: whether it is on (and switch it, for tests that
+    // check the portable kernels against it; it cannot be switched on without CPU support).
+    m.def("simd", [](std::optional<bool> enable) {
+        if (enable) hyprvdb_cpu::simd_enabled() = *enable && hyprvdb_cpu::avx2_supported();
+        return hyprvdb_cpu::simd_enabled().load();
+    }, nb::arg("enable") = nb::none());
 
 #ifdef HYPRVDB_JAX_FFI
     // XLA FFI handlers for hyprvdb.jax (jax.ffi.register_ffi_target takes these capsules).
@@ -63,6 +71,7 @@ NB_MODULE(_cpu, m) {
         d["hyprvdb_delta_matmul"] = nb::capsule(hyprvdb_ffi::delta_matmul());
         d["hyprvdb_delta_matmul_t"] = nb::capsule(hyprvdb_ffi::delta_matmul_t());
         d["hyprvdb_delta_values_grad"] = nb::capsule(hyprvdb_ffi::delta_values_grad());
+        d["hyprvdb_delta_accumulate"] = nb::capsule(hyprvdb_ffi::delta_accumulate());
         return d;
     });
 #endif

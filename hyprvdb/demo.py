@@ -168,10 +168,8 @@ def run(steps: int = 12, seed: int = 0, batch: int = 16) -> dict:
           "per weight\n   here than at 1% density because these matrices hold a few weights per "
           "16^3 leaf — see bench/memory.py)")
 
-    path = "cpu, C++ kernels as XLA FFI targets" if hj.ffi_available() else \
-        "pure JAX (XLA gathers and segment sums)"
-    print(f"\nkernel path: JAX on {hj.jax.default_backend()}: {path}; hyprvdb.ops device "
-          f"'auto' -> {resolve_device('auto')}")
+    print(f"\nkernel path: the model's delta product ran on {hj.kernel_path(model.impl)}; "
+          f"hyprvdb.ops device 'auto' -> {resolve_device('auto')}")
     wall = time.perf_counter() - t_start
     print(f"demo finished in {wall:.1f} s")
     enc.history.close()

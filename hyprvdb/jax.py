@@ -6,11 +6,16 @@ shape; it works under ``jit``, ``vmap`` and ``grad``, and its gradient with resp
 values is restricted to the delta's sparsity pattern — exactly the sparse update that
 :meth:`hyprvdb.TemporalAdapter.accumulate` takes (see :func:`to_update`).
 
-Two implementations give the same results (float32 sums, up to summation order):
+Three implementations give the same results (float32 sums, up to summation order):
 
 - ``"ffi"``: the read path's C++ kernels (the logic of ``kernels/sparse_ops.cuh``) as XLA FFI
   targets on the CPU — chosen by ``impl="auto"`` when JAX runs on the CPU and the targets
   were built;
+- ``"callback"``: :mod:`hyprvdb.ops`' kernels on JAX's own buffers through
+  ``jax.experimental.buffer_callback``, with no copies: on a GPU the CUDA kernel
+  (``kernels/matmul.cu``, through CuPy) is launched on JAX's stream — chosen by
+  ``impl="auto"`` when JAX runs on a GPU and CuPy is usable; on the CPU the C++ kernels (or
+  numpy) run on the host buffers. Its gradients are computed by the ``"jax"`` formulas;
 - ``"jax"``: gathers and segment sums in pure JAX, on any backend.
 
 Importing this module imports JAX; ``import hyprvdb`` does not import it.
@@ -25,7 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["SparseDelta", "delta_matmul", "delta_add", "linear", "to_dense", "to_update", "ffi_available"]
+__all__ = ["SparseDelta", "delta_matmul", "delta_add", "linear", "to_dense", "to_update",
+           "ffi_available", "kernel_path"]
 
 
 @jax.tree_util.register_pytree_node_class
@@ -124,15 +130,87 @@ def ffi_available() -> bool:
     return jax.default_backend() == "cpu" and _ffi_registered()
 
 
+def _on_gpu() -> bool:
+    return jax.default_backend() in ("gpu", "cuda")
+
+
 def _impl(impl: str) -> str:
-    if impl not in ("auto", "ffi", "jax"):
-        raise ValueError(f"impl must be 'auto', 'ffi' or 'jax', got {impl!r}")
+    if impl not in ("auto", "ffi", "callback", "jax"):
+        raise ValueError(f"impl must be 'auto', 'ffi', 'callback' or 'jax', got {impl!r}")
     if impl == "auto":
+        if _on_gpu():
+            from . import ops
+            return "callback" if ops.cuda_available() else "jax"
         return "ffi" if ffi_available() else "jax"
     if impl == "ffi" and not ffi_available():
         raise RuntimeError("impl='ffi' needs hyprvdb's FFI targets (built when jaxlib is "
                            "installed before hyprvdb) and JAX on the CPU")
+    if impl == "callback" and _on_gpu():
+        from . import ops
+        if not ops.cuda_available():
+            raise RuntimeError("impl='callback' on a GPU needs CuPy and a CUDA device")
     return impl
+
+
+def kernel_path(impl: str = "auto") -> str:
+    """Which code computes the delta product for ``impl`` on this machine, in words."""
+    impl = _impl(impl)
+    if impl == "ffi":
+        return "cpu (C++ XLA FFI target)"
+    if impl == "callback":
+        return ("cuda (CuPy kernel on JAX's stream)" if _on_gpu()
+                else "cpu (hyprvdb.ops kernels through buffer_callback)")
+    return f"{jax.default_backend()} (pure JAX)"
+
+
+# ------------------------------------------------------------- the buffer_callback path
+def _device_array(xp: Any, buf: Any) -> Any:
+    """A no-copy numpy / CuPy view of a buffer_callback Buffer (CuPy from the raw pointer,
+    so that CuPy does not synchronize JAX's stream)."""
+    if xp is np:
+        return np.asarray(buf)
+    import cupy
+    cai = buf.__cuda_array_interface__
+    dt = np.dtype(cai["typestr"])
+    n = int(np.prod(cai["shape"], dtype=np.int64))
+    mem = cupy.cuda.UnownedMemory(int(cai["data"][0]), n * dt.itemsize, buf)
+    return cupy.ndarray(tuple(cai["shape"]), dt, cupy.cuda.MemoryPointer(mem, 0))
+
+
+def _accumulate_into(xp: Any, device: str, out: Any, indptr: Any, indices: Any, row_ids: Any,
+                     values: Any, x: Any, y_in: Any, scale: float,
+                     shape: tuple[int, int]) -> None:
+    from . import ops
+    o, yi = _device_array(xp, out), _device_array(xp, y_in)
+    ptr = (lambda a: a.ctypes.data) if xp is np else (lambda a: a.data.ptr)
+    if o.size and ptr(o) != ptr(yi):  # XLA could not alias: start from y
+        o[...] = yi
+    d = ops.DeviceDelta.from_csr(_device_array(xp, indptr), _device_array(xp, indices),
+                                 _device_array(xp, values), _device_array(xp, row_ids), shape,
+                                 device)
+    ops.delta_matmul(_device_array(xp, x).reshape(-1, shape[1]), d, scale,
+                     out=o.reshape(-1, shape[0]))
+
+
+def _callback_body(ctx: Any, out: Any, indptr: Any, indices: Any, row_ids: Any, values: Any,
+                   x: Any, y_in: Any, *, scale: float, shape: tuple[int, int],
+                   gpu: bool) -> None:
+    if not gpu:
+        _accumulate_into(np, "cpu", out, indptr, indices, row_ids, values, x, y_in, scale, shape)
+        return
+    import cupy
+    with cupy.cuda.ExternalStream(int(ctx.stream)):  # JAX's stream: no host sync
+        _accumulate_into(cupy, "cuda", out, indptr, indices, row_ids, values, x, y_in, scale,
+                         shape)
+
+
+def _callback_acc(y, indptr, indices, row_ids, values, x, scale, rows):  # noqa: ANN001, ANN202
+    from jax.experimental.buffer_callback import buffer_callback
+    body = functools.partial(_callback_body, scale=float(scale), shape=(rows, x.shape[-1]),
+                             gpu=_on_gpu())
+    call = buffer_callback(body, jax.ShapeDtypeStruct(y.shape, jnp.float32),
+                           input_output_aliases={5: 0}, vmap_method="sequential")
+    return call(indptr, indices, row_ids, values, x, y)
 
 
 # -------------------------------------------------------------------- the product and its VJP
@@ -155,6 +233,9 @@ def _delta_mm(indptr, indices, row_ids, values, x, scale, rows, impl):  # noqa: 
     if impl == "ffi":
         return _ffi("hyprvdb_delta_matmul", x.shape[:-1] + (rows,), indptr, indices, values, x,
                     scale=scale)
+    if impl == "callback":
+        return _callback_acc(jnp.zeros(x.shape[:-1] + (rows,), jnp.float32), indptr, indices,
+                             row_ids, values, x, scale, rows)
     return _fwd_jax(indptr, indices, row_ids, values, x, scale, rows)
 
 
@@ -185,6 +266,8 @@ def _delta_acc(y, indptr, indices, row_ids, values, x, scale, rows, impl):  # no
     if impl == "ffi":  # the delta is added into y's buffer: no second output, no add pass
         return _ffi("hyprvdb_delta_accumulate", y.shape, indptr, indices, values, x, y,
                     scale=scale, aliases={4: 0})
+    if impl == "callback":
+        return _callback_acc(y, indptr, indices, row_ids, values, x, scale, rows)
     return y + _fwd_jax(indptr, indices, row_ids, values, x, scale, rows)
 
 

@@ -104,6 +104,21 @@ class DeviceDelta:
         out.update(snapshot)
         return out
 
+    @classmethod
+    def from_csr(cls, indptr: Any, indices: Any, data: Any, rows: Any, shape: tuple[int, int],
+                 device: str) -> DeviceDelta:
+        """A delta over CSR arrays already on ``device`` ("cpu": numpy, "cuda": CuPy), used as
+        they are, without copies: int32 ``indptr`` (shape[0] + 1), int32 ``indices`` and
+        ``rows`` and float32 ``data`` (one per nonzero, row-major). It has no NanoVDB grid,
+        so it serves the matmul and merge kernels but not :func:`gather`."""
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        out = cls(device)
+        out.shape = (int(shape[0]), int(shape[1]))
+        out.indptr, out.indices, out.data, out.rows = indptr, indices, data, rows
+        out.grid = None
+        return out
+
     @property
     def nnz(self) -> int:
         return int(self.data.shape[0])
@@ -232,6 +247,9 @@ def gather(delta: Any, rows: Any, cols: Any) -> Any:
     """Values of the delta at ``(rows, cols)`` (0 where inactive), float32, found by walking
     the snapshot's NanoVDB tree (``kernels/nanovdb_index.cuh``)."""
     d = _as_delta(delta)
+    if d.grid is None:
+        raise ValueError("delta has no NanoVDB grid (it was built from CSR arrays); upload a "
+                         "Snapshot to gather from it")
     xp = np if d.device == "cpu" else __import__("cupy")
     r = xp.ascontiguousarray(xp.asarray(rows, dtype=xp.int64).ravel())
     c = xp.ascontiguousarray(xp.asarray(cols, dtype=xp.int64).ravel())

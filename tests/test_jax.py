@@ -27,7 +27,7 @@ jnp = pytest.importorskip("jax.numpy")
 
 import hyprvdb.jax as hj  # noqa: E402
 
-IMPLS = ["jax", "ffi"]
+IMPLS = ["jax", "ffi", "callback"]
 
 
 @pytest.fixture(params=IMPLS)
@@ -422,7 +422,8 @@ def test_from_coo_sums_duplicates_and_from_adapter(rng):
 
 def test_errors():
     d = hj.SparseDelta.from_coo([0], [1], [1.0], (3, 4))
-    with pytest.raises(ValueError, match=r"impl must be 'auto', 'ffi' or 'jax', got 'cuda'"):
+    with pytest.raises(ValueError,
+                       match=r"impl must be 'auto', 'ffi', 'callback' or 'jax', got 'cuda'"):
         hj.delta_matmul(jnp.ones((2, 4)), d, impl="cuda")
     with pytest.raises(TypeError, match=r"delta must be a hyprvdb.jax.SparseDelta, got dict"):
         hj.delta_matmul(jnp.ones((2, 4)), {})
@@ -434,6 +435,62 @@ def test_errors():
         hj.SparseDelta.from_coo([0, 1], [0, 4], [1.0, 2.0], (3, 4))
     with pytest.raises(ValueError, match=r"rows, cols and values must be 1-D of one length"):
         hj.SparseDelta.from_coo([0, 1], [0], [1.0, 2.0], (3, 4))
+
+
+# ============================================================================ GPU
+def _jax_gpu_with_cupy() -> bool:
+    if jax.default_backend() not in ("gpu", "cuda"):
+        return False
+    from hyprvdb import ops
+    return ops.cuda_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _jax_gpu_with_cupy(), reason="needs JAX on a GPU and CuPy")
+class TestCudaCallback:
+    """On a GPU, impl="auto" is the CUDA kernel launched on JAX's stream (buffer_callback):
+    checked against the float64 reference and the pure-JAX implementation."""
+
+    def test_auto_is_the_cuda_callback(self):
+        assert hj._impl("auto") == "callback"
+        assert hj.kernel_path().startswith("cuda")
+
+    @pytest.mark.parametrize("lead", [(1,), (16,), (3, 77), (256,)], ids=str)
+    @pytest.mark.parametrize("shape", [(37, 129), (384, 1536), (4096, 4096)],
+                             ids=lambda s: f"{s[0]}x{s[1]}")
+    def test_delta_add_and_matmul(self, rng, shape, lead):
+        d, dW = make_delta(rng, shape, 0.01)
+        x = rng.standard_normal(lead + (shape[1],)).astype(np.float32)
+        y0 = rng.standard_normal(lead + (shape[0],)).astype(np.float32)
+        ref, mag = ref_mm(x, dW, 0.9)
+        f = jax.jit(lambda y, x, d: hj.delta_add(y, x, d, 0.9, impl="callback"))
+        # y holds random values: the kernel must add to them, not overwrite them
+        got = f(jnp.asarray(y0), jnp.asarray(x), d)
+        assert_close(got, ref + f64(y0), mag + np.abs(f64(y0)), "delta_add on the GPU")
+        m = jax.jit(lambda x, d: hj.delta_matmul(x, d, 0.9, impl="callback"))
+        assert_close(m(jnp.asarray(x), d), ref, mag, "delta_matmul on the GPU")
+
+    def test_vmap_and_grad(self, rng):
+        shape = (37, 129)
+        rows, cols, vals = random_coo(rng, shape, 0.1)
+        d = hj.SparseDelta.from_coo(rows, cols, vals, shape)
+        r, c = np.asarray(d.row_ids), np.asarray(d.indices)
+        dW = dense_of(rows, cols, vals, shape)
+        xs = rng.standard_normal((3, 4, 129)).astype(np.float32)
+        got = jax.jit(jax.vmap(lambda x: hj.delta_matmul(x, d, 1.5, impl="callback")))(
+            jnp.asarray(xs))
+        ref, mag = ref_mm(xs, dW, 1.5)
+        assert_close(got, ref, mag, "vmap on the GPU")
+        x = rng.standard_normal((5, 129)).astype(np.float32)
+        g = rng.standard_normal((5, 37)).astype(np.float32)
+
+        def loss(x, v):
+            return jnp.sum(hj.delta_matmul(x, d.with_values(v), -1.3, impl="callback") * g)
+
+        dx, dv = jax.jit(jax.grad(loss, argnums=(0, 1)))(jnp.asarray(x), d.values)
+        rdx, rdx_mag, rdv, rdv_mag = ref_grads(x, g, r, c, dW, -1.3)
+        assert_close(dx, rdx, rdx_mag, "dL/dx on the GPU")
+        assert_close(dv, rdv, rdv_mag, "dL/dvalues on the GPU")
 
 
 # ============================================================================ MiniLM

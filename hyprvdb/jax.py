@@ -115,10 +115,10 @@ class SparseDelta:
 
 @functools.cache
 def _ffi_registered() -> bool:
+    from .ops import _cpu_ext  # the one loader of the CPU extension
     try:
-        from . import _cpu
-        targets = _cpu.ffi_targets()
-    except (ImportError, AttributeError):
+        targets = _cpu_ext().ffi_targets()
+    except AttributeError:  # not built (None), or built without jaxlib's FFI headers
         return False
     for name, capsule in targets.items():
         jax.ffi.register_ffi_target(name, capsule, platform="cpu")

@@ -1,8 +1,10 @@
 """hyprvdb.jax and hyprvdb.model against numpy float64 references.
 
-``delta_matmul`` and ``linear`` run with ``impl="jax"`` (gathers and segment sums) and
-``impl="ffi"`` (the read path's C++ kernels as XLA FFI targets; skipped where they were not
-built), eagerly, under ``jit``, ``vmap`` and ``grad``. Gradients are checked against the
+``delta_matmul``, ``delta_add`` and ``linear`` run with ``impl="jax"`` (gathers and segment
+sums), ``impl="ffi"`` (the read path's C++ kernels as XLA FFI targets; skipped where they were
+not built) and ``impl="callback"`` (hyprvdb.ops through buffer_callback: the C++ kernels on the
+CPU, the CUDA kernel on JAX's stream when JAX runs on a GPU), eagerly, under ``jit``, ``vmap``
+and ``grad``. Gradients are checked against the
 analytic ones: for ``L = sum(y * g)`` with ``y = scale * x @ dW.T``,
 ``dL/dx = scale * g @ dW`` and ``dL/dv_j = scale * sum_batch x[..., col_j] * g[..., row_j]``.
 
@@ -27,7 +29,7 @@ jnp = pytest.importorskip("jax.numpy")
 
 import hyprvdb.jax as hj  # noqa: E402
 
-IMPLS = ["jax", "ffi", "callback"]
+IMPLS = ["jax", "ffi", "callback"]  # on a GPU, "callback" is the CUDA kernel
 
 
 @pytest.fixture(params=IMPLS)
@@ -152,23 +154,30 @@ def test_linear(impl, rng, with_bias):
     assert_close(y0, f64(x) @ f64(W).T, np.abs(f64(x)) @ np.abs(f64(W)).T, "linear, no delta")
 
 
+def check_delta_add(impl, rng, shape, lead, scale=-0.6):
+    """y + scale * x @ dW.T, eagerly and under jit with a traced scale; y holds random values
+    (the kernel must add to them) and stays usable (the alias does not clobber a y the caller
+    still holds)."""
+    d, dW = make_delta(rng, shape, 0.01)
+    x = rng.standard_normal(lead + (shape[1],)).astype(np.float32)
+    y0 = rng.standard_normal(lead + (shape[0],)).astype(np.float32)
+    ref, mag = ref_mm(x, dW, scale)
+    y = jnp.asarray(y0)
+    assert_close(hj.delta_add(y, jnp.asarray(x), d, scale, impl=impl), ref + f64(y0),
+                 mag + np.abs(f64(y0)), f"eager {impl}")
+    f = jax.jit(lambda y, x, d, s: hj.delta_add(y, x, d, s, impl=impl))
+    assert_close(f(y, jnp.asarray(x), d, jnp.float32(scale)), ref + f64(y0),
+                 mag + np.abs(f64(y0)), f"jit, traced scale ({impl})")
+    np.testing.assert_array_equal(np.asarray(y), y0)
+    m = jax.jit(lambda x, d: hj.delta_matmul(x, d, scale, impl=impl))
+    assert_close(m(jnp.asarray(x), d), ref, mag, f"delta_matmul, jit ({impl})")
+
+
 @pytest.mark.parametrize("lead", [(1,), (40,), (3, 11), ()], ids=str)
 @pytest.mark.parametrize("shape", [(37, 129), (384, 1536), (1536, 384)],
                          ids=lambda s: f"{s[0]}x{s[1]}")
 def test_delta_add(impl, rng, shape, lead):
-    """y + scale * x @ dW.T, with the FFI target adding into y's buffer; y stays usable (the
-    alias does not clobber a y the caller still holds)."""
-    d, dW = make_delta(rng, shape, 0.01)
-    x = rng.standard_normal(lead + (shape[1],)).astype(np.float32)
-    y0 = rng.standard_normal(lead + (shape[0],)).astype(np.float32)
-    ref, mag = ref_mm(x, dW, -0.6)
-    ref, mag = ref + f64(y0), mag + np.abs(f64(y0))
-    y = jnp.asarray(y0)
-    assert_close(hj.delta_add(y, jnp.asarray(x), d, -0.6, impl=impl), ref, mag, f"eager {impl}")
-    f = jax.jit(lambda y, x, d, s: hj.delta_add(y, x, d, s, impl=impl))
-    assert_close(f(y, jnp.asarray(x), d, jnp.float32(-0.6)), ref, mag,
-                 f"jit, traced scale ({impl})")
-    np.testing.assert_array_equal(np.asarray(y), y0)
+    check_delta_add(impl, rng, shape, lead)
 
 
 def test_delta_add_grad_and_vmap(impl, rng):
@@ -448,49 +457,19 @@ def _jax_gpu_with_cupy() -> bool:
 @pytest.mark.gpu
 @pytest.mark.skipif(not _jax_gpu_with_cupy(), reason="needs JAX on a GPU and CuPy")
 class TestCudaCallback:
-    """On a GPU, impl="auto" is the CUDA kernel launched on JAX's stream (buffer_callback):
-    checked against the float64 reference and the pure-JAX implementation."""
+    """On a GPU, impl="auto" is the CUDA kernel launched on JAX's stream (buffer_callback).
+    Every impl-parametrized test of this file runs it there too (jit, vmap, grad); these add
+    the choice of "auto" and shapes of real layers."""
 
     def test_auto_is_the_cuda_callback(self):
         assert hj._impl("auto") == "callback"
         assert hj.kernel_path().startswith("cuda")
 
     @pytest.mark.parametrize("lead", [(1,), (16,), (3, 77), (256,)], ids=str)
-    @pytest.mark.parametrize("shape", [(37, 129), (384, 1536), (4096, 4096)],
+    @pytest.mark.parametrize("shape", [(384, 1536), (4096, 4096), (4096, 14336)],
                              ids=lambda s: f"{s[0]}x{s[1]}")
-    def test_delta_add_and_matmul(self, rng, shape, lead):
-        d, dW = make_delta(rng, shape, 0.01)
-        x = rng.standard_normal(lead + (shape[1],)).astype(np.float32)
-        y0 = rng.standard_normal(lead + (shape[0],)).astype(np.float32)
-        ref, mag = ref_mm(x, dW, 0.9)
-        f = jax.jit(lambda y, x, d: hj.delta_add(y, x, d, 0.9, impl="callback"))
-        # y holds random values: the kernel must add to them, not overwrite them
-        got = f(jnp.asarray(y0), jnp.asarray(x), d)
-        assert_close(got, ref + f64(y0), mag + np.abs(f64(y0)), "delta_add on the GPU")
-        m = jax.jit(lambda x, d: hj.delta_matmul(x, d, 0.9, impl="callback"))
-        assert_close(m(jnp.asarray(x), d), ref, mag, "delta_matmul on the GPU")
-
-    def test_vmap_and_grad(self, rng):
-        shape = (37, 129)
-        rows, cols, vals = random_coo(rng, shape, 0.1)
-        d = hj.SparseDelta.from_coo(rows, cols, vals, shape)
-        r, c = np.asarray(d.row_ids), np.asarray(d.indices)
-        dW = dense_of(rows, cols, vals, shape)
-        xs = rng.standard_normal((3, 4, 129)).astype(np.float32)
-        got = jax.jit(jax.vmap(lambda x: hj.delta_matmul(x, d, 1.5, impl="callback")))(
-            jnp.asarray(xs))
-        ref, mag = ref_mm(xs, dW, 1.5)
-        assert_close(got, ref, mag, "vmap on the GPU")
-        x = rng.standard_normal((5, 129)).astype(np.float32)
-        g = rng.standard_normal((5, 37)).astype(np.float32)
-
-        def loss(x, v):
-            return jnp.sum(hj.delta_matmul(x, d.with_values(v), -1.3, impl="callback") * g)
-
-        dx, dv = jax.jit(jax.grad(loss, argnums=(0, 1)))(jnp.asarray(x), d.values)
-        rdx, rdx_mag, rdv, rdv_mag = ref_grads(x, g, r, c, dW, -1.3)
-        assert_close(dx, rdx, rdx_mag, "dL/dx on the GPU")
-        assert_close(dv, rdv, rdv_mag, "dL/dvalues on the GPU")
+    def test_real_layer_shapes(self, rng, shape, lead):
+        check_delta_add("callback", rng, shape, lead, scale=0.9)
 
 
 # ============================================================================ MiniLM

@@ -3,17 +3,21 @@
 //
 // Tokens go in chunks of kChunk. A chunk of x is transposed in cache (k x kChunk, by 8x8
 // register transposes), so each nonzero of dW is four vector FMAs over the chunk; eight rows'
-// results are transposed back the same way and added to y. Everything here is local to this
-// file (an unnamed namespace), so no AVX2 code can be merged into the baseline build.
+// results are transposed back the same way and added to y.
+//
+// Nothing built here may end up running on a CPU without AVX2: the helpers are local to this
+// file (an unnamed namespace) and no standard-library template is instantiated (its copy
+// could be the one the linker keeps for the whole module); the CPU check itself is compiled
+// elsewhere (delta_avx2.h).
 #include "cpu/delta_avx2.h"
 
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 
-#include <algorithm>
-#include <cstring>
-
 namespace {
+
+inline int imin(int a, int b) { return a < b ? a : b; }
+inline int iclamp(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
 constexpr int kChunk = 32;  // tokens per chunk: four 8-float vectors
 
@@ -41,14 +45,14 @@ inline void transpose8(__m256 r[8]) {
 void load_chunk(const float* x, long long ldx, int k, int b0, int nb, float* xt) {
     const int k8 = k & ~7;
     for (int t0 = 0; t0 < kChunk; t0 += 8) {
-        const int live = std::clamp(nb - t0, 0, 8);
+        const int live = iclamp(nb - t0, 0, 8);
         if (live == 0) {
             for (int i = 0; i < k; ++i)
                 _mm256_store_ps(xt + size_t(i) * kChunk + t0, _mm256_setzero_ps());
             continue;
         }
         const float* xr[8];
-        for (int t = 0; t < 8; ++t) xr[t] = x + (long long)(b0 + t0 + std::min(t, live - 1)) * ldx;
+        for (int t = 0; t < 8; ++t) xr[t] = x + (long long)(b0 + t0 + imin(t, live - 1)) * ldx;
         for (int i0 = 0; i0 < k8; i0 += 8) {
             __m256 r[8];
             for (int t = 0; t < 8; ++t)
@@ -67,7 +71,7 @@ void rows_of_chunk(const int* indptr, const int* indices, const float* data, con
                    bool accumulate, float* yt /* 8 x kChunk, aligned */) {
     const __m256 vs = _mm256_set1_ps(scale);
     for (int rb = r0; rb < r1; rb += 8) {
-        const int nr = std::min(8, r1 - rb);
+        const int nr = imin(8, r1 - rb);
         for (int rr = 0; rr < 8; ++rr) {
             __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
             if (rr < nr) {
@@ -91,7 +95,7 @@ void rows_of_chunk(const int* indptr, const int* indices, const float* data, con
             __m256 r[8];
             for (int rr = 0; rr < 8; ++rr) r[rr] = _mm256_load_ps(yt + rr * kChunk + t0);
             transpose8(r);  // r[t] = the 8 rows' values for token t0 + t
-            const int live = std::min(8, nb - t0);
+            const int live = imin(8, nb - t0);
             for (int t = 0; t < live; ++t) {
                 float* out = y + (long long)(b0 + t0 + t) * ldy + rb;
                 if (nr == 8) {
@@ -111,10 +115,7 @@ void rows_of_chunk(const int* indptr, const int* indices, const float* data, con
 
 namespace hyprvdb_cpu {
 
-bool avx2_supported() {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}
+bool avx2_built() { return true; }
 
 size_t avx2_scratch_floats(int k) { return size_t(k) * kChunk + 8 * kChunk + 8; }
 
@@ -126,7 +127,7 @@ void delta_avx2(const int* indptr, const int* indices, const float* data, const 
     // 32-byte align the scratch (it holds avx2_scratch_floats(k) floats).
     float* xt = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch) + 31) & ~uintptr_t(31));
     float* yt = xt + size_t(k) * kChunk;
-    const int b0 = chunk * kChunk, nb = std::min(kChunk, batch - b0);
+    const int b0 = chunk * kChunk, nb = imin(kChunk, batch - b0);
     load_chunk(x, ldx, k, b0, nb, xt);
     rows_of_chunk(indptr, indices, data, xt, r0, r1, b0, nb, y, ldy, scale, accumulate, yt);
 }
@@ -136,7 +137,7 @@ void delta_avx2(const int* indptr, const int* indices, const float* data, const 
 #else  // not x86-64 with AVX2: the caller keeps its portable path
 
 namespace hyprvdb_cpu {
-bool avx2_supported() { return false; }
+bool avx2_built() { return false; }
 size_t avx2_scratch_floats(int) { return 0; }
 int avx2_chunk() { return 0; }
 void delta_avx2(const int*, const int*, const float*, const float*, long long, int, int, float*,

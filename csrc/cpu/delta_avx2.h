@@ -7,8 +7,19 @@
 
 namespace hyprvdb_cpu {
 
-// Whether this CPU has AVX2 and FMA and the file was built for them.
-bool avx2_supported();
+// Whether delta_avx2.cpp was built for AVX2 + FMA (x86-64 only).
+bool avx2_built();
+
+// Whether this CPU has AVX2 and FMA and the kernel was built for them (compiled with the
+// caller's flags, never with AVX2's).
+inline bool avx2_supported() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    return avx2_built() && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return false;
+#endif
+}
 
 // Tokens per chunk, and the scratch (in floats) one call needs for k input features.
 int avx2_chunk();

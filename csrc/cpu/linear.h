@@ -151,7 +151,7 @@ void linear(const Csr& m, const T* x, long long ldx, int batch, const T* W, long
     const bool par = work > kParallelWork;
     if (!W) k = int(ldx);
     if constexpr (std::is_same_v<T, float>) {
-        if (!W && batch >= 8 && simd_enabled().load(std::memory_order_relaxed))
+        if (!W && !bias && batch >= 8 && simd_enabled().load(std::memory_order_relaxed))
             return linear_avx2(m, x, ldx, batch, y, ldy, scale, accumulate, par);
     }
     switch (batch) {

@@ -559,6 +559,27 @@ def test_device_delta_update_and_to_dense(path, rng):
         d.update(dW)
 
 
+def test_device_delta_from_csr_arrays(path, rng):
+    """A delta over CSR arrays the caller already holds: the same products as an uploaded
+    snapshot, no copies, and a clear refusal to gather (it has no grid)."""
+    snap, dW = random_delta(rng, (37, 129), 0.1)
+    up = ops.DeviceDelta.upload(snap, "cpu")
+    d = ops.DeviceDelta.from_csr(up.indptr, up.indices, up.data, up.rows, (37, 129), "cpu")
+    assert d.shape == (37, 129) and d.nnz == snap.nnz and d.data is up.data
+    np.testing.assert_array_equal(d.to_dense(), dW)
+    x = random_array(rng, (33, 129), F32)
+    np.testing.assert_array_equal(ops.delta_matmul(x, d, 0.5), ops.delta_matmul(x, up, 0.5))
+    W = random_array(rng, (37, 129), F32)
+    W2 = W.copy()
+    ops.merge(W, d, 2.0)
+    ops.merge(W2, up, 2.0)
+    np.testing.assert_array_equal(W, W2)
+    with pytest.raises(ValueError, match="delta has no NanoVDB grid"):
+        ops.gather(d, [0], [0])
+    with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda', got 'auto'"):
+        ops.DeviceDelta.from_csr(up.indptr, up.indices, up.data, up.rows, (37, 129), "auto")
+
+
 # ----------------------------------------------------------------------------- errors
 def _error_cases(rng):
     snap, dW = random_delta(rng, (37, 129), 0.1)

@@ -228,15 +228,22 @@ def _ffi(name: str, out_shape: tuple[int, ...], *args: Any, scale: float,
     return call(*args, scale=np.float32(scale))
 
 
+def _add_delta(y, indptr, indices, row_ids, values, x, scale, rows, impl):  # noqa: ANN001, ANN202
+    """y + scale * x @ dW.T; the FFI and callback kernels add into y's buffer in place."""
+    if impl == "ffi":
+        return _ffi("hyprvdb_delta_accumulate", y.shape, indptr, indices, values, x, y,
+                    scale=scale, aliases={4: 0})
+    if impl == "callback":
+        return _callback_acc(y, indptr, indices, row_ids, values, x, scale, rows)
+    return y + _fwd_jax(indptr, indices, row_ids, values, x, scale, rows)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
 def _delta_mm(indptr, indices, row_ids, values, x, scale, rows, impl):  # noqa: ANN001, ANN202
-    if impl == "ffi":
-        return _ffi("hyprvdb_delta_matmul", x.shape[:-1] + (rows,), indptr, indices, values, x,
-                    scale=scale)
-    if impl == "callback":
-        return _callback_acc(jnp.zeros(x.shape[:-1] + (rows,), jnp.float32), indptr, indices,
-                             row_ids, values, x, scale, rows)
-    return _fwd_jax(indptr, indices, row_ids, values, x, scale, rows)
+    if impl == "jax":
+        return _fwd_jax(indptr, indices, row_ids, values, x, scale, rows)
+    return _add_delta(jnp.zeros(x.shape[:-1] + (rows,), jnp.float32), indptr, indices, row_ids,
+                      values, x, scale, rows, impl)
 
 
 def _delta_mm_fwd(indptr, indices, row_ids, values, x, scale, rows, impl):  # noqa: ANN001, ANN202
@@ -263,12 +270,7 @@ _delta_mm.defvjp(_delta_mm_fwd, _delta_mm_bwd)
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
 def _delta_acc(y, indptr, indices, row_ids, values, x, scale, rows, impl):  # noqa: ANN001, ANN202
-    if impl == "ffi":  # the delta is added into y's buffer: no second output, no add pass
-        return _ffi("hyprvdb_delta_accumulate", y.shape, indptr, indices, values, x, y,
-                    scale=scale, aliases={4: 0})
-    if impl == "callback":
-        return _callback_acc(y, indptr, indices, row_ids, values, x, scale, rows)
-    return y + _fwd_jax(indptr, indices, row_ids, values, x, scale, rows)
+    return _add_delta(y, indptr, indices, row_ids, values, x, scale, rows, impl)
 
 
 def _delta_acc_fwd(y, indptr, indices, row_ids, values, x, scale, rows, impl):  # noqa: ANN001, ANN202

@@ -33,25 +33,9 @@ void transpose(const float* in, int64_t n, int64_t m, float* out) {
                 for (int64_t j = j0; j < std::min(m, j0 + kTile); ++j) out[j * n + i] = in[i * m + j];
 }
 
-// y = scale * x @ dW.T, with the extension's CPU product (no transposes for deltas as sparse
-// as an adapter's: tiles of x rows stay in cache while each row's nonzeros gather from them).
-ffi::Error DeltaMatmulImpl(ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::S32> indices,
-                           ffi::Buffer<ffi::F32> data, ffi::Buffer<ffi::F32> x,
-                           ffi::ResultBuffer<ffi::F32> y, float scale) {
-    const int64_t rows = int64_t(indptr.element_count()) - 1;
-    const auto xd = x.dimensions();
-    const int64_t k = xd.back(), batch = batch_of(xd);
-    if (rows < 0 || int64_t(y->element_count()) != batch * rows)
-        return ffi::Error::InvalidArgument("hyprvdb_delta_matmul: y must be (batch, rows)");
-    const hyprvdb_cpu::Csr m{indptr.typed_data(), indices.typed_data(), data.typed_data(),
-                             int(rows)};
-    hyprvdb_cpu::linear<float>(m, x.typed_data(), k, int(batch), nullptr, 0, 0, nullptr,
-                               y->typed_data(), rows, scale, false);
-    return ffi::Error::Success();
-}
-
-// y += scale * x @ dW.T in place: y_in is the dense product, aliased to the result by
-// hyprvdb.jax (input_output_aliases), so the delta costs no extra output pass.
+// y += scale * x @ dW.T in place: y_in (the dense product, or zeros for the delta alone) is
+// aliased to the result by hyprvdb.jax (input_output_aliases), so the delta costs no extra
+// output pass.
 ffi::Error DeltaAccumulateImpl(ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::S32> indices,
                                ffi::Buffer<ffi::F32> data, ffi::Buffer<ffi::F32> x,
                                ffi::Buffer<ffi::F32> y_in, ffi::ResultBuffer<ffi::F32> y,
@@ -130,7 +114,7 @@ ffi::Error DeltaValuesGradImpl(ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::S3
 
 }  // namespace
 
-// All three targets take (indptr, indices, a float buffer, a float buffer) -> one float buffer,
+// Both gradient targets take (indptr, indices, a float buffer, a float buffer) -> one float buffer,
 // with a "scale" attribute.
 static auto csr_binding() {
     return ffi::Ffi::Bind()
@@ -151,12 +135,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(HyprvdbDeltaAccumulate, DeltaAccumulateImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<float>("scale"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(HyprvdbDeltaMatmul, DeltaMatmulImpl, csr_binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HyprvdbDeltaMatmulT, DeltaMatmulTImpl, csr_binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HyprvdbDeltaValuesGrad, DeltaValuesGradImpl, csr_binding());
 
 namespace hyprvdb_ffi {
-void* delta_matmul() { return reinterpret_cast<void*>(HyprvdbDeltaMatmul); }
 void* delta_matmul_t() { return reinterpret_cast<void*>(HyprvdbDeltaMatmulT); }
 void* delta_values_grad() { return reinterpret_cast<void*>(HyprvdbDeltaValuesGrad); }
 void* delta_accumulate() { return reinterpret_cast<void*>(HyprvdbDeltaAccumulate); }

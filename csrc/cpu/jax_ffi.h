@@ -2,7 +2,6 @@
 #pragma once
 
 namespace hyprvdb_ffi {
-void* delta_matmul();
 void* delta_matmul_t();
 void* delta_values_grad();
 void* delta_accumulate();

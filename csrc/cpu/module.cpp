@@ -68,7 +68,6 @@ NB_MODULE(_cpu, m) {
     // XLA FFI handlers for hyprvdb.jax (jax.ffi.register_ffi_target takes these capsules).
     m.def("ffi_targets", []() {
         nb::dict d;
-        d["hyprvdb_delta_matmul"] = nb::capsule(hyprvdb_ffi::delta_matmul());
         d["hyprvdb_delta_matmul_t"] = nb::capsule(hyprvdb_ffi::delta_matmul_t());
         d["hyprvdb_delta_values_grad"] = nb::capsule(hyprvdb_ffi::delta_values_grad());
         d["hyprvdb_delta_accumulate"] = nb::capsule(hyprvdb_ffi::delta_accumulate());

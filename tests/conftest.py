@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import textwrap
+import zlib
 
 import numpy as np
 import pytest
@@ -194,6 +195,15 @@ def run_system_python(script: str, *args: str, timeout: float = 120) -> dict:
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
     assert lines, f"no JSON in the output of the system python:\n{p.stdout[-3000:]}"
     return json.loads(lines[-1])
+
+
+@pytest.fixture
+def rng(request):
+    """A generator seeded from the test's id, so a failure reproduces; set
+    ``HYPRVDB_TEST_SEED`` to draw other inputs."""
+    seed = zlib.crc32(request.node.nodeid.encode()) ^ int(os.environ.get("HYPRVDB_TEST_SEED",
+                                                                        "0"))
+    return np.random.default_rng(seed)
 
 
 @pytest.fixture(scope="session")

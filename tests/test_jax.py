@@ -18,8 +18,6 @@ layer's dense weight changed by the delta (within 1e-5).
 
 from __future__ import annotations
 
-import os
-import zlib
 
 import numpy as np
 import pytest
@@ -37,13 +35,6 @@ def impl(request):
     if request.param == "ffi" and not hj.ffi_available():
         pytest.skip("hyprvdb's XLA FFI targets are not built (or JAX does not run on the CPU)")
     return request.param
-
-
-@pytest.fixture
-def rng(request):
-    seed = zlib.crc32(request.node.nodeid.encode()) ^ int(os.environ.get("HYPRVDB_TEST_SEED",
-                                                                        "0"))
-    return np.random.default_rng(seed)
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -21,10 +21,8 @@ Tolerances, against float64 computed from the same (rounded) inputs:
 
 from __future__ import annotations
 
-import os
 import re
 import sys
-import zlib
 from types import SimpleNamespace
 
 import numpy as np
@@ -106,13 +104,6 @@ def path(request, monkeypatch):
     else:
         monkeypatch.setattr(ops, "_cpu_ext", lambda: None)
     return request.param
-
-
-@pytest.fixture
-def rng(request):
-    seed = zlib.crc32(request.node.nodeid.encode()) ^ int(os.environ.get("HYPRVDB_TEST_SEED",
-                                                                        "0"))
-    return np.random.default_rng(seed)
 
 
 # ----------------------------------------------------------------------------- inputs

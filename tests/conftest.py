@@ -186,14 +186,20 @@ def system_pyopenvdb_reason() -> str | None:
     return None
 
 
-def run_system_python(script: str, *args: str, timeout: float = 120) -> dict:
-    """Run ``script`` with the system python (pyopenvdb lives there); it prints one JSON line
-    last. Returns that JSON."""
-    p = subprocess.run([SYSTEM_PYTHON, "-c", textwrap.dedent(script), *args],
-                       capture_output=True, text=True, timeout=timeout)
-    assert p.returncode == 0, f"system python failed ({p.returncode}):\n{p.stderr[-3000:]}"
+def run_python(script: str, *args: str, python: str = SYSTEM_PYTHON, timeout: float = 120,
+               address_space: int | None = None) -> dict:
+    """Run ``script`` with ``python`` (by default the system python, where pyopenvdb lives);
+    it prints one JSON line last. Returns that JSON. ``address_space`` caps the child's
+    virtual memory in bytes (RLIMIT_AS), so a runaway allocation fails there, not here."""
+    def limit() -> None:
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+
+    p = subprocess.run([python, "-c", textwrap.dedent(script), *args], capture_output=True,
+                       text=True, timeout=timeout, preexec_fn=limit if address_space else None)
+    assert p.returncode == 0, f"{python} failed ({p.returncode}):\n{p.stderr[-3000:]}"
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-    assert lines, f"no JSON in the output of the system python:\n{p.stdout[-3000:]}"
+    assert lines, f"no JSON in the output of {python}:\n{p.stdout[-3000:]}"
     return json.loads(lines[-1])
 
 
@@ -245,4 +251,4 @@ print(json.dumps({"ok": True}))
 def write_with_pyopenvdb(path, spec: dict) -> None:
     """Write a FloatGrid with pyopenvdb: spec = {name, voxels: [[x, y, z, v]], grid_meta,
     file_meta, tiles: [[lo, hi, v]]}."""
-    run_system_python(WRITE_FOREIGN_GRID, os.fspath(path), json.dumps(spec))
+    run_python(WRITE_FOREIGN_GRID, os.fspath(path), json.dumps(spec))

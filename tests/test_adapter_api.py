@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import doctest
+import sys
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from conftest import assert_f32_identical, assert_matches_dense, reference_of
+from conftest import assert_f32_identical, assert_matches_dense, reference_of, run_python
 from hyprvdb import SparseAdapter, enforce_sparsity, fuse_adapters
 
 F32 = np.float32
@@ -255,6 +256,46 @@ def test_active_weights_are_row_major_across_leaves(cols):
     ar, ac, _ = a.active_weights()
     key = ar * cols + ac
     assert (np.diff(key) > 0).all()
+
+
+@pytest.mark.parametrize("rows", [40, 4000, 10**6])
+def test_active_weights_are_row_major_for_any_rows_per_weight(rows):
+    # Few weights in many rows take another sort than many weights in few rows.
+    rng = np.random.default_rng(rows)
+    cols, n = 3000, 500
+    r = rng.integers(0, rows, n)
+    r[:50] = r[0]  # one crowded row
+    c = rng.integers(0, cols, n)
+    v = rng.standard_normal(n).astype(F32)
+    a = SparseAdapter(rows, cols)
+    a.batch_update(r, c, v)
+    ar, ac, av = a.active_weights()
+    key = ar * cols + ac
+    assert (np.diff(key) > 0).all()
+    last = {}
+    for k, x in zip(r * cols + c, v):
+        last[int(k)] = x  # batch_update: the last value of a repeated coordinate wins
+    assert_f32_identical(av, [last[int(k)] for k in key], "values")
+    assert sorted(last) == key.tolist()
+
+
+TALL = """
+import json, resource
+import numpy as np
+from hyprvdb import SparseAdapter
+a = SparseAdapter(2**31 - 1, 2**31 - 1)
+a.batch_update(np.array([2**31 - 2, 5, 5]), np.array([0, 9, 3]), np.array([1, 2, 3], np.float32))
+r, c, v = a.active_weights()
+print(json.dumps({"rows": r.tolist(), "cols": c.tolist(),
+                  "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+
+def test_active_weights_cost_follows_the_weights_not_the_shape():
+    # A counting sort over 2**31 rows would need 16 GiB; the child may use 4 GiB.
+    out = run_python(TALL, python=sys.executable, address_space=4 << 30)
+    assert out["rows"] == [5, 5, 2**31 - 2] and out["cols"] == [3, 9, 0]
+    assert out["peak"] < 1 << 30
 
 
 def test_iteration_yields_row_major_triples(small):

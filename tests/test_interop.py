@@ -13,7 +13,7 @@ import zlib
 import numpy as np
 import pytest
 
-from conftest import run_system_python, write_with_pyopenvdb
+from conftest import run_python, write_with_pyopenvdb
 from hyprvdb import ForeignFileError, HyprVDBError, SparseAdapter
 
 F32 = np.float32
@@ -109,7 +109,7 @@ def test_pyopenvdb_reads_every_weight(tmp_path, pyopenvdb_python, block_shape):
     pc = np.concatenate([c[:20], rng.integers(0, a.shape[1], 20)])
     px, py, pz = file_coords(pr, pc)
     probe = json.dumps([[int(x), int(y), int(z)] for x, y, z in zip(px, py, pz)])
-    out = run_system_python(READ_WITH_PYOPENVDB, str(path), probe)
+    out = run_python(READ_WITH_PYOPENVDB, str(path), probe)
 
     assert out["grid_type"] == "FloatGrid" and out["grid_count"] == 1
     assert out["name"] == a.name
@@ -166,7 +166,7 @@ def test_pyopenvdb_file_with_our_checksum_but_no_adapter_grid_is_refused(tmp_pat
 
 def test_pyopenvdb_empty_file_is_refused(tmp_path, pyopenvdb_python):
     path = tmp_path / "nogrids.vdb"
-    run_system_python("""
+    run_python("""
         import json, sys
         import pyopenvdb as vdb
         vdb.write(sys.argv[1], grids=[])

@@ -545,6 +545,24 @@ void AdapterCore::export_active(std::vector<int64_t>& rows, std::vector<int64_t>
             }
         }
     }
+    if (uint64_t(rows_) > 4 * total) {
+        // Few weights in many rows: a comparison sort, so the cost follows the weights and
+        // not the shape.
+        std::vector<uint64_t> order(total);
+        std::iota(order.begin(), order.end(), uint64_t(0));
+        std::sort(order.begin(), order.end(), [&](uint64_t a, uint64_t b) {
+            return r[a] != r[b] ? r[a] < r[b] : c[a] < c[b];
+        });
+        rows.resize(total);
+        cols.resize(total);
+        vals.resize(total);
+        for (size_t i = 0; i < total; ++i) {
+            rows[i] = r[order[i]];
+            cols[i] = c[order[i]];
+            vals[i] = v[order[i]];
+        }
+        return;
+    }
     // Row-major order: counting sort on the row, then sort each row by column.
     std::vector<uint64_t> start(size_t(rows_) + 1, 0);
     for (size_t i = 0; i < total; ++i) ++start[size_t(r[i]) + 1];

@@ -356,10 +356,12 @@ class SparseAdapter:
             raise ForeignFileError(f"{path!r} holds format {fmt!r}; this hyprvdb reads "
                                    f"{FORMAT!r}")
         mod = _core_module()
-        try:
-            c, name, meta = mod.load_vdb(path)
-        except mod.FileError as exc:
+        try:  # the bytes whose checksum passed, not a second read of the path
+            c, name = mod.load_vdb(data, repr(path))
+        except mod.ForeignFile as exc:
             raise ForeignFileError(str(exc)) from None
+        except mod.CorruptFile as exc:
+            raise CorruptFileError(str(exc)) from None
         out = cls._wrap(c, allow_nonfinite=allow_nonfinite, name=name)
         if not allow_nonfinite:
             v = out.active_weights()[2]

@@ -9,7 +9,9 @@ left out), which also pins that rule.
 from __future__ import annotations
 
 import os
+import re
 import struct
+import sys
 import zlib
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import numpy as np
 import pytest
 
 import hyprvdb
-from conftest import assert_f32_identical, assert_matches_dense, reference_of
+from conftest import assert_f32_identical, assert_matches_dense, reference_of, run_python
 from hyprvdb import CorruptFileError, ForeignFileError, HyprVDBError, SparseAdapter
 
 F32 = np.float32
@@ -337,6 +339,130 @@ def test_restamped_value_change_loads_the_changed_value(tmp_path):
         SparseAdapter.load(tmp_path / "v.vdb")
     (tmp_path / "v.vdb").write_bytes(restamp(changed))
     assert SparseAdapter.load(tmp_path / "v.vdb").to_dict() == {(1, 5): -2.25}
+
+
+# ------------------------------------------------------- damaged contents, valid checksum
+# A file can pass its checksum and still be damaged: written by a faulty tool, or crafted and
+# re-stamped. OpenVDB's reader checks none of its reads (it sizes arrays by whatever counts a
+# file claims, and leaks the nodes it was building when a read fails), so hyprvdb walks the
+# layout before OpenVDB sees it. These run in a child process with capped memory, so that a
+# regression fails the test instead of exhausting the machine.
+
+SWEEP = """
+import json, os, resource, sys
+sys.path.insert(0, sys.argv[3])
+from test_vdb_files import restamp
+from hyprvdb import HyprVDBError, SparseAdapter
+
+src, mask = sys.argv[1], int(sys.argv[2])
+data = open(src, "rb").read()
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def peak():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+SparseAdapter.load(src)
+rss0, peak0 = rss(), peak()
+outcomes = {}
+for i in range(len(data)):
+    d = bytearray(data)
+    d[i] ^= mask
+    try:
+        d = restamp(bytes(d))
+    except AssertionError:  # the flip hit the checksum's own key: nothing to re-stamp
+        continue
+    with open(src + ".x", "wb") as f:
+        f.write(d)
+    try:
+        SparseAdapter.load(src + ".x")
+        outcome = "loaded"
+    except HyprVDBError as e:
+        outcome = type(e).__name__
+    except Exception as e:
+        outcome = f"{type(e).__name__}: {e}"[:200]
+    outcomes.setdefault(outcome, []).append(i)
+print(json.dumps({"outcomes": outcomes, "grown": rss() - rss0, "peak": peak() - peak0}))
+"""
+
+
+@pytest.mark.parametrize("mask", [0xFF, 0x80, 0x01])
+def test_restamped_damage_anywhere_is_refused_in_bounded_memory(tmp_path, saved, mask):
+    _, data = saved
+    (tmp_path / "s.vdb").write_bytes(data)
+    out = run_python(SWEEP, str(tmp_path / "s.vdb"), str(mask),
+                     os.fspath(Path(__file__).parent), python=sys.executable, timeout=600,
+                     address_space=4 << 30)
+    outcomes = out["outcomes"]
+    unexpected = {k: v for k, v in outcomes.items()
+                  if k not in ("loaded", "CorruptFileError", "ForeignFileError")}
+    assert not unexpected, "; ".join(f"{k} at offsets {_ranges(v)}"
+                                     for k, v in unexpected.items())
+    # Bytes of the tree's structure are damage; only values, names and the like may load.
+    assert len(outcomes["CorruptFileError"]) > len(data) * 0.8
+    # Each load allocates in proportion to the 10 KB file and frees all of it.
+    assert out["peak"] < 64 << 20, f"peak memory grew by {out['peak'] >> 20} MiB"
+    assert out["grown"] < 16 << 20, f"{out['grown'] >> 20} MiB not freed after the loads"
+
+
+def _root_counts_offset(data: bytes) -> int:
+    """Offset of the root node's tile count: after the transform (type name and five Vec3d),
+    the tree's buffer count and the background value."""
+    at = data.find(b"UniformScaleMap")
+    assert at > 0 and data.find(b"UniformScaleMap", at + 1) < 0
+    return at + len("UniformScaleMap") + 5 * 24 + 4 + 4
+
+
+LOAD_EACH = """
+import json, sys
+from hyprvdb import HyprVDBError, SparseAdapter
+out = []
+for path in sys.argv[1:]:
+    try:
+        SparseAdapter.load(path)
+        out.append(["loaded", ""])
+    except HyprVDBError as e:
+        out.append([type(e).__name__, str(e)])
+print(json.dumps({"results": out}))
+"""
+
+
+@pytest.mark.parametrize("field, value, error, pattern", [
+    ("root children", 0xFFFFFFFF, "CorruptFileError", "root's children runs past the end"),
+    ("root children", 2, "CorruptFileError", "past the end|follow the grid|ascending"),
+    ("root tiles", 0xFFFFFFFF, "ForeignFileError", "root tiles"),
+    ("delayed-load count", 0xFFFFFFFF, "loaded", ""),  # skipped as raw bytes, never sized
+    ("grid count", 0x7FFFFFFF, "ForeignFileError", "holds 2147483647 grids"),
+    ("grid name length", 0xFFFFFFF0, "CorruptFileError", "grid name runs past the end"),
+], ids=["children-huge", "children-2", "tiles-huge", "delayed-load-huge", "grids-huge",
+        "name-huge"])
+def test_restamped_huge_counts_are_refused_before_openvdb_reads(tmp_path, saved, field, value,
+                                                                 error, pattern):
+    _, data = saved
+    d = bytearray(data)
+    if field.startswith("root"):
+        at = _root_counts_offset(data) + (4 if field == "root children" else 0)
+    elif field == "delayed-load count":
+        at = data.find(b"__delayedload") + len("__delayedload") + 4
+    elif field == "grid count":
+        at = data.find(b"sparse_adapter/1") + len("sparse_adapter/1")
+    else:
+        at = data.find(b"lora_delta") - 4
+    assert at > 0
+    d[at:at + 4] = struct.pack("<I", value)
+    (tmp_path / "c.vdb").write_bytes(restamp(bytes(d)))
+    [(kind, message)] = run_python(LOAD_EACH, str(tmp_path / "c.vdb"), python=sys.executable,
+                                   timeout=120, address_space=4 << 30)["results"]
+    assert kind == error, message
+    assert re.search(pattern, message), message
+
+
+def test_grid_name_that_is_not_utf8_is_corrupt(tmp_path, saved):
+    _, data = saved
+    entry = struct.pack("<I", 4) + b"name" + struct.pack("<I", 6) + b"string" + \
+        struct.pack("<I", 10)
+    bad = replace_once(data, entry + b"lora_delta", entry + b"lora\xffdelta")
+    (tmp_path / "n.vdb").write_bytes(restamp(bad))
+    with pytest.raises(CorruptFileError, match="grid name is not UTF-8 text"):
+        SparseAdapter.load(tmp_path / "n.vdb")
 
 
 # ----------------------------------------------------------------------------- foreign files

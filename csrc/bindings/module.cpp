@@ -55,6 +55,8 @@ NB_MODULE(_core, m) {
         }
     });
     static nb::exception<hyprvdb::FileError> file_error(m, "FileError", PyExc_RuntimeError);
+    static nb::exception<hyprvdb::ForeignFile> foreign_file(m, "ForeignFile", PyExc_RuntimeError);
+    static nb::exception<hyprvdb::CorruptFile> corrupt_file(m, "CorruptFile", PyExc_RuntimeError);
 
     nb::class_<AdapterCore>(m, "Core")
         .def(nb::init<int64_t, int64_t, int64_t, int64_t>(), "rows"_a, "cols"_a, "block_rows"_a,
@@ -212,14 +214,14 @@ NB_MODULE(_core, m) {
               hyprvdb::save_vdb(core, path, name, grid_meta, file_meta);
           },
           "core"_a, "path"_a, "grid_name"_a, "grid_meta"_a, "file_meta"_a);
-    m.def("load_vdb", [](const std::string& path) {
+    m.def("load_vdb", [](nb::bytes data, const std::string& shown) {
+        const std::string bytes(data.c_str(), data.size());
         std::string name;
-        hyprvdb::MetaPairs meta;
         std::unique_ptr<AdapterCore> core;
         {
             nb::gil_scoped_release nogil;
-            core = hyprvdb::load_vdb(path, name, meta);
+            core = hyprvdb::load_vdb(bytes, shown, name);
         }
-        return nb::make_tuple(std::move(core), name, meta);
-    });
+        return nb::make_tuple(std::move(core), name);
+    }, "data"_a, "shown"_a);
 }

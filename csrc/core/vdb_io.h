@@ -13,8 +13,19 @@ namespace hyprvdb {
 
 using MetaPairs = std::vector<std::pair<std::string, std::string>>;
 
-// A file that cannot be read as a hyprvdb adapter; mapped to hyprvdb.HyprVDBError.
+// A file that cannot be written; mapped to _core.FileError.
 struct FileError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// A readable OpenVDB file that holds no hyprvdb adapter; mapped to hyprvdb.ForeignFileError.
+struct ForeignFile : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// A hyprvdb file whose contents are damaged or inconsistent; mapped to
+// hyprvdb.CorruptFileError.
+struct CorruptFile : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
@@ -28,7 +39,10 @@ inline constexpr const char* kCoordMap = "x=row y=col>>3 z=col&7";
 void save_vdb(const AdapterCore& core, const std::string& path, const std::string& grid_name,
               const MetaPairs& grid_meta, const MetaPairs& file_meta);
 
-std::unique_ptr<AdapterCore> load_vdb(const std::string& path, std::string& grid_name,
-                                      MetaPairs& grid_meta);
+// Parse a whole .vdb file held in memory (``data``; ``shown`` names it in errors). Every read
+// past the end of the data throws, so damaged counts cannot make the reader loop or allocate
+// beyond a constant factor of the file's size.
+std::unique_ptr<AdapterCore> load_vdb(const std::string& data, const std::string& shown,
+                                      std::string& grid_name);
 
 }  // namespace hyprvdb

@@ -171,10 +171,12 @@ def _device_array(xp: Any, buf: Any) -> Any:
         return np.asarray(buf)
     import cupy
     cai = buf.__cuda_array_interface__
-    dt = np.dtype(cai["typestr"])
-    n = int(np.prod(cai["shape"], dtype=np.int64))
+    shape, dt = tuple(cai["shape"]), np.dtype(cai["typestr"])
+    n = int(np.prod(shape, dtype=np.int64))
+    if n == 0:  # XLA may hand an empty buffer a null pointer, which CuPy cannot wrap
+        return cupy.ndarray(shape, dt)
     mem = cupy.cuda.UnownedMemory(int(cai["data"][0]), n * dt.itemsize, buf)
-    return cupy.ndarray(tuple(cai["shape"]), dt, cupy.cuda.MemoryPointer(mem, 0))
+    return cupy.ndarray(shape, dt, cupy.cuda.MemoryPointer(mem, 0))
 
 
 def _accumulate_into(xp: Any, device: str, out: Any, indptr: Any, indices: Any, row_ids: Any,

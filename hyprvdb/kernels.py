@@ -11,6 +11,7 @@ on machines without a GPU (:func:`module_source`, :data:`NAME_EXPRESSIONS`).
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -67,7 +68,17 @@ def module_source(filename: str, defines: tuple[tuple[str, Any], ...] = ()) -> s
     if filename not in NAME_EXPRESSIONS or not path.is_file():
         raise ValueError(f"unknown kernel file {filename!r}; known: {sorted(NAME_EXPRESSIONS)}")
     head = "".join(f"#define {k} {v}\n" for k, v in defines)
-    return head + path.read_text()
+    return f"// headers {_headers_digest()}\n" + head + path.read_text()
+
+
+@functools.cache
+def _headers_digest() -> str:
+    """A digest of the included ``*.cuh`` files. CuPy's compile cache is keyed on the source
+    string alone, so without it an edited header would keep running an old cached binary."""
+    h = hashlib.sha256()
+    for p in sorted(KERNEL_DIR.glob("*.cuh")):
+        h.update(p.name.encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()[:16]
 
 
 @functools.cache

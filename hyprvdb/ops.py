@@ -158,11 +158,14 @@ class DeviceDelta:
         return out
 
 
-def _as_delta(delta: Any, device: str = "auto") -> DeviceDelta:
+def _as_delta(delta: Any, operand: Any) -> DeviceDelta:
+    """A DeviceDelta as is; a Snapshot uploaded to the operand's device (the GPU for a CuPy
+    array, the CPU for anything else), so that results live where the operands do."""
     if isinstance(delta, DeviceDelta):
         return delta
     if hasattr(delta, "to_csr_arrays"):
-        return DeviceDelta.upload(delta, device)
+        on_gpu = hasattr(operand, "__cuda_array_interface__")
+        return DeviceDelta.upload(delta, "cuda" if on_gpu else "cpu")
     raise TypeError(f"delta must be a Snapshot or DeviceDelta, got {type(delta).__name__}")
 
 
@@ -187,7 +190,7 @@ def delta_matmul(x: Any, delta: Any, scale: float = 1.0, *, out: Any = None) -> 
     ``x``: (batch, in_features) float32/float16/bfloat16 on the delta's device; result:
     (batch, out_features), x's dtype.
     """
-    d = _as_delta(delta)
+    d = _as_delta(delta, x)
     xp = np if d.device == "cpu" else __import__("cupy")
     x = _check_x(x, d.shape[1], xp)
     if out is None:
@@ -213,7 +216,7 @@ def fused_linear(x: Any, W: Any, delta: Any, scale: float = 1.0, bias: Any = Non
 
     ``W``: (out_features, in_features) of x's dtype; ``bias``: (out_features,) or None.
     """
-    d = _as_delta(delta)
+    d = _as_delta(delta, x)
     xp = np if d.device == "cpu" else __import__("cupy")
     x = _check_x(x, d.shape[1], xp)
     if not isinstance(W, xp.ndarray) or W.shape != d.shape or W.dtype != x.dtype:
@@ -227,7 +230,7 @@ def fused_linear(x: Any, W: Any, delta: Any, scale: float = 1.0, bias: Any = Non
                              f"{bias.dtype} {tuple(bias.shape)}")
         bias = xp.ascontiguousarray(bias)
     out = xp.empty((x.shape[0], d.shape[0]), dtype=x.dtype)
-    if x.shape[0] == 0:
+    if out.size == 0:
         return out
     if d.device == "cuda":
         _cuda_linear(x, W, bias, d, out, float(scale), fused=True)
@@ -246,7 +249,7 @@ def fused_linear(x: Any, W: Any, delta: Any, scale: float = 1.0, bias: Any = Non
 def gather(delta: Any, rows: Any, cols: Any) -> Any:
     """Values of the delta at ``(rows, cols)`` (0 where inactive), float32, found by walking
     the snapshot's NanoVDB tree (``kernels/nanovdb_index.cuh``)."""
-    d = _as_delta(delta)
+    d = _as_delta(delta, rows)
     if d.grid is None:
         raise ValueError("delta has no NanoVDB grid (it was built from CSR arrays); upload a "
                          "Snapshot to gather from it")
@@ -297,7 +300,7 @@ def merge_layers(Ws: list[Any], deltas: list[Any], scale: float = 1.0) -> list[A
     """``Ws[i] += scale * deltas[i]`` for every layer, in one kernel launch on a GPU."""
     if len(Ws) != len(deltas):
         raise ValueError(f"Ws and deltas must pair up: {len(Ws)} weights, {len(deltas)} deltas")
-    ds = [_as_delta(d) for d in deltas]
+    ds = [_as_delta(d, W) for W, d in zip(Ws, deltas)]
     if not ds:
         return Ws
     devices = {d.device for d in ds}
@@ -427,21 +430,25 @@ def _cuda_linear(x: Any, W: Any, bias: Any, d: DeviceDelta, out: Any, scale: flo
                  *, fused: bool) -> None:
     from . import kernels
     tname = {0: "float", 1: "__half", 2: "__nv_bfloat16"}[_dtype_code(x.dtype)]
-    nb = 8
-    batch, rows = x.shape[0], d.shape[0]
-    if fused:
-        fn = kernels.function("matmul.cu", f"fused_linear<{tname}>")
-        fn((rows, (batch + nb - 1) // nb), (256,),
-           (W, np.int64(W.shape[1]), bias if bias is not None else np.uint64(0), d.indptr,
-            d.indices, d.data, x, np.int64(x.shape[1]), out, np.int64(out.shape[1]),
-            np.int32(rows), np.int32(W.shape[1]), np.int32(batch), np.float32(scale)))
-    else:
-        fn = kernels.function("matmul.cu", f"delta_matmul<{tname}>")
-        warps_per_block = 8
-        fn(((rows + warps_per_block - 1) // warps_per_block, (batch + nb - 1) // nb),
-           (32 * warps_per_block,),
-           (d.indptr, d.indices, d.data, x, np.int64(x.shape[1]), out,
-            np.int64(out.shape[1]), np.int32(rows), np.int32(batch), np.float32(scale)))
+    nb = 8  # HVDB_NB: batch rows per blockIdx.y
+    rows = d.shape[0]
+    step = 65535 * nb  # gridDim.y is at most 65535: larger batches go in slices
+    for s in range(0, x.shape[0], step):
+        xs, outs = x[s:s + step], out[s:s + step]
+        batch = xs.shape[0]
+        if fused:
+            fn = kernels.function("matmul.cu", f"fused_linear<{tname}>")
+            fn((rows, (batch + nb - 1) // nb), (256,),
+               (W, np.int64(W.shape[1]), bias if bias is not None else np.uint64(0), d.indptr,
+                d.indices, d.data, xs, np.int64(x.shape[1]), outs, np.int64(out.shape[1]),
+                np.int32(rows), np.int32(W.shape[1]), np.int32(batch), np.float32(scale)))
+        else:
+            fn = kernels.function("matmul.cu", f"delta_matmul<{tname}>")
+            warps_per_block = 8
+            fn(((rows + warps_per_block - 1) // warps_per_block, (batch + nb - 1) // nb),
+               (32 * warps_per_block,),
+               (d.indptr, d.indices, d.data, xs, np.int64(x.shape[1]), outs,
+                np.int64(out.shape[1]), np.int32(rows), np.int32(batch), np.float32(scale)))
 
 
 def _cuda_merge(Ws: list[Any], ds: list[DeviceDelta], scale: float) -> None:

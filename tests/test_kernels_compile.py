@@ -182,8 +182,24 @@ def test_loader_errors_name_the_offender():
 
 def test_module_source_prepends_defines():
     src = K.module_source("matmul.cu", (("HVDB_NB", 4), ("FOO", "1")))
-    assert src.startswith("#define HVDB_NB 4\n#define FOO 1\n")
-    assert src.endswith((K.KERNEL_DIR / "matmul.cu").read_text())
+    first, rest = src.split("\n", 1)
+    assert re.fullmatch(r"// headers [0-9a-f]{16}", first)
+    assert rest == "#define HVDB_NB 4\n#define FOO 1\n" + (K.KERNEL_DIR / "matmul.cu").read_text()
+
+
+def test_module_source_changes_with_the_included_headers(tmp_path, monkeypatch):
+    # CuPy caches compiled kernels by their source string: an edited header must change it.
+    shutil.copytree(K.KERNEL_DIR, tmp_path / "k")
+    monkeypatch.setattr(K, "KERNEL_DIR", tmp_path / "k")
+    K._headers_digest.cache_clear()
+    try:
+        before = K.module_source("matmul.cu")
+        with open(tmp_path / "k" / "sparse_ops.cuh", "a") as f:
+            f.write("// edited\n")
+        K._headers_digest.cache_clear()
+        assert K.module_source("matmul.cu") != before
+    finally:
+        K._headers_digest.cache_clear()
 
 
 # ------------------------------------------------------------------------------ NVRTC tests

@@ -489,6 +489,26 @@ def test_gather(path, rng, shape, density):
     check_gather(HOST, rng, shape, density)
 
 
+def test_snapshots_go_to_the_operands_device(monkeypatch, rng):
+    # On a machine with a GPU, a Snapshot used with numpy operands (or lists) is still
+    # computed on the CPU, and the results are numpy arrays.
+    monkeypatch.setattr(ops, "cuda_available", lambda: True)
+    snap, dW = random_delta(rng, (37, 129), 0.1)
+    x = random_array(rng, (3, 129), np.float32)
+    W = random_array(rng, (37, 129), np.float32)
+    ref = f64(x) @ f64(dW).T
+    terms = np.abs(f64(x)) @ np.abs(f64(dW)).T
+    assert_close(ops.delta_matmul(x, snap), ref, terms, np.float32, "delta_matmul")
+    assert_close(ops.fused_linear(x, W, snap, 0.0), f64(x) @ f64(W).T,
+                 np.abs(f64(x)) @ np.abs(f64(W)).T, np.float32, "fused_linear")
+    got = ops.gather(snap, [0, 36], [128, 0])
+    assert isinstance(got, np.ndarray)
+    np.testing.assert_array_equal(got, dW[[0, 36], [128, 0]])
+    W2 = W.copy()
+    ops.merge(W2, snap)
+    np.testing.assert_allclose(W2, W + dW, rtol=1e-6, atol=1e-6)
+
+
 def test_gather_accepts_lists_and_any_int_array(path, rng):
     snap, dW = random_delta(rng, (37, 129), 0.1)
     ar, ac = np.nonzero(dW)
@@ -854,6 +874,21 @@ class TestCuda:
             pytest.skip(f"a {kind!r} history needs hyprvdb._core (OpenVDB) to be built")
         else:  # serving machines: no OpenVDB; the numpy path is the reference
             check_windows(bk, rng, kind, reference="numpy")
+
+    def test_batches_beyond_the_grid_limit(self, bk, rng):
+        # gridDim.y caps one launch at 65535 * 8 rows; larger batches go in slices.
+        snap, dW = random_delta(rng, (5, 16), 0.5)
+        batch = 65535 * 8 + 13
+        x = random_array(rng, (batch, 16), np.float32)
+        W = random_array(rng, (5, 16), np.float32)
+        d = ops.DeviceDelta.upload(snap, "cuda")
+        y = bk.asnumpy(ops.delta_matmul(bk.asarray(x), d))
+        assert_close(y, f64(x) @ f64(dW).T, np.abs(f64(x)) @ np.abs(f64(dW)).T, np.float32,
+                     "delta_matmul, large batch")
+        y = bk.asnumpy(ops.fused_linear(bk.asarray(x), bk.asarray(W), d))
+        assert_close(y, f64(x) @ (f64(W) + f64(dW)).T,
+                     np.abs(f64(x)) @ (np.abs(f64(W)) + np.abs(f64(dW))).T, np.float32,
+                     "fused_linear, large batch")
 
     def test_errors_match_the_cpu(self, bk, rng):
         snap, _ = random_delta(rng, (37, 129), 0.1)

@@ -113,8 +113,18 @@ class DeviceDelta:
         so it serves the matmul and merge kernels but not :func:`gather`."""
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        shape = (int(shape[0]), int(shape[1]))
+        nnz = None
+        for name, a, dtype in (("data", data, np.float32), ("indices", indices, np.int32),
+                               ("rows", rows, np.int32), ("indptr", indptr, np.int32)):
+            dt, sh = getattr(a, "dtype", None), tuple(getattr(a, "shape", ()))
+            nnz = sh[0] if nnz is None and len(sh) == 1 else nnz
+            want = (shape[0] + 1,) if name == "indptr" else (nnz,)
+            if dt != dtype or sh != want or not a.flags.c_contiguous:
+                raise ValueError(f"{name} must be a contiguous {np.dtype(dtype)} array of shape "
+                                 f"{want}, got {dt or type(a).__name__} of shape {sh}")
         out = cls(device)
-        out.shape = (int(shape[0]), int(shape[1]))
+        out.shape = shape
         out.indptr, out.indices, out.data, out.rows = indptr, indices, data, rows
         out.grid = None
         return out

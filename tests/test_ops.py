@@ -589,6 +589,23 @@ def test_device_delta_from_csr_arrays(path, rng):
         ops.gather(d, [0], [0])
     with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda', got 'auto'"):
         ops.DeviceDelta.from_csr(up.indptr, up.indices, up.data, up.rows, (37, 129), "auto")
+    # The kernels read the arrays as they are: a wrong dtype or length is refused, not misread.
+    n = snap.nnz
+    for args, message in [
+        ((up.indptr, up.indices.astype(np.int64), up.data, up.rows),
+         rf"indices must be a contiguous int32 array of shape \({n},\), got int64"),
+        ((up.indptr, up.indices, up.data.astype(np.float64), up.rows),
+         rf"data must be a contiguous float32 array of shape \({n},\), got float64"),
+        ((up.indptr[:-1], up.indices, up.data, up.rows),
+         r"indptr must be a contiguous int32 array of shape \(38,\), got int32 of shape \(37,\)"),
+        ((up.indptr, up.indices, up.data, up.rows[:-1]),
+         rf"rows must be a contiguous int32 array of shape \({n},\)"),
+        ((up.indptr, up.indices.repeat(2)[::2], up.data, up.rows),
+         r"indices must be a contiguous int32 array"),
+        ((up.indptr, list(up.indices), up.data, up.rows), r"got list of shape \(\)"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            ops.DeviceDelta.from_csr(*args, (37, 129), "cpu")
 
 
 # ----------------------------------------------------------------------------- errors

@@ -39,9 +39,9 @@ inline constexpr const char* kCoordMap = "x=row y=col>>3 z=col&7";
 void save_vdb(const AdapterCore& core, const std::string& path, const std::string& grid_name,
               const MetaPairs& grid_meta, const MetaPairs& file_meta);
 
-// Parse a whole .vdb file held in memory (``data``; ``shown`` names it in errors). Every read
-// past the end of the data throws, so damaged counts cannot make the reader loop or allocate
-// beyond a constant factor of the file's size.
+// Parse a whole .vdb file held in memory (``data``; ``shown`` names it in errors). Its layout
+// is walked and checked before OpenVDB reads it, so damaged counts cannot make the reader loop
+// or allocate beyond a constant factor of the file's size.
 std::unique_ptr<AdapterCore> load_vdb(const std::string& data, const std::string& shown,
                                       std::string& grid_name);
 

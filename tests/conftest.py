@@ -167,6 +167,20 @@ def reference_of(adapter):
     return values, active
 
 
+# ----------------------------------------------------------------------------- inputs
+def random_coo(rng, shape, density, *, explicit_zero=False):
+    """``round(density * size)`` distinct coordinates of ``shape`` with standard normal
+    float32 values; ``explicit_zero`` makes one of them 0.0 (an active weight all the same)."""
+    size = shape[0] * shape[1]
+    n = int(round(density * size))
+    flat = rng.choice(size, size=n, replace=False)
+    rows, cols = np.divmod(flat, shape[1])
+    vals = rng.standard_normal(n).astype(np.float32)
+    if explicit_zero and n > 3:
+        vals[rng.integers(n)] = 0.0
+    return rows, cols, vals
+
+
 # ----------------------------------------------------------------------------- OpenVDB tools
 SYSTEM_PYTHON = "/usr/bin/python3"
 

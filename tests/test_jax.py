@@ -26,6 +26,7 @@ jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")
 
 import hyprvdb.jax as hj  # noqa: E402
+from conftest import random_coo  # noqa: E402
 
 IMPLS = ["jax", "ffi", "callback"]  # on a GPU, "callback" is the CUDA kernel
 
@@ -38,14 +39,6 @@ def impl(request):
 
 
 # ----------------------------------------------------------------------------- helpers
-def random_coo(rng, shape, density):
-    size = shape[0] * shape[1]
-    n = int(round(density * size))
-    flat = rng.choice(size, size=n, replace=False)
-    rows, cols = np.divmod(flat, shape[1])
-    return rows, cols, rng.standard_normal(n).astype(np.float32)
-
-
 def dense_of(rows, cols, vals, shape):
     d = np.zeros(shape, np.float64)
     np.add.at(d, (rows, cols), np.asarray(vals, np.float32).astype(np.float64))

@@ -28,6 +28,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from conftest import random_coo
 from hyprvdb import kernels as K
 from hyprvdb import ops
 from hyprvdb.snapshot import Snapshot
@@ -107,20 +108,9 @@ def path(request, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- inputs
-def random_coo(rng, shape, density):
-    size = shape[0] * shape[1]
-    n = int(round(density * size))
-    flat = rng.choice(size, size=n, replace=False)
-    rows, cols = np.divmod(flat, shape[1])
-    vals = rng.standard_normal(n).astype(np.float32)
-    if n > 3:
-        vals[rng.integers(n)] = 0.0  # an explicit zero is an active weight too
-    return rows, cols, vals
-
-
 def random_delta(rng, shape, density):
     """(Snapshot, dense float32 dW)."""
-    rows, cols, vals = random_coo(rng, shape, density)
+    rows, cols, vals = random_coo(rng, shape, density, explicit_zero=True)
     dense = np.zeros(shape, np.float32)
     dense[rows, cols] = vals
     return Snapshot.from_coo(rows, cols, vals, shape), dense
@@ -339,7 +329,7 @@ def random_history(rng, kind, shape=(48, 80), open_steps=True):
     if kind == "tiers":
         kw.update(tiers=[(4, 1), (None, 4)], compact_every=4)
     h = hyprvdb.TemporalAdapter(*shape, **kw)
-    r, c, v = random_coo(rng, shape, 0.05)
+    r, c, v = random_coo(rng, shape, 0.05, explicit_zero=True)
     h.store_base(rows=r, cols=c, values=v)
     t = 0
     prev = (r, c)

@@ -328,7 +328,7 @@ def bench_gpu(rng: np.random.Generator, repeats: int) -> dict:
 
 # ------------------------------------------------------------------------------ report
 def print_cpu(mm: list[dict], snap: dict, merge: dict) -> None:
-    path = "hyprvdb._cpu (C++ / OpenMP)" if ops._cpu_ext() is not None else "numpy"
+    path = "hyprvdb._cpu (C++ / OpenMP)" if _native.cpu() is not None else "numpy"
     rows = []
     for r in mm:
         rows.append([f"{r['shape'][0]}x{r['shape'][1]}", f"{100 * r['density']:g}%",
@@ -437,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         snap = bench_snapshot_build(rng, a.repeats)
         merge = bench_cpu_merge(rng, max(2, a.repeats - a.repeats % 2))
         results["cpu"] = {"matmul": mm, "snapshot_build": snap, "merge": merge,
-                          "path": "cpu_ext" if ops._cpu_ext() is not None else "numpy",
+                          "path": "cpu_ext" if _native.cpu() is not None else "numpy",
                           "scipy_skipped": SCIPY_SKIP, "wall_s": time.perf_counter() - t0}
         print()
         print_cpu(mm, snap, merge)

@@ -62,9 +62,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import hyprvdb.jax as hj  # noqa: E402
-from hyprvdb.demo import doc_pairs  # noqa: E402
-from hyprvdb.model import MiniLM  # noqa: E402
-from hyprvdb.serving import AdaptiveEncoder, ServingState  # noqa: E402
+from hyprvdb.serve import doc_pairs  # noqa: E402
+from hyprvdb.serve import MiniLM  # noqa: E402
+from hyprvdb.serve import AdaptiveEncoder, ServingState  # noqa: E402
 
 DENSITY = 0.01          # the (a)/(c) adapter: 1% of every matrix
 DELTA_SIGMA = 0.01

@@ -1,14 +1,25 @@
 """hyprvdb: sparse LoRA adapters and the history of their weights in VDB sparse grids.
 
-Importing hyprvdb loads neither OpenVDB nor a GPU library: the OpenVDB core is imported the
-first time a write-path object (such as :class:`SparseAdapter`) is created.
+The package is laid out by tier:
+
+- :mod:`hyprvdb.adapter` — the write path: :class:`SparseAdapter` on an OpenVDB tree
+  (``hyprvdb._core``, built where OpenVDB is found);
+- :mod:`hyprvdb.history` — :class:`TemporalGroup` / :class:`TemporalAdapter`: time as the Z
+  axis; reading needs no OpenVDB;
+- :mod:`hyprvdb.snapshot` — :class:`Snapshot`, NanoVDB grids written and read with numpy;
+- :mod:`hyprvdb.ops` — the delta inside the matmul on a GPU (CuPy) or the CPU
+  (``hyprvdb._cpu``, no OpenVDB);
+- :mod:`hyprvdb.jax` and :mod:`hyprvdb.serve` — the JAX bridge and serving.
+
+Importing hyprvdb loads neither OpenVDB, JAX nor a GPU library: the OpenVDB core is imported
+the first time a write-path object (such as :class:`SparseAdapter`) is created.
 """
 
 from ._errors import CorruptFileError, ForeignFileError, HyprVDBError, MissingExtensionError
-from ._history_file import HistoryRecoveryWarning
 from .adapter import SparseAdapter, enforce_sparsity, fuse_adapters
+from .history import (CorrelatedPair, DeltaDetector, HistoryRecoveryWarning, TemporalAdapter,
+                      TemporalGroup)
 from .snapshot import Snapshot
-from .temporal import CorrelatedPair, DeltaDetector, TemporalAdapter, TemporalGroup
 
 __version__ = "0.1.0"
 

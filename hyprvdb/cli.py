@@ -53,7 +53,7 @@ def info(path: str) -> dict[str, Any]:
         out.update(name=s.name, shape=list(s.shape), step=s.step, active=s.nnz,
                    grid_bytes=s.nbytes, checksum=f"{s.checksum:016x}")
     elif kind == "history":
-        from .temporal import TemporalGroup
+        from .history import TemporalGroup
         g = TemporalGroup.load(path)
         try:
             out.update(matrices=len(g), base_step=g.base_step, latest=g.latest,
@@ -133,7 +133,7 @@ def convert(src: str, dst: str, *, density: float = 0.01, alpha: float | None = 
         a.batch_update(*s.active_weights())
         adapters = {s.name: a}
     else:
-        from .temporal import TemporalGroup
+        from .history import TemporalGroup
         g = TemporalGroup.load(src)
         t = g.latest if step is None else step
         adapters = {k: h.weights_at_time(t) for k, h in g.items()}
@@ -160,7 +160,7 @@ def _write(adapters: dict[str, Any], dst: str, step: int | None) -> list[str]:
         save_file({k: a.to_dense() for k, a in adapters.items()}, dst)
         return [dst]
     if suffix == ".hvh":
-        from .temporal import TemporalGroup
+        from .history import TemporalGroup
         g = TemporalGroup({k: a.shape for k, a in adapters.items()})
         for k, a in adapters.items():
             g[k].store_base(a)
@@ -205,10 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
-            from .demo import run
+            from .serve import run_demo as run
             run(steps=args.steps, seed=args.seed)
         elif args.command == "serve":
-            from .server import serve
+            from .serve import serve
             serve(args.host, args.port, args.history, args.model)
         elif args.command == "info":
             print(json.dumps(info(args.file), indent=2))

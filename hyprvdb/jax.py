@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _coo, _native
+
 __all__ = ["SparseDelta", "delta_matmul", "delta_add", "linear", "to_dense", "to_update",
            "ffi_available", "kernel_path"]
 
@@ -86,22 +88,22 @@ class SparseDelta:
             if bad.any():
                 i = int(np.flatnonzero(bad)[0])
                 raise IndexError(f"{name}[{i}] = {a[i]} is out of range (valid: 0..{hi - 1})")
-        key = rows * c + cols
-        uniq, inv = np.unique(key, return_inverse=True)
+        uniq, inv = np.unique(rows * c + cols, return_inverse=True)
         summed = np.zeros(len(uniq), np.float64)
         np.add.at(summed, inv, vals)
         n = len(uniq)
         cap = n if capacity is None else int(capacity)
         if cap < n:
             raise ValueError(f"capacity = {cap} is below the {n} entries of the delta")
-        ri = np.full(cap, r - 1, np.int32)
-        ci = np.full(cap, c - 1, np.int32)
+        ri = np.full(cap, r - 1, np.int64)
+        ci = np.full(cap, c - 1, np.int64)
         vi = np.zeros(cap, np.float32)
-        ri[:n], ci[:n], vi[:n] = uniq // c, uniq % c, summed
+        ri[:n], ci[:n] = _coo.split_linear(uniq, c)
+        vi[:n] = summed
         if cap > n:  # padding sits at the end of the last row, after its real entries
             ci[n:] = np.maximum(ci[n - 1], c - 1) if n and ri[n - 1] == r - 1 else c - 1
-        indptr = np.zeros(r + 1, np.int32)
-        np.cumsum(np.bincount(ri, minlength=r), out=indptr[1:])
+        indptr, ci, vi = _coo.to_csr(ri, ci, vi, r, presorted=True)
+        ri = ri.astype(np.int32)
         return cls(jnp.asarray(indptr), jnp.asarray(ci), jnp.asarray(ri), jnp.asarray(vi),
                    (r, c), step, n)
 
@@ -115,9 +117,8 @@ class SparseDelta:
 
 @functools.cache
 def _ffi_registered() -> bool:
-    from .ops import _cpu_ext  # the one loader of the CPU extension
     try:
-        targets = _cpu_ext().ffi_targets()
+        targets = _native.cpu().ffi_targets()
     except AttributeError:  # not built (None), or built without jaxlib's FFI headers
         return False
     for name, capsule in targets.items():
@@ -139,15 +140,13 @@ def _impl(impl: str) -> str:
         raise ValueError(f"impl must be 'auto', 'ffi', 'callback' or 'jax', got {impl!r}")
     if impl == "auto":
         if _on_gpu():
-            from . import ops
-            return "callback" if ops.cuda_available() else "jax"
+            return "callback" if _native.cuda_available() else "jax"
         return "ffi" if ffi_available() else "jax"
     if impl == "ffi" and not ffi_available():
         raise RuntimeError("impl='ffi' needs hyprvdb's FFI targets (built when jaxlib is "
                            "installed before hyprvdb) and JAX on the CPU")
     if impl == "callback" and _on_gpu():
-        from . import ops
-        if not ops.cuda_available():
+        if not _native.cuda_available():
             raise RuntimeError("impl='callback' on a GPU needs CuPy and a CUDA device")
     return impl
 

@@ -2,13 +2,13 @@
 // the GPU; 0 where a weight is inactive (values[0] is the background).
 #include "nanovdb_index.cuh"
 
-extern "C" __global__ void gather_index(const unsigned char* __restrict__ grid, long long root_off,
-                                        long long tiles_off, int tile_count,
+extern "C" __global__ void gather_index(const unsigned char* __restrict__ grid,
                                         const float* __restrict__ values,
                                         const long long* __restrict__ rows,
                                         const long long* __restrict__ cols, long long n,
                                         float* __restrict__ out) {
     const long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
     if (i >= n) return;
-    out[i] = nvdb_gather(grid, root_off, tiles_off, tile_count, values, rows[i], cols[i]);
+    const auto acc = reinterpret_cast<const hvdb_index_grid*>(grid)->getAccessor();
+    out[i] = nvdb_gather(acc, values, rows[i], cols[i]);
 }

@@ -58,20 +58,3 @@ HVDB_HD inline void merge_one(T* W, long long ldw, int row, int col, float v, fl
     T* p = W + row * ldw + col;
     from_f32(to_f32(*p) + scale * v, p);
 }
-
-// One weight's Z-run (its changes in step order): the value after every change with step
-// <= t0 and <= t1, starting from its base value. A reset sets the value, an increment adds.
-HVDB_HD inline void run_values(long long start, long long stop, const int* t, const float* d,
-                               const unsigned char* reset, double base, int t0, int t1,
-                               double* v0, double* v1) {
-    double a = base, b = base;
-    for (long long j = start; j < stop; ++j) {
-        const int tj = t[j];
-        if (tj > t1) break;
-        const double dj = (double)d[j];
-        b = reset[j] ? dj : b + dj;
-        if (tj <= t0) a = b;
-    }
-    *v0 = a;
-    *v1 = b;
-}

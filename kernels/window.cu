@@ -1,7 +1,7 @@
-// Time windows: weights rebuilt on the GPU from the history's Z-runs. Thread per run (one
+// Time windows: weights rebuilt on the GPU from the history's change runs. Thread per run (one
 // weight's changes in step order). mode 0 writes the sum of the slices in (t0, t1], mode 1
 // the weight at t1; out is the dense row-major matrix, indexed by the run's linear index.
-#include "sparse_ops.cuh"
+#include "history.cuh"
 
 extern "C" __global__ void window_rebuild(const long long* __restrict__ run_start,
                                           const long long* __restrict__ run_idx,
@@ -12,7 +12,10 @@ extern "C" __global__ void window_rebuild(const long long* __restrict__ run_star
                                           int t0, int t1, int mode, float* out) {
     const long long r = blockIdx.x * (long long)blockDim.x + threadIdx.x;
     if (r >= n_runs) return;
-    double v0, v1;
-    run_values(run_start[r], run_start[r + 1], t, d, reset, base_of_run[r], t0, t1, &v0, &v1);
-    out[run_idx[r]] = mode == 0 ? (float)(v1 - v0) : (float)v1;
+    const long long a = run_start[r], b = run_start[r + 1];
+    const double v1 = hvdb_value_at(base_of_run[r], t, d, reset, a, b, t1);
+    if (mode == 0)
+        out[run_idx[r]] = (float)(v1 - hvdb_value_at(base_of_run[r], t, d, reset, a, b, t0));
+    else
+        out[run_idx[r]] = (float)v1;
 }

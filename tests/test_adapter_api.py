@@ -708,9 +708,9 @@ def test_large_matrix_against_scipy():
 
 # ----------------------------------------------------------------------------- doctests
 def test_adapter_doctests_pass():
-    import hyprvdb.adapter
+    import hyprvdb.adapter._sparse
 
-    result = doctest.testmod(hyprvdb.adapter, optionflags=doctest.ELLIPSIS)
+    result = doctest.testmod(hyprvdb.adapter._sparse, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0, "hyprvdb.adapter has no doctests"
     assert result.failed == 0, f"{result.failed} of {result.attempted} doctests failed"
 

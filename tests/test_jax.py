@@ -467,7 +467,7 @@ TEXTS = ["A man is eating food.",
 def minilm():
     pytest.importorskip("safetensors", reason="MiniLM.load needs safetensors")
     pytest.importorskip("tokenizers", reason="MiniLM.load needs tokenizers")
-    from hyprvdb.model import MiniLM, default_model_path
+    from hyprvdb.serve import MiniLM, default_model_path
     try:
         default_model_path()
     except ImportError as exc:
@@ -479,7 +479,7 @@ def minilm():
 def test_minilm_matches_pytorch_transformers(minilm):
     torch = pytest.importorskip("torch", reason="the reference needs PyTorch")
     transformers = pytest.importorskip("transformers", reason="the reference needs transformers")
-    from hyprvdb.model import default_model_path
+    from hyprvdb.serve import default_model_path
     path = default_model_path()
     tok = transformers.AutoTokenizer.from_pretrained(path)
     model = transformers.AutoModel.from_pretrained(path).eval()
@@ -510,7 +510,7 @@ def test_minilm_zero_delta_equals_none(minilm, rng):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["layer.2.intermediate.dense", "layer.0.attention.self.query"])
 def test_minilm_delta_equals_dense_weight_change(minilm, rng, name):
-    from hyprvdb.model import MiniLM
+    from hyprvdb.serve import MiniLM
     shape = minilm.linear_shapes()[name]
     rows, cols, vals = random_coo(rng, shape, 0.01)
     delta = hj.SparseDelta.from_coo(rows, cols, vals * np.float32(0.2), shape)

@@ -1,7 +1,7 @@
 """hyprvdb.ops against a float64 dense numpy reference, on every path it has.
 
 Paths: ``"cpu"`` (``hyprvdb._cpu``: the ``kernels/*.cuh`` logic compiled by g++), ``"numpy"``
-(``hyprvdb.ops._cpu_ext`` patched to return None: numpy alone) and, in :class:`TestCuda`,
+(``hyprvdb._native.cpu`` patched to return None: numpy alone) and, in :class:`TestCuda`,
 ``device="cuda"`` (CuPy raw kernels; skipped without CuPy and a device). One body per check,
 run on each path, with fresh random inputs (seeded from the test's id, so a failure
 reproduces; set ``HYPRVDB_TEST_SEED`` to draw others) and outputs poisoned before each run:
@@ -29,8 +29,8 @@ import numpy as np
 import pytest
 
 from conftest import random_coo
-from hyprvdb import kernels as K
-from hyprvdb import ops
+from hyprvdb import _native, ops
+from hyprvdb.ops import _kernels as K
 from hyprvdb.snapshot import Snapshot
 
 try:
@@ -100,10 +100,10 @@ def poison_empty(monkeypatch):
 @pytest.fixture(params=["cpu", "numpy"])
 def path(request, monkeypatch):
     if request.param == "cpu":
-        if ops._cpu_ext() is None:
+        if _native.cpu() is None:
             pytest.skip("hyprvdb._cpu (the CPU extension) is not built")
     else:
-        monkeypatch.setattr(ops, "_cpu_ext", lambda: None)
+        monkeypatch.setattr(_native, "cpu", lambda: None)
     return request.param
 
 
@@ -387,7 +387,7 @@ def check_windows(bk, rng, kind, reference="temporal"):
 
         def ref(t0, t1, mode):
             import unittest.mock
-            with unittest.mock.patch.object(ops, "_cpu_ext", lambda: None):
+            with unittest.mock.patch.object(_native, "cpu", lambda: None):
                 return cpu.window(t0, t1, mode=mode)
     dh = ops.DeviceHistory(h, bk.device)
     for t0, t1 in window_pairs(h, rng):
@@ -421,7 +421,7 @@ def test_delta_matmul_model_sized(path, rng, batch, dtype):
 def simd(request):
     """The CPU extension's float32 delta product with its AVX2 kernel on, then off (the
     portable kernels every CPU runs)."""
-    cpu = ops._cpu_ext()
+    cpu = _native.cpu()
     if cpu is None:
         pytest.skip("hyprvdb._cpu (the CPU extension) is not built")
     before = cpu.simd()
@@ -482,7 +482,7 @@ def test_gather(path, rng, shape, density):
 def test_snapshots_go_to_the_operands_device(monkeypatch, rng):
     # On a machine with a GPU, a Snapshot used with numpy operands (or lists) is still
     # computed on the CPU, and the results are numpy arrays.
-    monkeypatch.setattr(ops, "cuda_available", lambda: True)
+    monkeypatch.setattr(_native, "cuda_available", lambda: True)
     snap, dW = random_delta(rng, (37, 129), 0.1)
     x = random_array(rng, (3, 129), np.float32)
     W = random_array(rng, (37, 129), np.float32)
@@ -531,7 +531,7 @@ def test_windows_match_temporal_adapter(path, rng, kind):
 @pytest.mark.parametrize("kind", [k for k in HISTORY_KINDS if k not in NEEDS_CORE])
 def test_windows_cpu_extension_matches_numpy_path(rng, kind):
     """What TestCuda compares with on machines without the core, checked here on the CPU."""
-    if ops._cpu_ext() is None:
+    if _native.cpu() is None:
         pytest.skip("hyprvdb._cpu (the CPU extension) is not built")
     check_windows(HOST, rng, kind, reference="numpy")
 
@@ -661,12 +661,12 @@ def test_errors(path, rng, case):
 
 def test_errors_are_the_same_on_both_paths(monkeypatch, rng):
     """Every bad call raises the same type with the same message on the cpu and numpy paths."""
-    if ops._cpu_ext() is None:
+    if _native.cpu() is None:
         pytest.skip("hyprvdb._cpu (the CPU extension) is not built")
     seen = {}
     for p in ("cpu", "numpy"):
         if p == "numpy":
-            monkeypatch.setattr(ops, "_cpu_ext", lambda: None)
+            monkeypatch.setattr(_native, "cpu", lambda: None)
         cases = _error_cases(np.random.default_rng(1))
         for name, call, _, _ in cases:
             try:
@@ -696,7 +696,7 @@ def test_window_errors(path, rng):
 
 
 def test_cuda_device_without_a_gpu_is_refused(monkeypatch):
-    monkeypatch.setattr(ops, "cuda_available", lambda: False)
+    monkeypatch.setattr(_native, "cuda_available", lambda: False)
     assert ops.resolve_device("auto") == "cpu"
     with pytest.raises(RuntimeError, match="device='cuda' needs CuPy and a CUDA device"):
         ops.resolve_device("cuda")
@@ -739,7 +739,7 @@ def fake_cuda(monkeypatch):
         return launch
 
     monkeypatch.setitem(sys.modules, "cupy", np)
-    monkeypatch.setattr(ops, "cuda_available", lambda: True)
+    monkeypatch.setattr(_native, "cuda_available", lambda: True)
     monkeypatch.setattr(K, "function", function)
     return launches
 
@@ -804,15 +804,12 @@ def test_cuda_launch_glue_fused_linear(fake_cuda, rng, with_bias):
 
 
 def test_cuda_launch_glue_gather(fake_cuda, rng):
-    from hyprvdb._nanovdb import ROOT_OFF, TILES_OFF
     snap, dW = random_delta(rng, (4097, 70), 0.01)
     d = ops.DeviceDelta.upload(snap, "cuda")
     rows, cols = np.arange(1000) % 4097, np.arange(1000) % 70
     ops.gather(d, rows, cols)
     (ln,) = fake_cuda
-    check_launch(ln, {"grid": d.grid, "values": d.values, "root_off": ROOT_OFF,
-                      "tiles_off": TILES_OFF, "tile_count": snap.layout.tile_count,
-                      "n": 1000})
+    check_launch(ln, {"grid": d.grid, "values": d.values, "n": 1000})
     assert ln.grid[0] * ln.block[0] >= 1000
 
 

@@ -25,8 +25,9 @@ for name in BLOCK:
 
 import numpy as np
 import hyprvdb
-import hyprvdb.kernels
+import hyprvdb.ops._kernels
 import hyprvdb.ops as ops
+from hyprvdb import _native
 import hyprvdb.snapshot
 from hyprvdb.snapshot import Snapshot
 
@@ -39,7 +40,7 @@ else:
     raise AssertionError("SparseAdapter was created without the OpenVDB core")
 
 cpu_blocked = "hyprvdb._cpu" in BLOCK
-assert (ops._cpu_ext() is None) == (cpu_blocked or not {cpu_built!r}), ops._cpu_ext()
+assert (_native.cpu() is None) == (cpu_blocked or not {cpu_built!r}), _native.cpu()
 assert ops.resolve_device("auto") in ("cpu", "cuda")
 
 rng = np.random.default_rng(3)
@@ -91,7 +92,7 @@ print("ok")
 IMPORTS_ONLY = r"""
 import sys
 import hyprvdb
-import hyprvdb.snapshot, hyprvdb.ops, hyprvdb.kernels
+import hyprvdb.snapshot, hyprvdb.ops, hyprvdb.ops._kernels
 loaded = sorted(m for m in sys.modules
                 if m.split(".")[0] in ("cupy", "cupyx", "jax", "jaxlib") or m == "hyprvdb._core")
 assert not loaded, f"import hyprvdb loaded {{loaded}}"

@@ -31,9 +31,10 @@ uvicorn = pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 from hyprvdb import TemporalGroup  # noqa: E402
-from hyprvdb.model import MiniLM  # noqa: E402
-from hyprvdb.server import MAX_TEXT_CHARS, MAX_TEXTS, create_app  # noqa: E402
-from hyprvdb.serving import AdaptiveEncoder  # noqa: E402
+from hyprvdb.serve import MiniLM  # noqa: E402
+from hyprvdb.serve import create_app
+from hyprvdb.serve._app import MAX_TEXT_CHARS, MAX_TEXTS  # noqa: E402
+from hyprvdb.serve import AdaptiveEncoder  # noqa: E402
 
 QUERY_TOKENS, DOC_TOKENS = 16, 32
 LR = 0.5  # large steps: consecutive steps' embeddings differ by far more than EMB_TOL

@@ -33,8 +33,8 @@ pytest.importorskip("tokenizers", reason="MiniLM.load needs tokenizers")
 
 import hyprvdb.jax as hj  # noqa: E402
 from hyprvdb import TemporalGroup  # noqa: E402
-from hyprvdb.model import MiniLM  # noqa: E402
-from hyprvdb.serving import AdaptiveEncoder, ServingState  # noqa: E402
+from hyprvdb.serve import MiniLM  # noqa: E402
+from hyprvdb.serve import AdaptiveEncoder, ServingState  # noqa: E402
 
 QUERY_TOKENS, DOC_TOKENS = 16, 32
 UPDATE_FRACTION = 5e-4

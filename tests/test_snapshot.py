@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hyprvdb import _nanovdb as N
-from hyprvdb import snapshot as snapshot_module
+from hyprvdb.snapshot import _nanovdb as N
+from hyprvdb.snapshot import _snapshot as snapshot_module
 from hyprvdb._errors import CorruptFileError, ForeignFileError, HyprVDBError
 from hyprvdb.snapshot import Snapshot
 

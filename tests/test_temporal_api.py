@@ -11,7 +11,9 @@ from itertools import combinations
 import numpy as np
 import pytest
 
-import hyprvdb.temporal
+import hyprvdb.history._detector
+import hyprvdb.history._group
+import hyprvdb.history._temporal
 from hyprvdb import CorrelatedPair, DeltaDetector, SparseAdapter, TemporalAdapter
 
 TINY = 2.0 ** -30  # exact in float32, lost when added to 1.0 in float32
@@ -655,7 +657,9 @@ def test_delta_detector_threshold_zero_emits_every_change():
 
 
 # ---------------------------------------------------------------------------- docs
-def test_module_doctests():
-    result = doctest.testmod(hyprvdb.temporal, optionflags=doctest.NORMALIZE_WHITESPACE)
+@pytest.mark.parametrize("module", [hyprvdb.history._temporal, hyprvdb.history._group,
+                                    hyprvdb.history._detector])
+def test_module_doctests(module):
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
 

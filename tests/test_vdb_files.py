@@ -190,7 +190,7 @@ def test_failed_save_keeps_the_old_file_and_leaves_no_temp_files(tmp_path, monke
             f.truncate(os.path.getsize(tmp) // 2)
         raise failure("disk full")
 
-    monkeypatch.setattr(hyprvdb.adapter, "_core_module",
+    monkeypatch.setattr(hyprvdb.adapter._sparse, "_core_module",
                         lambda: _CoreProxy(real, save_half_then_fail))
     with pytest.raises(failure):
         random_adapter(seed=5).save(path)
@@ -221,14 +221,14 @@ def test_failed_first_save_leaves_nothing(tmp_path, monkeypatch):
         Path(tmp).write_bytes(b"partial")
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(hyprvdb.adapter, "_core_module", lambda: _CoreProxy(real, fail))
+    monkeypatch.setattr(hyprvdb.adapter._sparse, "_core_module", lambda: _CoreProxy(real, fail))
     with pytest.raises(RuntimeError, match="boom"):
         SparseAdapter(2, 2).save(tmp_path / "new.vdb")
     assert os.listdir(tmp_path) == []
 
 
 def test_atomic_write_callback_failure(tmp_path):
-    from hyprvdb._vdbfile import atomic_write
+    from hyprvdb._atomic import atomic_write
 
     path, old = _existing_file(tmp_path)
 

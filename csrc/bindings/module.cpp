@@ -13,7 +13,6 @@
 
 #include "core/adapter_core.h"
 #include "core/vdb_io.h"
-#include "core/zruns.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -176,35 +175,6 @@ NB_MODULE(_core, m) {
                  self.from_dense(dense.data(), tolerance);
              },
              "dense"_a, "tolerance"_a);
-
-    m.def("zruns_state",
-          [](Vec1<int64_t> base_idx, Vec1<double> base_val, Vec1<int64_t> gaps, Vec1<int64_t> counts,
-             Vec1<int32_t> t, Vec1<float> d, Vec1<uint8_t> reset, Vec1<int64_t> tail_idx,
-             Vec1<int32_t> tail_t, Vec1<double> tail_d, Vec1<uint8_t> tail_reset, int64_t step) {
-              same_length(base_idx.shape(0), base_val.shape(0), "base_val");
-              same_length(gaps.shape(0), counts.shape(0), "counts");
-              same_length(t.shape(0), d.shape(0), "d");
-              same_length(t.shape(0), reset.shape(0), "reset");
-              same_length(tail_idx.shape(0), tail_t.shape(0), "tail_t");
-              same_length(tail_idx.shape(0), tail_d.shape(0), "tail_d");
-              same_length(tail_idx.shape(0), tail_reset.shape(0), "tail_reset");
-              hyprvdb::ZRunsView z{base_idx.data(), base_val.data(), base_idx.shape(0),
-                                   gaps.data(), counts.data(), gaps.shape(0),
-                                   t.data(), d.data(), reset.data(),
-                                   tail_idx.data(), tail_t.data(), tail_d.data(), tail_reset.data(),
-                                   tail_idx.shape(0)};
-              int64_t total = 0;
-              for (size_t i = 0; i < counts.shape(0); ++i) total += counts.data()[i];
-              if (total != int64_t(t.shape(0)))
-                  throw nb::value_error("counts must add up to the number of changes");
-              std::vector<int64_t> idx;
-              std::vector<double> val;
-              {
-                  nb::gil_scoped_release nogil;
-                  hyprvdb::zruns_state(z, step, idx, val);
-              }
-              return nb::make_tuple(to_numpy(std::move(idx)), to_numpy(std::move(val)));
-          });
 
     m.def("save_vdb",
           [](const AdapterCore& core, const std::string& path, const std::string& name,

@@ -11,9 +11,13 @@
 #include <string>
 #include <vector>
 
+#include "../../kernels/history.cuh"
 #include "../../kernels/sparse_ops.cuh"
+#include "cpu/history.h"
 #include "cpu/linear.h"
+#ifdef HYPRVDB_NANOVDB
 #include "../../kernels/nanovdb_index.cuh"
+#endif
 #ifdef HYPRVDB_JAX_FFI
 #include "cpu/jax_ffi.h"
 #endif
@@ -50,6 +54,42 @@ void dispatch(int dtype, F&& f) {
         case 2: f(hvdb_bf16{}); break;
         default: throw nb::value_error("dtype code must be 0 (float32), 1 (float16) or 2 (bfloat16)");
     }
+}
+
+
+// A numpy array that owns a vector (freed with the array).
+template <typename T>
+nb::ndarray<nb::numpy, T, nb::ndim<1>> to_numpy(std::vector<T>* v) {
+    nb::capsule owner(v, [](void* p) noexcept { delete static_cast<std::vector<T>*>(p); });
+    return nb::ndarray<nb::numpy, T, nb::ndim<1>>(v->data(), {v->size()}, owner);
+}
+
+void same_length(size_t a, size_t b, const char* what) {
+    if (a != b)
+        throw nb::value_error((std::string(what) + " must have the same length, got " +
+                               std::to_string(a) + " and " + std::to_string(b)).c_str());
+}
+
+hyprvdb_cpu::HistoryView history_view(In1<int64_t> base_idx, In1<double> base_val, In1<int64_t> gaps,
+                                      In1<int64_t> counts, In1<int32_t> t, In1<float> d,
+                                      In1<uint8_t> reset, In1<int64_t> tail_idx, In1<int32_t> tail_t,
+                                      In1<double> tail_d, In1<uint8_t> tail_reset) {
+    same_length(base_idx.shape(0), base_val.shape(0), "base_idx and base_val");
+    same_length(gaps.shape(0), counts.shape(0), "gaps and counts");
+    same_length(t.shape(0), d.shape(0), "t and d");
+    same_length(t.shape(0), reset.shape(0), "t and reset");
+    same_length(tail_idx.shape(0), tail_t.shape(0), "tail_idx and tail_t");
+    same_length(tail_idx.shape(0), tail_d.shape(0), "tail_idx and tail_d");
+    same_length(tail_idx.shape(0), tail_reset.shape(0), "tail_idx and tail_reset");
+    int64_t total = 0;
+    for (size_t i = 0; i < counts.shape(0); ++i) {
+        if (counts.data()[i] < 0) throw nb::value_error("counts must be non-negative");
+        total += counts.data()[i];
+    }
+    if (total != int64_t(t.shape(0))) throw nb::value_error("counts must add up to the number of changes");
+    return {base_idx.data(), base_val.data(), base_idx.shape(0), gaps.data(), counts.data(),
+            gaps.shape(0), t.data(), d.data(), reset.data(), tail_idx.data(), tail_t.data(),
+            tail_d.data(), tail_reset.data(), tail_idx.shape(0)};
 }
 
 }  // namespace
@@ -136,23 +176,29 @@ NB_MODULE(_cpu, m) {
           },
           "W"_a, "rows"_a, "cols"_a, "data"_a, "dtype"_a, "scale"_a);
 
+#ifdef HYPRVDB_NANOVDB
     // Values at (rows, cols) by walking a snapshot's NanoVDB tree (kernels/nanovdb_index.cuh).
+    m.attr("nanovdb_include") = HYPRVDB_NANOVDB_INCLUDE_DIR;
     m.def("gather_nanovdb",
-          [](In1<uint8_t> grid, int64_t root_off, int64_t tiles_off, int tile_count, In1<float> values,
-             In1<int64_t> rows, In1<int64_t> cols, Out1<float> out) {
+          [](In1<uint8_t> grid, In1<float> values, In1<int64_t> rows, In1<int64_t> cols,
+             Out1<float> out) {
               const size_t n = rows.shape(0);
               if (cols.shape(0) != n || out.shape(0) != n)
                   throw nb::value_error("rows, cols and out must have the same length");
-              if (reinterpret_cast<uintptr_t>(grid.data()) % 8)
-                  throw nb::value_error("grid must be 8-byte aligned");
+              if (reinterpret_cast<uintptr_t>(grid.data()) % NANOVDB_DATA_ALIGNMENT)
+                  throw nb::value_error("grid must be 32-byte aligned");
+              const auto* g = reinterpret_cast<const hvdb_index_grid*>(grid.data());
               nb::gil_scoped_release nogil;
-#pragma omp parallel for schedule(static) if (n > 100000)
-              for (long long i = 0; i < (long long)n; ++i)
-                  out.data()[i] = nvdb_gather(grid.data(), root_off, tiles_off, tile_count,
-                                              values.data(), rows.data()[i], cols.data()[i]);
+#pragma omp parallel if (n > 100000)
+              {
+                  const auto acc = g->getAccessor();  // one per thread: it caches its path
+#pragma omp for schedule(static)
+                  for (long long i = 0; i < (long long)n; ++i)
+                      out.data()[i] = nvdb_gather(acc, values.data(), rows.data()[i], cols.data()[i]);
+              }
           },
-          "grid"_a, "root_off"_a, "tiles_off"_a, "tile_count"_a, "values"_a, "rows"_a, "cols"_a,
-          "out"_a);
+          "grid"_a, "values"_a, "rows"_a, "cols"_a, "out"_a);
+#endif
 
     // Dense window rebuild from Z-runs (see kernels/window.cu).
     m.def("window_rebuild",
@@ -164,12 +210,40 @@ NB_MODULE(_cpu, m) {
               nb::gil_scoped_release nogil;
 #pragma omp parallel for schedule(static)
               for (long long r = 0; r < n_runs; ++r) {
-                  double v0, v1;
-                  run_values(run_start.data()[r], run_start.data()[r + 1], t.data(), d.data(),
-                             reset.data(), base_of_run.data()[r], t0, t1, &v0, &v1);
-                  out.data()[run_idx.data()[r]] = mode == 0 ? float(v1 - v0) : float(v1);
+                  const long long a = run_start.data()[r], b = run_start.data()[r + 1];
+                  const double base = base_of_run.data()[r];
+                  const double v1 = hvdb_value_at(base, t.data(), d.data(), reset.data(), a, b, t1);
+                  out.data()[run_idx.data()[r]] =
+                      mode == 0 ? float(v1 - hvdb_value_at(base, t.data(), d.data(), reset.data(), a, b, t0))
+                                : float(v1);
               }
           },
           "run_start"_a, "run_idx"_a, "t"_a, "d"_a, "reset"_a, "base_of_run"_a, "t0"_a, "t1"_a,
           "mode"_a, "out"_a);
+    // A history's state at a step, and the values of chosen weights (csrc/cpu/history.cpp).
+    m.def("history_state",
+          [](In1<int64_t> base_idx, In1<double> base_val, In1<int64_t> gaps, In1<int64_t> counts,
+             In1<int32_t> t, In1<float> d, In1<uint8_t> reset, In1<int64_t> tail_idx,
+             In1<int32_t> tail_t, In1<double> tail_d, In1<uint8_t> tail_reset, int64_t step,
+             std::optional<In1<int64_t>> query) {
+              const hyprvdb_cpu::HistoryView h = history_view(
+                  base_idx, base_val, gaps, counts, t, d, reset, tail_idx, tail_t, tail_d, tail_reset);
+              if (query) {
+                  auto* out = new std::vector<double>(query->shape(0));
+                  {
+                      nb::gil_scoped_release nogil;
+                      hyprvdb_cpu::history_values(h, step, query->data(), query->shape(0), out->data());
+                  }
+                  return nb::make_tuple(nb::none(), to_numpy(out));
+              }
+              auto* idx = new std::vector<int64_t>();
+              auto* val = new std::vector<double>();
+              {
+                  nb::gil_scoped_release nogil;
+                  hyprvdb_cpu::history_state(h, step, *idx, *val);
+              }
+              return nb::make_tuple(to_numpy(idx), to_numpy(val));
+          },
+          "base_idx"_a, "base_val"_a, "gaps"_a, "counts"_a, "t"_a, "d"_a, "reset"_a, "tail_idx"_a,
+          "tail_t"_a, "tail_d"_a, "tail_reset"_a, "step"_a, "query"_a = nb::none());
 }

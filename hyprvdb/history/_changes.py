@@ -1,9 +1,9 @@
-"""Z-runs: the history's changes as a sparse (row, col, t) grid in VDB voxel order.
+"""Change runs: the history's changes as sorted COO, ordered by (weight, step).
 
-Time is the Z axis. Ordering the changes the way a VDB orders voxels — (row, col) outer, t
-inner — puts every weight's changes in one contiguous run along Z. The weights at step t are
-then one vectorized pass over the runs (sum each run's changes up to t), whatever t is: no
-slice-by-slice replay.
+Time is the Z axis. Ordering the changes by linear index (row * cols + col) first and step
+second puts every weight's changes in one contiguous run along Z. The weights at step t are
+then one pass over the runs (each run's changes up to t, by the rule of
+``kernels/history.cuh``), whatever t is: no slice-by-slice replay.
 
 Every change is either an increment (the value grows by ``d``) or a reset (the value becomes
 ``d``; a reset to 0 switches the weight off). A weight is active at t when its value is
@@ -21,6 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .. import _native
+from .._zaxis import values_at
 
 
 def narrow(a: np.ndarray) -> np.ndarray:
@@ -155,3 +158,49 @@ def merge_groups(c: Changes, new_t: np.ndarray, *, split: bool = False) -> Chang
     lo_pos = pos[extra] + 1
     idx[lo_pos], t[lo_pos], d[lo_pos] = merged.idx[extra], merged.t[extra], lo[extra]
     return Changes(idx, t, d, reset)
+
+
+def state(base_idx: np.ndarray, base_val: np.ndarray, runs: Runs, tail: list[Changes],
+          step: int, query: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The weights at ``step``: ``(sorted linear index, float64 value)`` of every weight in
+    the base or changed by then (values may be 0), in one merge of the base, the runs and the
+    tail. With ``query`` (sorted, distinct indices) only their values, 0 where untouched:
+    ``(query, values)``."""
+    t = Changes.concat(tail) if tail else Changes.empty()
+    cpu = _native.cpu()
+    if cpu is not None:
+        reset = np.zeros(len(runs.d), np.uint8)
+        reset[runs.resets] = 1
+        idx, val = cpu.history_state(
+            base_idx, base_val, runs.gaps.astype(np.int64), runs.counts.astype(np.int64),
+            runs.t.astype(np.int32), runs.d, reset, t.idx, t.t.astype(np.int32),
+            t.d.astype(np.float64), t.reset.astype(np.uint8), step, query)
+        return (query, val) if query is not None else (idx, val)
+    return _state_np(base_idx, base_val, Changes.concat([runs.decode(), t]), step, query)
+
+
+def _state_np(base_idx: np.ndarray, base_val: np.ndarray, c: Changes, step: int,
+              query: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    starts = c.run_starts()
+    run_idx = c.idx[starts[:-1]]
+    base_of_run = np.zeros(len(run_idx), np.float64)
+    in_base = np.zeros(len(base_idx), bool)
+    if len(base_idx) and len(run_idx):
+        pos = np.minimum(np.searchsorted(base_idx, run_idx), len(base_idx) - 1)
+        hit = base_idx[pos] == run_idx
+        base_of_run[hit] = base_val[pos[hit]]
+        in_base[pos[hit]] = True
+    vals, touched = values_at(starts, c.t, c.d, c.reset, base_of_run, step)
+    touched |= np.isin(run_idx, base_idx, assume_unique=True) if len(base_idx) else False
+    idx = np.concatenate([run_idx[touched], base_idx[~in_base]])
+    val = np.concatenate([vals[touched], base_val[~in_base]])
+    order = np.argsort(idx, kind="stable")
+    idx, val = idx[order], val[order]
+    if query is None:
+        return idx, val
+    out = np.zeros(len(query), np.float64)
+    if len(idx):
+        pos = np.minimum(np.searchsorted(idx, query), len(idx) - 1)
+        hit = idx[pos] == query
+        out[hit] = val[pos[hit]]
+    return query, out

@@ -63,10 +63,10 @@ def _ranks(q: np.ndarray, d: np.ndarray) -> np.ndarray:
 def run(steps: int = 12, seed: int = 0, batch: int = 16) -> dict:
     from tqdm import tqdm
 
-    from . import jax as hj
-    from .model import MiniLM
-    from .ops import resolve_device
-    from .serving import AdaptiveEncoder
+    from .. import jax as hj
+    from ._model import MiniLM
+    from ..ops import resolve_device
+    from ._encoder import AdaptiveEncoder
 
     t_start = time.perf_counter()
     print("hyprvdb demo: all-MiniLM-L6-v2 learns to find Python's documentation\n")

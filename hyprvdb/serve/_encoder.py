@@ -8,9 +8,9 @@ one whole committed step and can say which.
 
 ``adapt(pairs)`` computes the contrastive loss's gradient with respect to every adapted
 matrix (at the adapted weights), keeps the top-k entries of each as a sparse update
-``-lr * grad``, commits it as one step of the history, and swaps the new state in. The new
-deltas are built from the previous ones and the step's slice in float64, exactly as the
-history sums them, so they equal ``history.weights_at_time(step)`` bit for bit.
+``-lr * grad``, commits it as one step of the history, and swaps the new state in. The changed
+weights' new values are read back from the history, so the served deltas equal
+``history.weights_at_time(step)`` bit for bit.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import jax as hj
-from .model import MiniLM, contrastive_loss
-from .temporal import TemporalGroup
+from .. import jax as hj
+from ..history import TemporalGroup
+from ._model import MiniLM, contrastive_loss
 
 __all__ = ["AdaptiveEncoder", "ServingState"]
 
@@ -41,7 +41,7 @@ class ServingState:
     step: int
     deltas: dict[str, hj.SparseDelta]
     idx: dict[str, np.ndarray] = field(repr=False)      # sorted linear indices
-    val64: dict[str, np.ndarray] = field(repr=False)    # float64 values, as the history sums
+    val: dict[str, np.ndarray] = field(repr=False)      # float32 values at the step
 
 
 @dataclass
@@ -215,47 +215,32 @@ class AdaptiveEncoder:
         rows, cols = self.shapes[name]
         while self._capacity[name] < len(idx):
             self._capacity[name] *= 2
-        return _sparse_delta(idx, val32, (rows, cols), self._capacity[name], step)
+        r, c = np.divmod(idx, cols)
+        return hj.SparseDelta.from_coo(r, c, val32, (rows, cols), step=step,
+                                       capacity=self._capacity[name])
 
     def _state_from_history(self, t: int | None = None) -> ServingState:
         t = self.history.latest if t is None else self.history.resolve(t)
-        idx, val = {}, {}
-        deltas = {}
-        for name in self.shapes:
-            i, v = self.history[name]._values_at(t)
-            v32 = v.astype(np.float32)
-            nz = v32 != 0
-            idx[name], val[name] = i[nz], v[nz]
-            deltas[name] = self._delta(name, idx[name], v32[nz], t)
+        idx, val, deltas = {}, {}, {}
+        for name, (rows, cols) in self.shapes.items():
+            r, c, v = self.history[name].active_weights(t)
+            idx[name], val[name] = r * cols + c, v
+            deltas[name] = self._delta(name, idx[name], v, t)
         return ServingState(t, deltas, idx, val)
 
     def _advance(self, st: ServingState, t: int, update: dict[str, tuple]) -> ServingState:
-        idx, val, deltas = dict(st.idx), dict(st.val64), dict(st.deltas)
-        for name, (r, c, d) in update.items():
+        """The state after step ``t`` from the previous one: the changed weights' new values
+        come from the history (its value rule), the rest is kept."""
+        idx, val, deltas = dict(st.idx), dict(st.val), dict(st.deltas)
+        for name, (r, c, _) in update.items():
             cols = self.shapes[name][1]
             new_i = r.astype(np.int64) * cols + c
-            all_i = np.union1d(idx[name], new_i)
-            v = np.zeros(len(all_i), np.float64)
-            v[np.searchsorted(all_i, idx[name])] = val[name]
-            v[np.searchsorted(all_i, new_i)] += d.astype(np.float64)
-            v32 = v.astype(np.float32)
-            nz = v32 != 0
-            idx[name], val[name] = all_i[nz], v[nz]
-            deltas[name] = self._delta(name, idx[name], v32[nz], t)
+            new_v = self.history[name].get_weights(r, c, t)
+            keep = ~np.isin(idx[name], new_i)
+            all_i = np.concatenate([idx[name][keep], new_i])
+            all_v = np.concatenate([val[name][keep], new_v])
+            order = np.argsort(all_i, kind="stable")
+            nz = all_v[order] != 0
+            idx[name], val[name] = all_i[order][nz], all_v[order][nz]
+            deltas[name] = self._delta(name, idx[name], val[name], t)
         return ServingState(t, deltas, idx, val)
-
-
-def _sparse_delta(idx: np.ndarray, val32: np.ndarray, shape: tuple[int, int], capacity: int,
-                  step: int) -> hj.SparseDelta:
-    """A padded SparseDelta from sorted unique linear indices (padding: zeros at the end of
-    the last row, so rows stay sorted)."""
-    rows, cols = shape
-    n = len(idx)
-    r = np.full(capacity, rows - 1, np.int32)
-    c = np.full(capacity, cols - 1, np.int32)
-    v = np.zeros(capacity, np.float32)
-    r[:n], c[:n], v[:n] = idx // cols, idx % cols, val32
-    indptr = np.zeros(rows + 1, np.int32)
-    np.cumsum(np.bincount(r, minlength=rows), out=indptr[1:])
-    return hj.SparseDelta(jnp.asarray(indptr), jnp.asarray(c), jnp.asarray(r), jnp.asarray(v),
-                          shape, step, n)

@@ -13,10 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from . import _validate as V
-from ._errors import CorruptFileError, ForeignFileError
-from ._native import core as _core_module
-from ._vdbfile import CRC_KEY, CRC_PLACEHOLDER, atomic_write, check_vdb_bytes
+from .. import _coo
+from .. import _validate as V
+from .._atomic import atomic_write
+from .._errors import CorruptFileError, ForeignFileError
+from .._native import core as _core_module
+from ._vdbfile import CRC_KEY, CRC_PLACEHOLDER, check_vdb_bytes, stamp_checksum
 
 __all__ = ["SparseAdapter", "fuse_adapters", "enforce_sparsity"]
 
@@ -339,7 +341,7 @@ class SparseAdapter:
         grid_meta = [("hyprvdb_kind", "SparseAdapter")]
         file_meta = [(FORMAT_KEY, FORMAT), (CRC_KEY, CRC_PLACEHOLDER)]
         atomic_write(path, lambda tmp: _core_module().save_vdb(
-            self._c, tmp, self.name, grid_meta, file_meta))
+            self._c, tmp, self.name, grid_meta, file_meta), stamp=stamp_checksum)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, allow_nonfinite: bool = False) -> SparseAdapter:
@@ -463,9 +465,9 @@ class SparseAdapter:
         r, c, v = self.active_weights()
         if format == "coo":
             return sp.coo_matrix((v, (r, c)), shape=self.shape)
-        indptr = np.zeros(self.shape[0] + 1, dtype=np.int64)
-        np.cumsum(np.bincount(r, minlength=self.shape[0]), out=indptr[1:])
-        csr = sp.csr_matrix((v, c, indptr), shape=self.shape)
+        indptr, indices, data = _coo.to_csr(r, c, v, self.shape[0], index_dtype=np.int64,
+                                            presorted=True)
+        csr = sp.csr_matrix((data, indices, indptr), shape=self.shape)
         return csr if format == "csr" else csr.tocsc()
 
     @classmethod

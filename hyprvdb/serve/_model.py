@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import jax as hj
+from .. import jax as hj
 
 __all__ = ["MiniLM", "LINEARS", "default_model_path", "contrastive_loss"]
 

@@ -17,16 +17,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .. import _native
+
 __all__ = ["KERNEL_DIR", "NAME_EXPRESSIONS", "function", "module_source", "nvrtc_options",
-           "cuda_include_dirs"]
+           "cuda_include_dirs", "nanovdb_include_dir"]
 
 
 def _kernel_dir() -> Path:
-    here = Path(__file__).resolve().parent
-    for d in (here / "kernels", here.parent / "kernels"):
+    package = Path(__file__).resolve().parent.parent  # installed: hyprvdb/kernels
+    for d in (package / "kernels", package.parent / "kernels"):  # a checkout: ./kernels
         if (d / "common.cuh").is_file():
             return d
-    return here / "kernels"
+    return package / "kernels"
 
 
 KERNEL_DIR = _kernel_dir()
@@ -55,8 +57,36 @@ def cuda_include_dirs() -> list[str]:
     return found
 
 
-def nvrtc_options(arch: str | None = None) -> tuple[str, ...]:
+#: Kernel files that walk NanoVDB trees through NanoVDB's own headers.
+NANOVDB_FILES = ("gather.cu",)
+
+
+def nanovdb_include_dir() -> str | None:
+    """The folder holding ``nanovdb/NanoVDB.h`` for NVRTC: ``$HYPRVDB_NANOVDB_INCLUDE``, the
+    headers ``hyprvdb._cpu`` was built against, or a system or conda prefix."""
+    cands = [os.environ.get("HYPRVDB_NANOVDB_INCLUDE")]
+    cpu = _native.cpu()
+    cands.append(getattr(cpu, "nanovdb_include", None))
+    prefix = os.environ.get("CONDA_PREFIX")
+    cands += [str(Path(prefix) / "include") if prefix else None, "/usr/include",
+              "/usr/local/include", "/opt/homebrew/include"]
+    for c in cands:
+        if c and (Path(c) / "nanovdb" / "NanoVDB.h").is_file():
+            return c
+    return None
+
+
+def nvrtc_options(arch: str | None = None, filename: str | None = None) -> tuple[str, ...]:
+    """NVRTC options for ``kernels/<filename>``. NanoVDB 32.4's header compiles under NVRTC
+    only with ``-default-device`` (its free functions carry no ``__device__``)."""
     opts = ["-std=c++17", f"-I{KERNEL_DIR}"] + [f"-I{d}" for d in cuda_include_dirs()]
+    if filename in NANOVDB_FILES:
+        nano = nanovdb_include_dir()
+        if nano is None:
+            raise RuntimeError(f"kernels/{filename} needs NanoVDB's headers (nanovdb/NanoVDB.h): "
+                               "install them (Debian: libnanovdb-dev) or point "
+                               "HYPRVDB_NANOVDB_INCLUDE at the folder holding nanovdb/")
+        opts += ["-default-device", f"-I{nano}"]
     if arch:
         opts.append(f"--gpu-architecture={arch}")
     return tuple(opts)
@@ -68,7 +98,9 @@ def module_source(filename: str, defines: tuple[tuple[str, Any], ...] = ()) -> s
     if filename not in NAME_EXPRESSIONS or not path.is_file():
         raise ValueError(f"unknown kernel file {filename!r}; known: {sorted(NAME_EXPRESSIONS)}")
     head = "".join(f"#define {k} {v}\n" for k, v in defines)
-    return f"// headers {_headers_digest()}\n" + head + path.read_text()
+    nano = _file_digest(Path(nanovdb_include_dir() or ".") / "nanovdb" / "NanoVDB.h") \
+        if filename in NANOVDB_FILES else ""
+    return f"// headers {_headers_digest()}{nano}\n" + head + path.read_text()
 
 
 @functools.cache
@@ -82,10 +114,17 @@ def _headers_digest() -> str:
 
 
 @functools.cache
+def _file_digest(path: Path) -> str:
+    return " nanovdb " + hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() \
+        else ""
+
+
+@functools.cache
 def _module(filename: str, defines: tuple[tuple[str, Any], ...]) -> Any:
     import cupy
 
-    return cupy.RawModule(code=module_source(filename, defines), options=nvrtc_options(),
+    return cupy.RawModule(code=module_source(filename, defines),
+                          options=nvrtc_options(filename=filename),
                           name_expressions=NAME_EXPRESSIONS[filename])
 
 

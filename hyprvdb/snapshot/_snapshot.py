@@ -8,7 +8,7 @@ numpy alone: no OpenVDB, no compiled code.
 Coordinates: weight ``(row, col)`` is voxel ``(row, col >> 3, col & 7)``, so one 8^3 leaf
 covers 8 rows x 64 columns. Index ``i`` of an active voxel addresses ``values[i]``; every
 inactive coordinate has index 0, and ``values[0]`` is the background, 0.0. The layout (node
-order, checksums, where the shape is kept) is described in :mod:`hyprvdb._nanovdb`.
+order, checksums, where the shape is kept) is described in :mod:`hyprvdb.snapshot._nanovdb`.
 
 Snapshots are immutable: :meth:`Snapshot.with_values` returns a new snapshot that shares the
 topology (and every cache derived from it) and copies the buffer.
@@ -22,10 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from .. import _coo
+from .. import _validate as V
+from .._atomic import write_bytes
+from .._errors import CorruptFileError, ForeignFileError
 from . import _nanovdb as N
-from . import _validate as V
-from ._errors import CorruptFileError, ForeignFileError
-from ._vdbfile import atomic_write
 
 __all__ = ["Snapshot"]
 
@@ -61,17 +62,14 @@ class _Topology:
         order."""
         if self._row_major is None:
             r, c = self.coords(buf)
-            perm = np.lexsort((c, r))
+            perm = _coo.row_major(r, c)
             self._row_major = (_frozen(perm), _frozen(r[perm]), _frozen(c[perm]))
         return self._row_major
 
     def indptr(self, buf: np.ndarray, n_rows: int) -> np.ndarray:
         """CSR row pointers, int64 (n_rows + 1,)."""
         if self._indptr is None:
-            rows = self.row_major(buf)[1]
-            indptr = np.zeros(n_rows + 1, dtype=np.int64)
-            indptr[1:] = np.searchsorted(rows, np.arange(n_rows), side="right")
-            self._indptr = _frozen(indptr)
+            self._indptr = _frozen(_coo.indptr(self.row_major(buf)[1], n_rows))
         return self._indptr
 
 
@@ -327,12 +325,7 @@ class Snapshot:
         path = _check_path(path)
         prefix = N.file_prefix(self._buf, self._topo.layout)
 
-        def write(tmp: str) -> None:
-            with open(tmp, "wb") as f:
-                f.write(prefix)
-                f.write(self._buf.data)
-
-        atomic_write(path, write, checksum=False)
+        write_bytes(path, prefix, self._buf.data)
 
     @classmethod
     def load_nvdb(cls, path: os.PathLike | str) -> Snapshot:

@@ -5,20 +5,17 @@ a crash inside the reader. hyprvdb stores a CRC32 of the whole file (with the ch
 eight hex digits left out) as file-level metadata named ``hyprvdb_crc32``, and checks it before
 OpenVDB parses anything. OpenVDB's own tools ignore that metadata and read the file as usual.
 
-Writes go to a temporary file in the target's folder, are flushed to disk, and are renamed
-over the target, so a crash mid-save leaves the old file intact.
+Files are written by :func:`hyprvdb._atomic.atomic_write` with :func:`stamp_checksum`.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-import tempfile
 import zlib
-from collections.abc import Callable
-from pathlib import Path
+from typing import BinaryIO
 
-from ._errors import CorruptFileError, ForeignFileError
+from .._errors import CorruptFileError, ForeignFileError
 
 CRC_KEY = "hyprvdb_crc32"
 _CRC_PREFIX = b"crc32:"
@@ -116,42 +113,10 @@ def check_vdb_bytes(data: bytes, path: os.PathLike | str) -> str:
     return meta.get(b"hyprvdb_format", b"").decode("utf-8", "replace")
 
 
-def atomic_write(path: os.PathLike | str, write: Callable[[str], None],
-                 *, checksum: bool = True) -> None:
-    """Call ``write(tmp_path)``, stamp the checksum, fsync, and rename over ``path``."""
-    target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise FileNotFoundError(f"cannot save to {os.fspath(path)!r}: folder {str(folder)!r} "
-                                "does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "r+b") as f:
-            if checksum:
-                data = bytearray(f.read())
-                field, _ = _crc_field(bytes(data), tmp)
-                f.seek(field)
-                f.write(b"%08x" % _crc_without_field(data, field))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-        _fsync_dir(folder)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def stamp_checksum(f: BinaryIO, shown: str) -> None:
+    """Write the CRC32 of a freshly written ``.vdb`` file into its checksum field (the stamp
+    hyprvdb's atomic writer applies before the rename)."""
+    data = bytearray(f.read())
+    field, _ = _crc_field(bytes(data), shown)
+    f.seek(field)
+    f.write(b"%08x" % _crc_without_field(data, field))

@@ -37,8 +37,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from ._errors import CorruptFileError, ForeignFileError
-from ._vdbfile import atomic_write
+from .._errors import CorruptFileError, ForeignFileError
+from .._atomic import write_bytes
 
 MAGIC = b"HYPRVDBZ"
 VERSION = 1
@@ -216,14 +216,8 @@ class HistoryFile:
         parts = [_header_bytes(header)]
         parts += [_record("base", encode_base(*b)) for b in bases]
         parts += [_record("step", encode_step(t, sl)) for t, sl in steps]
-        data = b"".join(parts)
-
-        def write(tmp: str) -> None:
-            with open(tmp, "wb") as f:
-                f.write(data)
-
-        atomic_write(path, write, checksum=False)
-        return cls(os.fspath(path), len(data), sync)
+        write_bytes(path, *parts)
+        return cls(os.fspath(path), sum(len(p) for p in parts), sync)
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, strict: bool = False, sync: bool = False

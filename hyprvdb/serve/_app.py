@@ -20,7 +20,7 @@ before ``/adapt`` answers.
 import time
 from typing import Any
 
-from .serving import AdaptiveEncoder
+from ._encoder import AdaptiveEncoder
 
 __all__ = ["create_app"]
 
@@ -153,7 +153,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, history: str | None = None,
     """Run the server until interrupted."""
     import uvicorn
 
-    from .model import MiniLM
+    from ._model import MiniLM
     encoder = AdaptiveEncoder(MiniLM.load(model), history)
     encoder.encode(["warm up"])  # trace the forward pass before the first request
     uvicorn.run(create_app(encoder), host=host, port=port, log_level=log_level)

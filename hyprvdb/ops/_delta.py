@@ -1,37 +1,20 @@
-"""The read path's operations: the sparse delta inside the matmul, gather, merge/unmerge,
-and time windows, on ``device="cuda"`` (CuPy raw kernels) or ``"cpu"``.
-
-On the CPU the same per-thread logic as the CUDA kernels runs compiled by g++
-(``hyprvdb._cpu``, no OpenVDB needed); where that extension is not built, numpy computes the
-same results. Nothing here imports CuPy or touches a GPU until a ``"cuda"`` delta is used.
-
-Tolerances against a float64 reference: float32 relative 1e-5 of the row's magnitude;
-float16 and bfloat16 results are the float32 result rounded once to the output dtype.
-"""
+"""DeviceDelta and the delta products, gather and merges on a device (see the package
+docstring)."""
 
 from __future__ import annotations
 
-import functools
-import os
 import zlib
 from typing import Any
 
 import numpy as np
 
-__all__ = ["DeviceDelta", "DeviceHistory", "resolve_device", "delta_matmul", "fused_linear",
-           "gather", "merge", "unmerge", "merge_layers", "window_weights"]
+from .. import _native
+from . import _kernels
+
+__all__ = ["DeviceDelta", "resolve_device", "delta_matmul", "fused_linear", "gather", "merge",
+           "unmerge", "merge_layers"]
 
 _DEVICES = ("cpu", "cuda", "auto")
-
-
-@functools.cache
-def cuda_available() -> bool:
-    """Whether CuPy imports and sees at least one CUDA device (asked once, lazily)."""
-    try:
-        import cupy
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # noqa: BLE001 - no CuPy, no driver, or no device all mean "no"
-        return False
 
 
 def resolve_device(device: str) -> str:
@@ -39,21 +22,10 @@ def resolve_device(device: str) -> str:
     if device not in _DEVICES:
         raise ValueError(f"device must be one of {_DEVICES}, got {device!r}")
     if device == "auto":
-        return "cuda" if cuda_available() else "cpu"
-    if device == "cuda" and not cuda_available():
+        return "cuda" if _native.cuda_available() else "cpu"
+    if device == "cuda" and not _native.cuda_available():
         raise RuntimeError("device='cuda' needs CuPy and a CUDA device; none is usable here")
     return device
-
-
-@functools.cache
-def _cpu_ext() -> Any:
-    # Idle OpenMP threads sleep instead of spinning: serving shares its cores with other work.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    try:
-        from . import _cpu
-    except ImportError:
-        return None
-    return _cpu
 
 
 def _bf16() -> Any:
@@ -153,7 +125,6 @@ class DeviceDelta:
             self.rows = xp.asarray(np.repeat(np.arange(len(indptr) - 1, dtype=np.int32),
                                              np.diff(indptr)))
             self.grid = xp.asarray(snapshot.buffer)
-            self.tile_count = int(snapshot.layout.tile_count)
             self._key = key
         self.data = xp.asarray(np.ascontiguousarray(data, dtype=np.float32))
         self.values = xp.asarray(np.ascontiguousarray(snapshot.values, dtype=np.float32))
@@ -213,8 +184,8 @@ def delta_matmul(x: Any, delta: Any, scale: float = 1.0, *, out: Any = None) -> 
         return out
     if d.device == "cuda":
         _cuda_linear(x, None, None, d, out, float(scale), fused=False)
-    elif _cpu_ext() is not None:
-        _cpu_ext().delta_matmul(d.indptr, d.indices, d.data, _bits(x), _bits(out),
+    elif _native.cpu() is not None:
+        _native.cpu().delta_matmul(d.indptr, d.indices, d.data, _bits(x), _bits(out),
                                 _dtype_code(x.dtype), float(scale))
     else:
         out[...] = (out.astype(np.float32) + scale * _np_spmm(d, x)).astype(out.dtype)
@@ -244,8 +215,8 @@ def fused_linear(x: Any, W: Any, delta: Any, scale: float = 1.0, bias: Any = Non
         return out
     if d.device == "cuda":
         _cuda_linear(x, W, bias, d, out, float(scale), fused=True)
-    elif _cpu_ext() is not None:
-        _cpu_ext().fused_linear(_bits(W), None if bias is None else _bits(bias), d.indptr,
+    elif _native.cpu() is not None:
+        _native.cpu().fused_linear(_bits(W), None if bias is None else _bits(bias), d.indptr,
                                 d.indices, d.data, _bits(x), _bits(out),
                                 _dtype_code(x.dtype), float(scale))
     else:
@@ -276,16 +247,14 @@ def gather(delta: Any, rows: Any, cols: Any) -> Any:
     out = xp.zeros(r.shape, xp.float32)
     if r.size == 0:
         return out
-    from ._nanovdb import ROOT_OFF, TILES_OFF
+    cpu = _native.cpu()
     if d.device == "cuda":
-        from . import kernels
-        fn = kernels.function("gather.cu", "gather_index")
+        fn = _kernels.function("gather.cu", "gather_index")
         threads = 256
         fn(((r.size + threads - 1) // threads,), (threads,),
-           (d.grid, np.int64(ROOT_OFF), np.int64(TILES_OFF), np.int32(d.tile_count), d.values,
-            r, c, np.int64(r.size), out))
-    elif _cpu_ext() is not None:
-        _cpu_ext().gather_nanovdb(d.grid, ROOT_OFF, TILES_OFF, d.tile_count, d.values, r, c, out)
+           (d.grid, d.values, r, c, np.int64(r.size), out))
+    elif hasattr(cpu, "gather_nanovdb"):  # built where the NanoVDB headers were found
+        cpu.gather_nanovdb(d.grid, d.values, r, c, out)
     else:
         # numpy alone: binary search of each column in its row's sorted CSR segment
         key = d.rows.astype(np.int64) * d.shape[1] + d.indices
@@ -327,82 +296,13 @@ def merge_layers(Ws: list[Any], deltas: list[Any], scale: float = 1.0) -> list[A
         _cuda_merge(Ws, ds, float(scale))
     else:
         for W, d in zip(Ws, ds):
-            if _cpu_ext() is not None:
-                _cpu_ext().merge(_bits(W), d.rows, d.indices, d.data, _dtype_code(W.dtype),
+            if _native.cpu() is not None:
+                _native.cpu().merge(_bits(W), d.rows, d.indices, d.data, _dtype_code(W.dtype),
                                  float(scale))
             else:
                 cur = W[d.rows, d.indices].astype(np.float32)
                 W[d.rows, d.indices] = (cur + np.float32(scale) * d.data).astype(W.dtype)
     return Ws
-
-
-class DeviceHistory:
-    """A TemporalAdapter's Z-runs on a device, for rebuilding weights over time windows."""
-
-    def __init__(self, history: Any, device: str = "auto") -> None:
-        self.device = resolve_device(device)
-        self.shape = history.shape
-        self.base_step, self.latest = history.base_step, history.latest
-        c = history._changes()
-        starts = c.run_starts()
-        run_idx = c.idx[starts[:-1]]
-        base_idx, base_val = history._base_idx, history._base_val
-        base_of_run = np.zeros(len(run_idx), np.float64)
-        if len(base_idx) and len(run_idx):
-            pos = np.minimum(np.searchsorted(base_idx, run_idx), len(base_idx) - 1)
-            hit = base_idx[pos] == run_idx
-            base_of_run[hit] = base_val[pos[hit]]
-        xp = np if self.device == "cpu" else __import__("cupy")
-        self._arrays = {
-            "run_start": xp.asarray(starts.astype(np.int64)),
-            "run_idx": xp.asarray(run_idx.astype(np.int64)),
-            "t": xp.asarray(c.t.astype(np.int32)),
-            "d": xp.asarray(c.d.astype(np.float32)),
-            "reset": xp.asarray(c.reset.astype(np.uint8)),
-            "base_of_run": xp.asarray(base_of_run),
-        }
-        self._base_idx = xp.asarray(base_idx)
-        self._base_val = xp.asarray(base_val.astype(np.float32))
-
-    def window(self, t0: int, t1: int, *, mode: str = "delta") -> Any:
-        """Dense float32 matrix: the sum of the slices in (t0, t1] (``mode="delta"``) or the
-        weights at t1 (``mode="state"``). Steps are used as stored (no tier resolution)."""
-        if mode not in ("delta", "state"):
-            raise ValueError(f"mode must be 'delta' or 'state', got {mode!r}")
-        for name, t in (("t0", t0), ("t1", t1)):
-            if not self.base_step <= t <= self.latest:
-                raise ValueError(f"{name} = {t} is outside the stored steps "
-                                 f"{self.base_step}..{self.latest}")
-        if t0 > t1:
-            raise ValueError(f"t0 = {t0} must not be after t1 = {t1}")
-        xp = np if self.device == "cpu" else __import__("cupy")
-        out = xp.zeros(self.shape[0] * self.shape[1], xp.float32)
-        if mode == "state":
-            out[self._base_idx] = self._base_val
-        a = self._arrays
-        n_runs = int(a["run_idx"].shape[0])
-        if n_runs:
-            if self.device == "cuda":
-                from . import kernels
-                fn = kernels.function("window.cu", "window_rebuild")
-                threads = 256
-                fn(((n_runs + threads - 1) // threads,), (threads,),
-                   (a["run_start"], a["run_idx"], a["t"], a["d"], a["reset"],
-                    a["base_of_run"], np.int32(n_runs), np.int32(t0), np.int32(t1),
-                    np.int32(0 if mode == "delta" else 1), out))
-            elif _cpu_ext() is not None:
-                _cpu_ext().window_rebuild(a["run_start"], a["run_idx"], a["t"], a["d"],
-                                          a["reset"], a["base_of_run"], int(t0), int(t1),
-                                          0 if mode == "delta" else 1, out)
-            else:
-                _np_window(a, t0, t1, mode, out)
-        return out.reshape(self.shape)
-
-
-def window_weights(history: Any, t0: int, t1: int, *, mode: str = "delta",
-                   device: str = "auto") -> Any:
-    """One-shot :meth:`DeviceHistory.window`."""
-    return DeviceHistory(history, device).window(t0, t1, mode=mode)
 
 
 # -------------------------------------------------------------------- numpy paths
@@ -417,28 +317,9 @@ def _np_spmm(d: DeviceDelta, x: np.ndarray) -> np.ndarray:
     return out.T
 
 
-def _np_window(a: dict[str, np.ndarray], t0: int, t1: int, mode: str, out: np.ndarray) -> None:
-    starts = a["run_start"]
-    n = len(a["run_idx"])
-    run_of = np.repeat(np.arange(n), np.diff(starts))
-    vals = []
-    for t in (t0, t1):
-        mask = a["t"] <= t
-        rmask = mask & (a["reset"] > 0)
-        csum = np.cumsum(rmask, dtype=np.int64)
-        last = csum[starts[1:] - 1]
-        use = mask & ((last[run_of] - csum) == 0)
-        s = np.add.reduceat(np.where(use, a["d"].astype(np.float64), 0.0), starts[:-1])
-        had_reset = (last - np.concatenate([[0], last[:-1]])) > 0
-        vals.append(s + np.where(had_reset, 0.0, a["base_of_run"]))
-    v = vals[1] - vals[0] if mode == "delta" else vals[1]
-    out[a["run_idx"]] = v.astype(np.float32)
-
-
 # -------------------------------------------------------------------- CUDA launches
 def _cuda_linear(x: Any, W: Any, bias: Any, d: DeviceDelta, out: Any, scale: float,
                  *, fused: bool) -> None:
-    from . import kernels
     tname = {0: "float", 1: "__half", 2: "__nv_bfloat16"}[_dtype_code(x.dtype)]
     nb = 8  # HVDB_NB: batch rows per blockIdx.y
     rows = d.shape[0]
@@ -447,13 +328,13 @@ def _cuda_linear(x: Any, W: Any, bias: Any, d: DeviceDelta, out: Any, scale: flo
         xs, outs = x[s:s + step], out[s:s + step]
         batch = xs.shape[0]
         if fused:
-            fn = kernels.function("matmul.cu", f"fused_linear<{tname}>")
+            fn = _kernels.function("matmul.cu", f"fused_linear<{tname}>")
             fn((rows, (batch + nb - 1) // nb), (256,),
                (W, np.int64(W.shape[1]), bias if bias is not None else np.uint64(0), d.indptr,
                 d.indices, d.data, xs, np.int64(x.shape[1]), outs, np.int64(out.shape[1]),
                 np.int32(rows), np.int32(W.shape[1]), np.int32(batch), np.float32(scale)))
         else:
-            fn = kernels.function("matmul.cu", f"delta_matmul<{tname}>")
+            fn = _kernels.function("matmul.cu", f"delta_matmul<{tname}>")
             warps_per_block = 8
             fn(((rows + warps_per_block - 1) // warps_per_block, (batch + nb - 1) // nb),
                (32 * warps_per_block,),
@@ -464,7 +345,6 @@ def _cuda_linear(x: Any, W: Any, bias: Any, d: DeviceDelta, out: Any, scale: flo
 def _cuda_merge(Ws: list[Any], ds: list[DeviceDelta], scale: float) -> None:
     import cupy
 
-    from . import kernels
     dt = Ws[0].dtype
     if any(W.dtype != dt for W in Ws):
         raise ValueError("all Ws must share one dtype")
@@ -479,7 +359,7 @@ def _cuda_merge(Ws: list[Any], ds: list[DeviceDelta], scale: float) -> None:
     total = int(offsets[-1])
     if total == 0:
         return
-    fn = kernels.function("merge.cu", f"merge_layers<{tname}>")
+    fn = _kernels.function("merge.cu", f"merge_layers<{tname}>")
     threads = 256
     fn(((total + threads - 1) // threads,), (threads,),
        (ptrs, ldw, cupy.asarray(offsets), np.int32(len(Ws)), rows, cols, data,

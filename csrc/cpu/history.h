@@ -1,0 +1,32 @@
+// A history's stored changes as the CPU extension reads them (layout: hyprvdb/history/_changes.py).
+//
+// Three streams sorted by linear index (row * cols + col): the base (Z[0]); the change runs
+// (each weight's changes contiguous, in step order, the weights gap-coded); and the write tail
+// (recent slices' changes, sorted by index then step).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace hyprvdb_cpu {
+
+struct HistoryView {
+    const int64_t* base_idx; const double* base_val; size_t n_base;
+    const int64_t* gaps; const int64_t* counts; size_t n_runs;  // per distinct weight
+    const int32_t* t; const float* d; const uint8_t* reset;     // per change, run order
+    const int64_t* tail_idx; const int32_t* tail_t; const double* tail_d;
+    const uint8_t* tail_reset; size_t n_tail;                   // sorted by (idx, t)
+};
+
+// Every weight that is in the base or changed at a step <= step: its linear index and float64
+// value at step, sorted by index.
+void history_state(const HistoryView& h, int64_t step, std::vector<int64_t>& idx,
+                   std::vector<double>& val);
+
+// The float64 values at step of the weights query[0..n) (sorted, distinct); 0 for a weight
+// that is neither in the base nor changed by then.
+void history_values(const HistoryView& h, int64_t step, const int64_t* query, size_t n,
+                    double* out);
+
+}  // namespace hyprvdb_cpu

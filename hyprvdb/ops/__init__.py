@@ -1,0 +1,18 @@
+"""The read path's operations: the sparse delta inside the matmul, gather, merge/unmerge,
+and time windows, on ``device="cuda"`` (CuPy raw kernels) or ``"cpu"``.
+
+On the CPU the same per-thread logic as the CUDA kernels runs compiled by g++
+(``hyprvdb._cpu``, no OpenVDB needed); where that extension is not built, numpy computes the
+same results. Nothing here imports CuPy or touches a GPU until a ``"cuda"`` delta is used.
+
+Tolerances against a float64 reference: float32 relative 1e-5 of the row's magnitude;
+float16 and bfloat16 results are the float32 result rounded once to the output dtype.
+"""
+
+from .._native import cuda_available
+from ._delta import (DeviceDelta, delta_matmul, fused_linear, gather, merge,
+                     merge_layers, resolve_device, unmerge)
+from ._history import DeviceHistory, window_weights
+
+__all__ = ["DeviceDelta", "DeviceHistory", "cuda_available", "delta_matmul", "fused_linear",
+           "gather", "merge", "merge_layers", "resolve_device", "unmerge", "window_weights"]

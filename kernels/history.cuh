@@ -1,0 +1,21 @@
+// The one rule for a weight's value at step t, shared by the GPU (window.cu), the CPU
+// extension (csrc/cpu/history.cpp: states, values of chosen weights, windows) and, as its numpy
+// twin, hyprvdb/_zaxis.py. A weight's changes are kept in step order; a reset sets the value,
+// an increment adds to it; sums are float64 and are rounded once by the caller.
+#pragma once
+#include "common.cuh"
+
+// The value after every change j in [start, stop) with t[j] <= step, starting from v.
+template <typename TT, typename DT>
+HVDB_HD inline double hvdb_value_at(double v, const TT* t, const DT* d, const unsigned char* reset,
+                                    long long start, long long stop, long long step) {
+    for (long long j = start; j < stop && (long long)t[j] <= step; ++j)
+        v = reset[j] ? (double)d[j] : v + (double)d[j];
+    return v;
+}
+
+// Whether the weight has a change at a step <= step (it then belongs to the state at step).
+template <typename TT>
+HVDB_HD inline bool hvdb_changed_by(const TT* t, long long start, long long stop, long long step) {
+    return start < stop && (long long)t[start] <= step;
+}

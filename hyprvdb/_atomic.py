@@ -25,6 +25,7 @@ def atomic_write(path: os.PathLike | str, write: Callable[[str], None], *,
                                 "does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # what open() would give: mkstemp makes it 0600
     try:
         write(tmp)
         with open(tmp, "r+b") as f:
@@ -50,6 +51,12 @@ def write_bytes(path: os.PathLike | str, *parts: bytes | memoryview) -> None:
                 f.write(p)
 
     atomic_write(path, write)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:

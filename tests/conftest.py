@@ -31,6 +31,24 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 
 
 # ----------------------------------------------------------------------------- references
+def dense_at(history, t) -> np.ndarray:
+    """A history's (or a group member's) weights at step ``t`` as a dense float32 matrix,
+    through :meth:`TemporalAdapter.active_weights` (no OpenVDB needed)."""
+    r, c, v = history.active_weights(t)
+    out = np.zeros(history.shape, np.float32)
+    out[r, c] = v
+    return out
+
+
+def needs_core() -> None:
+    """Skip the calling test where the OpenVDB write path (``hyprvdb._core``) is not built."""
+    from hyprvdb import _native
+    try:
+        _native.core()
+    except ImportError as exc:
+        pytest.skip(f"needs the OpenVDB write path (hyprvdb._core): {exc}")
+
+
 def assert_f32_identical(actual, expected, what: str) -> None:
     """Exact float32 equality: same bits for every number (so -0.0 != 0.0), NaN equals NaN."""
     actual = np.asarray(actual)

@@ -115,7 +115,7 @@ def test_impls_agree(rng):
     b = np.asarray(hj.delta_matmul(x, d, impl="ffi"))
     ref, mag = ref_mm(x, dW, 1.0)
     assert_close(b, a.astype(np.float64), 2 * mag, "ffi vs jax")
-    assert hj._impl("auto") == "ffi"
+    assert hj.implementation("auto") == "ffi"
 
 
 @pytest.mark.parametrize("with_bias", [False, True])
@@ -446,7 +446,7 @@ class TestCudaCallback:
     the choice of "auto" and shapes of real layers."""
 
     def test_auto_is_the_cuda_callback(self):
-        assert hj._impl("auto") == "callback"
+        assert hj.implementation("auto") == "callback"
         assert hj.kernel_path().startswith("cuda")
 
     @pytest.mark.parametrize("lead", [(1,), (16,), (3, 77), (256,)], ids=str)

@@ -30,9 +30,9 @@ pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
+from conftest import dense_at  # noqa: E402
 from hyprvdb import TemporalGroup  # noqa: E402
-from hyprvdb.serve import MiniLM  # noqa: E402
-from hyprvdb.serve import create_app
+from hyprvdb.serve import MiniLM, create_app  # noqa: E402
 from hyprvdb.serve._app import MAX_TEXT_CHARS, MAX_TEXTS  # noqa: E402
 from hyprvdb.serve import AdaptiveEncoder  # noqa: E402
 
@@ -226,8 +226,7 @@ def test_history_file_holds_every_committed_step(server):
         for name in ("layer.0.attention.self.query", "layer.5.output.dense"):
             for t in server.committed:
                 np.testing.assert_array_equal(
-                    g[name].weights_at_time(t).to_dense(),
-                    server.enc.history[name].weights_at_time(t).to_dense(),
+                    dense_at(g[name], t), dense_at(server.enc.history[name], t),
                     err_msg=f"{name} at step {t}: file != memory")
     finally:
         g.close()

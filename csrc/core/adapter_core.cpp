@@ -59,6 +59,33 @@ std::string coord_error(const char* arg, size_t i, int64_t v, int64_t hi) {
     return s.str();
 }
 
+// Re-packs a leaf's values from the cells of mask `from` to the cells of mask `to`, both in
+// mask order: a cell in both keeps its values, a cell only in `to` is zeroed, a cell only in
+// `from` is dropped. dst may be src when `to` is a subset of `from` (cells only move forward).
+void repack(const Word* from, const Word* to, const float* src, float* dst, uint32_t cs) {
+    uint32_t s = 0, d = 0;
+    for (int i = 0; i < kLeafWords; ++i) {
+        for (Word bits = from[i] | to[i]; bits; bits &= bits - 1) {
+            const Word low = bits & (~bits + 1);
+            const bool in_from = from[i] & low, in_to = to[i] & low;
+            if (in_to) {
+                float* out = dst + size_t(d++) * cs;
+                if (!in_from)
+                    std::memset(out, 0, cs * sizeof(float));
+                else if (out != src + size_t(s) * cs)
+                    std::memmove(out, src + size_t(s) * cs, cs * sizeof(float));
+            }
+            s += in_from;
+        }
+    }
+}
+
+inline uint32_t count_on(const Word* w) {
+    uint32_t n = 0;
+    for (int i = 0; i < kLeafWords; ++i) n += uint32_t(__builtin_popcountll(w[i]));
+    return n;
+}
+
 float* alloc_floats(size_t n) {
     if (n == 0) return nullptr;
     auto* p = static_cast<float*>(std::malloc(n * sizeof(float)));
@@ -168,27 +195,17 @@ openvdb::Coord AdapterCore::leaf_origin(uint64_t id) const {
 void AdapterCore::group(const int64_t* r, const int64_t* c, size_t n, LeafGroups& g) const {
     if (n >= (size_t(1) << 32)) throw BadValue("batches are limited to 2**32 - 1 entries");
     // Validate first, so that the hot loop below has no branch that throws.
-    for (size_t i = 0; i < n; ++i) {
-        if (r[i] < 0 || r[i] >= rows_) throw OutOfRange(coord_error("rows", i, r[i], rows_));
-        if (c[i] < 0 || c[i] >= cols_) throw OutOfRange(coord_error("cols", i, c[i], cols_));
-    }
+    check_coords(r, c, n);
     std::unique_ptr<uint64_t[]> keys(new uint64_t[n]);
     g.cell_offset.reset(new uint16_t[n]);
     const bool tiled = cell_size() > 1;
     if (tiled) g.inner.reset(new uint32_t[n]);
-    const uint64_t zmask = (uint64_t(1) << zbits_) - 1;
-    const int zb = zbits_;
-    const uint64_t ly = leaves_y_, lz = leaves_z_;
-    const int64_t bh = bh_, bw = bw_;
     tbb::parallel_for(tbb::blocked_range<size_t>(0, n, 1 << 16), [&](const auto& range) {
         for (size_t i = range.begin(); i != range.end(); ++i) {
-            const uint64_t R = uint64_t(tiled ? r[i] / bh : r[i]);
-            const uint64_t C = uint64_t(tiled ? c[i] / bw : c[i]);
-            const uint64_t y = C >> zb, z = C & zmask;
-            keys[i] = ((R >> kLeafLog2) * ly + (y >> kLeafLog2)) * lz + (z >> kLeafLog2);
-            g.cell_offset[i] = uint16_t(((R & (kLeafDim - 1)) << (2 * kLeafLog2)) |
-                                        ((y & (kLeafDim - 1)) << kLeafLog2) | (z & (kLeafDim - 1)));
-            if (tiled) g.inner[i] = uint32_t((r[i] % bh) * bw + (c[i] % bw));
+            const Where w = where(r[i], c[i]);
+            keys[i] = w.slot;
+            g.cell_offset[i] = uint16_t(w.offset);
+            if (tiled) g.inner[i] = w.inner;
         }
     });
     g.order.reset(new uint32_t[n]);
@@ -256,23 +273,9 @@ void AdapterCore::set(const int64_t* r, const int64_t* c, const float* v, size_t
             }
             if (grew) {
                 // Re-pack the block with the new cells zeroed, in mask order.
-                uint32_t total = 0;
-                for (int i = 0; i < kLeafWords; ++i) total += __builtin_popcountll(w[i]);
+                const uint32_t total = count_on(w);
                 float* data = alloc_floats(size_t(total) * cs);
-                uint32_t src = 0, dst = 0;
-                for (int i = 0; i < kLeafWords; ++i) {
-                    for (Word bits = w[i]; bits; bits &= bits - 1) {
-                        const Word low = bits & (~bits + 1);
-                        if (old[i] & low) {
-                            std::memcpy(data + size_t(dst) * cs, b.data + size_t(src) * cs,
-                                        cs * sizeof(float));
-                            ++src;
-                        } else {
-                            std::memset(data + size_t(dst) * cs, 0, cs * sizeof(float));
-                        }
-                        ++dst;
-                    }
-                }
+                repack(old, w, b.data, data, cs);
                 std::free(b.data);
                 b.data = data;
                 b.size = total * cs;
@@ -337,20 +340,15 @@ void AdapterCore::get(const int64_t* r, const int64_t* c, size_t n, float* out,
 // built once (O(leaves)), make each lookup O(1) with no sorting of the queries.
 void AdapterCore::get_direct(const int64_t* r, const int64_t* c, size_t n, float* out,
                              uint8_t* active) const {
-    for (size_t i = 0; i < n; ++i) {
-        if (r[i] < 0 || r[i] >= rows_) throw OutOfRange(coord_error("rows", i, r[i], rows_));
-        if (c[i] < 0 || c[i] >= cols_) throw OutOfRange(coord_error("cols", i, c[i], cols_));
-    }
+    check_coords(r, c, n);
     const uint64_t slots = leaves_x_ * leaves_y_ * leaves_z_;
     std::vector<int32_t> slot_leaf(slots, -1);
     std::vector<const MaskLeaf*> leaves;
     leaves.reserve(tree_.leafCount());
     for (auto it = tree_.cbeginLeaf(); it; ++it) {
         const openvdb::Coord o = it->origin();
-        const uint64_t id = ((uint64_t(o.x()) >> kLeafLog2) * leaves_y_ +
-                             (uint64_t(o.y()) >> kLeafLog2)) * leaves_z_ +
-                            (uint64_t(o.z()) >> kLeafLog2);
-        slot_leaf[id] = int32_t(leaves.size());
+        slot_leaf[slot_of(uint64_t(o.x()), uint64_t(o.y()), uint64_t(o.z()))] =
+            int32_t(leaves.size());
         leaves.push_back(&*it);
     }
     std::vector<uint32_t> prefix(leaves.size() * (kLeafWords + 1));
@@ -359,34 +357,37 @@ void AdapterCore::get_direct(const int64_t* r, const int64_t* c, size_t n, float
             prefix_counts(words_of(*leaves[l]), &prefix[l * (kLeafWords + 1)]);
     });
     const int64_t cs = cell_size();
-    const bool tiled = cs > 1;
-    const uint64_t zmask = (uint64_t(1) << zbits_) - 1;
     tbb::parallel_for(tbb::blocked_range<size_t>(0, n, 1 << 14), [&](const auto& rg) {
         for (size_t i = rg.begin(); i != rg.end(); ++i) {
-            const uint64_t R = uint64_t(tiled ? r[i] / bh_ : r[i]);
-            const uint64_t C = uint64_t(tiled ? c[i] / bw_ : c[i]);
-            const uint64_t y = C >> zbits_, z = C & zmask;
-            const uint64_t id = ((R >> kLeafLog2) * leaves_y_ + (y >> kLeafLog2)) * leaves_z_ +
-                                (z >> kLeafLog2);
-            const int32_t l = slot_leaf[id];
+            const Where at = where(r[i], c[i]);
+            const int32_t l = slot_leaf[at.slot];
             float v = 0.0f;
             bool on = false;
             if (l >= 0) {
-                const uint32_t off = uint32_t(((R & (kLeafDim - 1)) << (2 * kLeafLog2)) |
-                                              ((y & (kLeafDim - 1)) << kLeafLog2) |
-                                              (z & (kLeafDim - 1)));
                 const Word* w = words_of(*leaves[size_t(l)]);
-                on = bit(w, off);
+                on = bit(w, at.offset);
                 if (on) {
-                    const uint32_t rank = rank_of(w, &prefix[size_t(l) * (kLeafWords + 1)], off);
-                    v = block_of(*leaves[size_t(l)]).data[size_t(rank) * cs +
-                                                          (tiled ? (r[i] % bh_) * bw_ + c[i] % bw_ : 0)];
+                    const uint32_t rank = rank_of(w, &prefix[size_t(l) * (kLeafWords + 1)], at.offset);
+                    v = block_of(*leaves[size_t(l)]).data[size_t(rank) * cs + at.inner];
                 }
             }
             if (out) out[i] = v;
             if (active) active[i] = on;
         }
     });
+}
+
+void AdapterCore::check_coords(const int64_t* r, const int64_t* c, size_t n) const {
+    for (size_t i = 0; i < n; ++i) {
+        if (r[i] < 0 || r[i] >= rows_) throw OutOfRange(coord_error("rows", i, r[i], rows_));
+        if (c[i] < 0 || c[i] >= cols_) throw OutOfRange(coord_error("cols", i, c[i], cols_));
+    }
+}
+
+void AdapterCore::shrink(ValueBlock& b, uint32_t floats) {
+    float* smaller = static_cast<float*>(std::realloc(b.data, size_t(floats) * sizeof(float)));
+    if (smaller) b.data = smaller;
+    b.size = floats;
 }
 
 size_t AdapterCore::remove(const int64_t* r, const int64_t* c, size_t n) {
@@ -406,11 +407,7 @@ size_t AdapterCore::remove(const int64_t* r, const int64_t* c, size_t n) {
             const uint32_t off = g.cell_offset[g.order[e]];
             w[off >> 6] &= ~(Word(1) << (off & 63));
         }
-        uint32_t total = 0, before = 0;
-        for (int i = 0; i < kLeafWords; ++i) {
-            total += __builtin_popcountll(w[i]);
-            before += __builtin_popcountll(old[i]);
-        }
+        const uint32_t total = count_on(w), before = count_on(old);
         if (total == before) continue;
         removed += before - total;
         if (total == 0) {
@@ -418,23 +415,8 @@ size_t AdapterCore::remove(const int64_t* r, const int64_t* c, size_t n) {
             continue;
         }
         ValueBlock& b = block_of(*leaf);
-        // Compact in place: kept cells only move towards the front.
-        uint32_t src = 0, dst = 0;
-        for (int i = 0; i < kLeafWords; ++i) {
-            for (Word bits = old[i]; bits; bits &= bits - 1) {
-                const Word low = bits & (~bits + 1);
-                if (w[i] & low) {
-                    if (dst != src)
-                        std::memmove(b.data + size_t(dst) * cs, b.data + size_t(src) * cs,
-                                     cs * sizeof(float));
-                    ++dst;
-                }
-                ++src;
-            }
-        }
-        float* shrunk = static_cast<float*>(std::realloc(b.data, size_t(total) * cs * sizeof(float)));
-        if (shrunk) b.data = shrunk;
-        b.size = total * cs;
+        repack(old, w, b.data, b.data, cs);  // compact in place: kept cells move forward
+        shrink(b, total * cs);
     }
     for (MaskLeaf* leaf : emptied) drop_leaf(*leaf);
     return removed;
@@ -466,31 +448,25 @@ size_t AdapterCore::prune(float tolerance) {
         MaskLeaf& leaf = *it;
         ValueBlock& b = block_of(leaf);
         Word* w = words_of(leaf);
-        uint32_t src = 0, dst = 0;
+        Word old[kLeafWords];
+        std::memcpy(old, w, sizeof(old));
+        uint32_t cell = 0;
         for (int i = 0; i < kLeafWords; ++i) {
-            for (Word bits = w[i]; bits; bits &= bits - 1) {
-                const Word low = bits & (~bits + 1);
-                const float* cell = b.data + size_t(src) * cs;
+            for (Word bits = old[i]; bits; bits &= bits - 1, ++cell) {
+                const float* values = b.data + size_t(cell) * cs;
                 bool keep = false;
                 // NaN is never "within the tolerance": only |w| <= tolerance drops a weight.
-                for (uint32_t j = 0; j < cs && !keep; ++j) keep = !(std::fabs(cell[j]) <= tolerance);
-                if (keep) {
-                    if (dst != src)
-                        std::memmove(b.data + size_t(dst) * cs, cell, cs * sizeof(float));
-                    ++dst;
-                } else {
-                    w[i] &= ~low;
-                    ++dropped;
-                }
-                ++src;
+                for (uint32_t j = 0; j < cs && !keep; ++j) keep = !(std::fabs(values[j]) <= tolerance);
+                if (!keep) w[i] &= ~(bits & (~bits + 1));
             }
         }
-        if (dst == 0) {
+        const uint32_t kept = count_on(w);
+        dropped += cell - kept;
+        if (kept == 0) {
             emptied.push_back(&leaf);
-        } else if (dst != src) {
-            float* shrunk = static_cast<float*>(std::realloc(b.data, size_t(dst) * cs * sizeof(float)));
-            if (shrunk) b.data = shrunk;
-            b.size = dst * cs;
+        } else if (kept != cell) {
+            repack(old, w, b.data, b.data, cs);
+            shrink(b, kept * cs);
         }
     }
     for (MaskLeaf* leaf : emptied) free_block(*leaf);

@@ -117,6 +117,30 @@ private:
     void get_direct(const int64_t* r, const int64_t* c, size_t n, float* out,
                     uint8_t* active) const;
     openvdb::Coord leaf_origin(uint64_t leaf_id) const;
+    // The leaf slot (a dense id over the grid of leaf positions) of tree coordinate (x, y, z);
+    // leaf_origin is its inverse.
+    uint64_t slot_of(uint64_t x, uint64_t y, uint64_t z) const {
+        return ((x >> kLeafLog2) * leaves_y_ + (y >> kLeafLog2)) * leaves_z_ + (z >> kLeafLog2);
+    }
+    // Where weight (r, c) lives: its leaf's slot, its cell's offset inside the leaf (in mask
+    // order), and its index inside the cell (tile mode; 0 otherwise).
+    struct Where {
+        uint64_t slot;
+        uint32_t offset, inner;
+    };
+    Where where(int64_t r, int64_t c) const {
+        const bool tiled = cell_size() > 1;
+        const uint64_t R = uint64_t(tiled ? r / bh_ : r), C = uint64_t(tiled ? c / bw_ : c);
+        const uint64_t y = C >> zbits_, z = C & ((uint64_t(1) << zbits_) - 1);
+        constexpr uint64_t m = kLeafDim - 1;
+        return {slot_of(R, y, z),
+                uint32_t(((R & m) << (2 * kLeafLog2)) | ((y & m) << kLeafLog2) | (z & m)),
+                tiled ? uint32_t((r % bh_) * bw_ + c % bw_) : 0u};
+    }
+    // Raises OutOfRange naming the first coordinate outside the matrix.
+    void check_coords(const int64_t* r, const int64_t* c, size_t n) const;
+    // Frees what a leaf's block no longer holds after it shrank to `floats` values.
+    static void shrink(ValueBlock& b, uint32_t floats);
     ValueBlock& block_of(const MaskLeaf& leaf);
     const ValueBlock& block_of(const MaskLeaf& leaf) const;
     uint32_t new_block();

@@ -48,7 +48,7 @@ class MiniLM:
 
     def __init__(self, params: dict[str, Any], config: dict[str, Any], tokenizer: Any, *,
                  impl: str = "auto") -> None:
-        hj._impl(impl)  # checked now, chosen at trace time
+        hj.implementation(impl)  # checked now, chosen at trace time
         self.impl = impl
         self.params = params
         self.config = config

@@ -61,9 +61,10 @@ if [ "$what" = serve-test ]; then
     echo "==> writing histories with the full build (OpenVDB) for the serving build to read"
     fixtures="$(.venv/bin/python tests/tier_fixtures.py build/tier-fixtures)"
   fi
-  # -P: the installed package, not the checkout's folder, is the one imported.
-  HYPRVDB_TIER_FIXTURES="$fixtures" HYPRVDB_EXPECT_NO_CORE=1 exec .venv-serve/bin/python -P \
-    -m pytest -p no:cacheprovider tests/test_tiers.py tests/test_readpath_isolation.py \
+  # PYTHONSAFEPATH: the installed package, not the checkout's folder, is the one imported (by
+  # the test run and by every interpreter it starts).
+  HYPRVDB_TIER_FIXTURES="$fixtures" HYPRVDB_EXPECT_NO_CORE=1 PYTHONSAFEPATH=1 \
+    exec .venv-serve/bin/python -m pytest -p no:cacheprovider tests/test_tiers.py tests/test_readpath_isolation.py \
     tests/test_snapshot.py tests/test_ops.py tests/test_jax.py tests/test_serving.py \
     tests/test_server.py tests/test_layers.py
 fi

@@ -57,7 +57,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
-from hyprvdb import ops  # noqa: E402
+from hyprvdb import _native, ops  # noqa: E402
 from hyprvdb.snapshot import Snapshot  # noqa: E402
 
 try:
@@ -307,9 +307,7 @@ def bench_gpu(rng: np.random.Generator, repeats: int) -> dict:
             r, c, v = random_coo(rng, shape, WINDOW_CHANGE)
             h.store_delta(t, r, c, v * np.float32(1e-3))
         dh = ops.DeviceHistory(h, "cuda")
-        a = dh._arrays  # what the kernel reads, for the byte count
-        read = sum(int(x.nbytes) for x in a.values()) + int(dh._base_idx.nbytes) + \
-            int(dh._base_val.nbytes)
+        read = dh.nbytes  # what the kernel reads, for the byte count
         written = shape[0] * shape[1] * 4
         t = gpu_time(cp, lambda: dh.window(h.base_step, h.latest, mode="state"), repeats)
         gbps = (read + written) / t["median_s"] / 1e9

@@ -1,9 +1,9 @@
 """Serving all-MiniLM-L6-v2 with a learning sparse adapter: what the adapter costs per
 request, how soon a committed step is served, and throughput under concurrent clients.
 
-Model: the embedded all-MiniLM-L6-v2 (hyprvdb.model.MiniLM, JAX on its default backend), 36
+Model: the embedded all-MiniLM-L6-v2 (hyprvdb.serve.MiniLM, JAX on its default backend), 36
 adapted matrices. Texts: the first paragraphs of standard-library docstrings
-(hyprvdb.demo.doc_pairs, seeded), so batches have realistic token lengths.
+(hyprvdb.serve.doc_pairs, seeded), so batches have realistic token lengths.
 
 ``--random-weights`` (for machines without the model package, the tokenizer or OpenVDB, such
 as the GPU machines here): MiniLM-L6's architecture with seeded random weights and random
@@ -193,7 +193,7 @@ def batch_inputs(model: MiniLM, texts: list[str], batch: int,
 def bench_overhead(model: MiniLM, deltas: dict, texts: list[str], repeats: int,
                    jax_repeats: int, rng: np.random.Generator) -> dict:
     one = jnp.float32(1.0)
-    out = {"impl_default": hj._impl("auto"), "kernel_path": hj.kernel_path(),
+    out = {"impl_default": hj.implementation("auto"), "kernel_path": hj.kernel_path(),
            "target": overhead_target(), "batches": []}
     merged = merge_fn()(model.params, deltas)
     for batch in (BATCH, 1):

@@ -17,13 +17,18 @@ def _describe(a: np.ndarray) -> str:
     return f"dtype {a.dtype}"
 
 
-def as_index_array(name: str, x: Any) -> np.ndarray:
-    """Return ``x`` as a contiguous 1-D int64 array, refusing non-integer kinds."""
+def _as_1d(name: str, x: Any) -> np.ndarray:
     a = np.asarray(x)
     if a.ndim == 0:
         a = a.reshape(1)
     if a.ndim != 1:
         raise ValueError(f"{name} must be one-dimensional, got shape {a.shape}")
+    return a
+
+
+def as_index_array(name: str, x: Any) -> np.ndarray:
+    """Return ``x`` as a contiguous 1-D int64 array, refusing non-integer kinds."""
+    a = _as_1d(name, x)
     if a.size == 0:
         return np.zeros(0, dtype=np.int64)
     if a.dtype == object and all(isinstance(v, int) and not isinstance(v, bool)
@@ -42,11 +47,7 @@ def as_value_array(name: str, x: Any, *, allow_nonfinite: bool = False,
                    hint: str = "") -> np.ndarray:
     """Return ``x`` as a contiguous 1-D float32 array, refusing non-real kinds and NaN/inf
     (``hint`` is appended to that error, e.g. how to allow them)."""
-    a = np.asarray(x)
-    if a.ndim == 0:
-        a = a.reshape(1)
-    if a.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional, got shape {a.shape}")
+    a = _as_1d(name, x)
     if a.size == 0:
         return np.zeros(0, dtype=np.float32)
     if a.dtype.kind not in "fiu":

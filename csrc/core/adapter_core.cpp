@@ -506,21 +506,12 @@ void AdapterCore::export_active(std::vector<int64_t>& rows, std::vector<int64_t>
     const uint64_t total = active_count();
     std::vector<int64_t> r(total), c(total);
     std::vector<float> v(total);
-    const int64_t cs = cell_size();
     size_t k = 0;
-    for (auto it = tree_.cbeginLeaf(); it; ++it) {
-        const float* data = block_of(*it).data;
-        size_t cell = 0;
-        for (auto on = it->cbeginValueOn(); on; ++on, ++cell) {
-            int64_t R, C;
-            cell_of(on.getCoord(), R, C);
-            for (int64_t j = 0; j < cs; ++j, ++k) {
-                r[k] = R * bh_ + j / bw_;
-                c[k] = C * bw_ + j % bw_;
-                v[k] = data[cell * cs + j];
-            }
-        }
-    }
+    for_each_active([&](int64_t row, int64_t col, float value) {
+        r[k] = row;
+        c[k] = col;
+        v[k++] = value;
+    });
     if (uint64_t(rows_) > 4 * total) {
         // Few weights in many rows: a comparison sort, so the cost follows the weights and
         // not the shape.
@@ -574,17 +565,7 @@ void AdapterCore::export_active(std::vector<int64_t>& rows, std::vector<int64_t>
 }
 
 void AdapterCore::to_dense(float* out) const {
-    const int64_t cs = cell_size();
-    for (auto it = tree_.cbeginLeaf(); it; ++it) {
-        const float* data = block_of(*it).data;
-        size_t cell = 0;
-        for (auto on = it->cbeginValueOn(); on; ++on, ++cell) {
-            int64_t R, C;
-            cell_of(on.getCoord(), R, C);
-            for (int64_t j = 0; j < cs; ++j)
-                out[(R * bh_ + j / bw_) * cols_ + C * bw_ + j % bw_] = data[cell * cs + j];
-        }
-    }
+    for_each_active([&](int64_t row, int64_t col, float value) { out[row * cols_ + col] = value; });
 }
 
 void AdapterCore::from_dense(const float* dense, float tolerance) {

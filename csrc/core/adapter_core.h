@@ -146,6 +146,21 @@ private:
     uint32_t new_block();
     void free_block(MaskLeaf& leaf);
     void drop_leaf(MaskLeaf& leaf);
+    // Calls visit(row, col, value) for every active weight, leaf by leaf in mask order.
+    template <typename Visit>
+    void for_each_active(Visit&& visit) const {
+        const int64_t cs = cell_size();
+        for (auto it = tree_.cbeginLeaf(); it; ++it) {
+            const float* data = block_of(*it).data;
+            size_t cell = 0;
+            for (auto on = it->cbeginValueOn(); on; ++on, ++cell) {
+                int64_t R, C;
+                cell_of(on.getCoord(), R, C);
+                for (int64_t j = 0; j < cs; ++j)
+                    visit(R * bh_ + j / bw_, C * bw_ + j % bw_, data[cell * cs + j]);
+            }
+        }
+    }
     // Cell (R, C) of a tree coordinate.
     void cell_of(const openvdb::Coord& xyz, int64_t& R, int64_t& C) const {
         R = xyz.x();

@@ -49,6 +49,12 @@ class DeviceHistory:
         self._base_idx = xp.asarray(log.base_idx)
         self._base_val = xp.asarray(log.base_val.astype(np.float32))
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the history holds on its device (what a window reads)."""
+        return sum(int(a.nbytes) for a in self._arrays.values()) + \
+            int(self._base_idx.nbytes) + int(self._base_val.nbytes)
+
     def window(self, t0: int, t1: int, *, mode: str = "delta") -> Any:
         """Dense float32 matrix: the sum of the slices in (t0, t1] (``mode="delta"``) or the
         weights at t1 (``mode="state"``). Steps are used as stored (no tier resolution)."""

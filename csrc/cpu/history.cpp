@@ -11,10 +11,10 @@ namespace hyprvdb_cpu {
 
 namespace {
 
-// Calls visit(idx, value) for every weight present in any stream and wanted by want(idx), in
-// index order; value is nullopt-like (touched = false) when the weight has no entry <= step.
-template <typename Want, typename Visit>
-void walk(const HistoryView& h, int64_t step, Want&& want, Visit&& visit) {
+// Calls visit(idx, value) for every weight that is in the base or has a change at a step <= step,
+// in index order.
+template <typename Visit>
+void walk(const HistoryView& h, int64_t step, Visit&& visit) {
     constexpr int64_t kEnd = std::numeric_limits<int64_t>::max();
     size_t b = 0, r = 0, k = 0;  // cursors: base entry, run, tail change
     size_t change = 0;           // first change of run r
@@ -24,7 +24,6 @@ void walk(const HistoryView& h, int64_t step, Want&& want, Visit&& visit) {
         const int64_t ki = k < h.n_tail ? h.tail_idx[k] : kEnd;
         const int64_t idx = std::min({bi, run_idx, ki});
         if (idx == kEnd) break;
-        const bool wanted = want(idx);
         double v = 0.0;
         bool touched = false;
         if (bi == idx) {
@@ -33,7 +32,7 @@ void walk(const HistoryView& h, int64_t step, Want&& want, Visit&& visit) {
         }
         if (run_idx == idx) {
             const size_t stop = change + size_t(h.counts[r]);
-            if (wanted && hvdb_changed_by(h.t, (long long)change, (long long)stop, step)) {
+            if (hvdb_changed_by(h.t, (long long)change, (long long)stop, step)) {
                 v = hvdb_value_at(v, h.t, h.d, h.reset, (long long)change, (long long)stop, step);
                 touched = true;
             }
@@ -43,13 +42,13 @@ void walk(const HistoryView& h, int64_t step, Want&& want, Visit&& visit) {
         }
         size_t stop = k;
         while (stop < h.n_tail && h.tail_idx[stop] == idx) ++stop;
-        if (wanted && hvdb_changed_by(h.tail_t, (long long)k, (long long)stop, step)) {
+        if (hvdb_changed_by(h.tail_t, (long long)k, (long long)stop, step)) {
             v = hvdb_value_at(v, h.tail_t, h.tail_d, h.tail_reset, (long long)k, (long long)stop,
                               step);
             touched = true;
         }
         k = stop;
-        if (wanted && touched) visit(idx, v);
+        if (touched) visit(idx, v);
     }
 }
 
@@ -59,21 +58,41 @@ void history_state(const HistoryView& h, int64_t step, std::vector<int64_t>& idx
                    std::vector<double>& val) {
     idx.clear();
     val.clear();
-    walk(h, step, [](int64_t) { return true; }, [&](int64_t i, double v) {
+    walk(h, step, [&](int64_t i, double v) {
         idx.push_back(i);
         val.push_back(v);
     });
 }
 
-void history_values(const HistoryView& h, int64_t step, const int64_t* query, size_t n,
-                    double* out) {
-    std::fill(out, out + n, 0.0);
-    size_t q = 0;  // the walk visits indices in increasing order, as the queries are sorted
-    auto want = [&](int64_t i) {
-        while (q < n && query[q] < i) ++q;
-        return q < n && query[q] == i;
-    };
-    walk(h, step, want, [&](int64_t, double v) { out[q] = v; });
+void history_values(const HistoryView& h, const RunCheckpoints& ck, int64_t step,
+                    const int64_t* query, size_t n, double* out) {
+    for (size_t i = 0; i < n; ++i) {
+        const int64_t q = query[i];
+        double v = 0.0;
+        // the base
+        const int64_t* b = std::lower_bound(h.base_idx, h.base_idx + h.n_base, q);
+        if (b != h.base_idx + h.n_base && *b == q) v = h.base_val[b - h.base_idx];
+        // the run: the last checkpoint at or before q, then a walk of at most kRunStride runs
+        const int64_t* c = std::upper_bound(ck.idx, ck.idx + ck.n, q);
+        if (c != ck.idx) {
+            const size_t k = size_t(c - ck.idx) - 1;
+            int64_t r = ck.run[k], idx = ck.idx[k], change = ck.change[k];
+            while (idx < q && r + 1 < int64_t(h.n_runs)) {
+                change += h.counts[r];
+                idx += h.gaps[++r];
+            }
+            if (idx == q) {
+                const long long start = change, stop = change + h.counts[r];
+                v = hvdb_value_at(v, h.t, h.d, h.reset, start, stop, step);
+            }
+        }
+        // the tail: this weight's changes are contiguous (sorted by index, then step)
+        const int64_t* t0 = std::lower_bound(h.tail_idx, h.tail_idx + h.n_tail, q);
+        const int64_t* t1 = std::upper_bound(t0, h.tail_idx + h.n_tail, q);
+        v = hvdb_value_at(v, h.tail_t, h.tail_d, h.tail_reset, (long long)(t0 - h.tail_idx),
+                          (long long)(t1 - h.tail_idx), step);
+        out[i] = v;
+    }
 }
 
 }  // namespace hyprvdb_cpu

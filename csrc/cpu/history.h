@@ -24,9 +24,17 @@ struct HistoryView {
 void history_state(const HistoryView& h, int64_t step, std::vector<int64_t>& idx,
                    std::vector<double>& val);
 
+// Every kRunStride-th run of a history, so that one weight's run is found by a binary search
+// and a short walk (instead of a pass over every run): the run's linear index, its number,
+// and the position of its first change.
+constexpr int64_t kRunStride = 64;
+struct RunCheckpoints {
+    const int64_t* idx; const int64_t* run; const int64_t* change; size_t n;
+};
+
 // The float64 values at step of the weights query[0..n) (sorted, distinct); 0 for a weight
-// that is neither in the base nor changed by then.
-void history_values(const HistoryView& h, int64_t step, const int64_t* query, size_t n,
-                    double* out);
+// that is neither in the base nor changed by then. Costs O(n (log runs + kRunStride) + tail).
+void history_values(const HistoryView& h, const RunCheckpoints& ck, int64_t step,
+                    const int64_t* query, size_t n, double* out);
 
 }  // namespace hyprvdb_cpu

@@ -221,21 +221,13 @@ NB_MODULE(_cpu, m) {
           "run_start"_a, "run_idx"_a, "t"_a, "d"_a, "reset"_a, "base_of_run"_a, "t0"_a, "t1"_a,
           "mode"_a, "out"_a);
     // A history's state at a step, and the values of chosen weights (csrc/cpu/history.cpp).
+    m.attr("RUN_STRIDE") = hyprvdb_cpu::kRunStride;
     m.def("history_state",
           [](In1<int64_t> base_idx, In1<double> base_val, In1<int64_t> gaps, In1<int64_t> counts,
              In1<int32_t> t, In1<float> d, In1<uint8_t> reset, In1<int64_t> tail_idx,
-             In1<int32_t> tail_t, In1<double> tail_d, In1<uint8_t> tail_reset, int64_t step,
-             std::optional<In1<int64_t>> query) {
+             In1<int32_t> tail_t, In1<double> tail_d, In1<uint8_t> tail_reset, int64_t step) {
               const hyprvdb_cpu::HistoryView h = history_view(
                   base_idx, base_val, gaps, counts, t, d, reset, tail_idx, tail_t, tail_d, tail_reset);
-              if (query) {
-                  auto* out = new std::vector<double>(query->shape(0));
-                  {
-                      nb::gil_scoped_release nogil;
-                      hyprvdb_cpu::history_values(h, step, query->data(), query->shape(0), out->data());
-                  }
-                  return nb::make_tuple(nb::none(), to_numpy(out));
-              }
               auto* idx = new std::vector<int64_t>();
               auto* val = new std::vector<double>();
               {
@@ -245,5 +237,29 @@ NB_MODULE(_cpu, m) {
               return nb::make_tuple(to_numpy(idx), to_numpy(val));
           },
           "base_idx"_a, "base_val"_a, "gaps"_a, "counts"_a, "t"_a, "d"_a, "reset"_a, "tail_idx"_a,
-          "tail_t"_a, "tail_d"_a, "tail_reset"_a, "step"_a, "query"_a = nb::none());
+          "tail_t"_a, "tail_d"_a, "tail_reset"_a, "step"_a);
+    m.def("history_values",
+          [](In1<int64_t> base_idx, In1<double> base_val, In1<int64_t> gaps, In1<int64_t> counts,
+             In1<int32_t> t, In1<float> d, In1<uint8_t> reset, In1<int64_t> tail_idx,
+             In1<int32_t> tail_t, In1<double> tail_d, In1<uint8_t> tail_reset, In1<int64_t> ck_idx,
+             In1<int64_t> ck_run, In1<int64_t> ck_change, int64_t step, In1<int64_t> query) {
+              const hyprvdb_cpu::HistoryView h = history_view(
+                  base_idx, base_val, gaps, counts, t, d, reset, tail_idx, tail_t, tail_d, tail_reset);
+              same_length(ck_idx.shape(0), ck_run.shape(0), "ck_idx and ck_run");
+              same_length(ck_idx.shape(0), ck_change.shape(0), "ck_idx and ck_change");
+              const size_t expected = (h.n_runs + hyprvdb_cpu::kRunStride - 1) / hyprvdb_cpu::kRunStride;
+              if (ck_idx.shape(0) != expected)
+                  throw nb::value_error("checkpoints must hold one entry per RUN_STRIDE runs");
+              const hyprvdb_cpu::RunCheckpoints ck{ck_idx.data(), ck_run.data(), ck_change.data(),
+                                                   ck_idx.shape(0)};
+              auto* out = new std::vector<double>(query.shape(0));
+              {
+                  nb::gil_scoped_release nogil;
+                  hyprvdb_cpu::history_values(h, ck, step, query.data(), query.shape(0), out->data());
+              }
+              return to_numpy(out);
+          },
+          "base_idx"_a, "base_val"_a, "gaps"_a, "counts"_a, "t"_a, "d"_a, "reset"_a, "tail_idx"_a,
+          "tail_t"_a, "tail_d"_a, "tail_reset"_a, "ck_idx"_a, "ck_run"_a, "ck_change"_a, "step"_a,
+          "query"_a);
 }

@@ -88,10 +88,23 @@ class Runs:
     t: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
     d: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     resets: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    # Built on the first lookup of chosen weights (see checkpoints), then kept: runs never change.
+    _checkpoints: tuple | None = field(default=None, repr=False, compare=False)
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.gaps, self.counts, self.t, self.d, self.resets))
+        ck = sum(a.nbytes for a in self._checkpoints) if self._checkpoints else 0
+        return ck + sum(a.nbytes for a in (self.gaps, self.counts, self.t, self.d, self.resets))
+
+    def checkpoints(self, stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every ``stride``-th run's linear index, number and first change: what a lookup of
+        one weight searches before walking at most ``stride`` runs."""
+        if self._checkpoints is None:
+            run = np.arange(0, len(self.gaps), stride, dtype=np.int64)
+            idx = np.cumsum(self.gaps, dtype=np.int64)[run]
+            first = np.concatenate([[0], np.cumsum(self.counts, dtype=np.int64)])[run]
+            self._checkpoints = (idx, run, first)
+        return self._checkpoints
 
     def __len__(self) -> int:
         return len(self.d)
@@ -160,27 +173,56 @@ def merge_groups(c: Changes, new_t: np.ndarray, *, split: bool = False) -> Chang
     return Changes(idx, t, d, reset)
 
 
+def _tail_arrays(tail: list[Changes]) -> Changes:
+    return Changes.concat(tail) if tail else Changes.empty()
+
+
+def _run_reset(runs: Runs) -> np.ndarray:
+    reset = np.zeros(len(runs.d), np.uint8)
+    reset[runs.resets] = 1
+    return reset
+
+
 def state(base_idx: np.ndarray, base_val: np.ndarray, runs: Runs, tail: list[Changes],
-          step: int, query: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+          step: int) -> tuple[np.ndarray, np.ndarray]:
     """The weights at ``step``: ``(sorted linear index, float64 value)`` of every weight in
     the base or changed by then (values may be 0), in one merge of the base, the runs and the
-    tail. With ``query`` (sorted, distinct indices) only their values, 0 where untouched:
-    ``(query, values)``."""
-    t = Changes.concat(tail) if tail else Changes.empty()
+    tail."""
+    t = _tail_arrays(tail)
     cpu = _native.cpu()
     if cpu is not None:
-        reset = np.zeros(len(runs.d), np.uint8)
-        reset[runs.resets] = 1
-        idx, val = cpu.history_state(
+        return cpu.history_state(
             base_idx, base_val, runs.gaps.astype(np.int64), runs.counts.astype(np.int64),
-            runs.t.astype(np.int32), runs.d, reset, t.idx, t.t.astype(np.int32),
-            t.d.astype(np.float64), t.reset.astype(np.uint8), step, query)
-        return (query, val) if query is not None else (idx, val)
-    return _state_np(base_idx, base_val, Changes.concat([runs.decode(), t]), step, query)
+            runs.t.astype(np.int32), runs.d, _run_reset(runs), t.idx, t.t.astype(np.int32),
+            t.d.astype(np.float64), t.reset.astype(np.uint8), step)
+    return _state_np(base_idx, base_val, Changes.concat([runs.decode(), t]), step)
 
 
-def _state_np(base_idx: np.ndarray, base_val: np.ndarray, c: Changes, step: int,
-              query: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def values(base_idx: np.ndarray, base_val: np.ndarray, runs: Runs, tail: list[Changes],
+           step: int, query: np.ndarray) -> np.ndarray:
+    """The float64 values at ``step`` of the weights ``query`` (sorted, distinct linear
+    indices), 0 where neither in the base nor changed by then: a binary search per weight
+    (``hyprvdb._cpu``), or the whole state picked from (numpy)."""
+    cpu = _native.cpu()
+    if cpu is not None:
+        t = _tail_arrays(tail)
+        ck = runs.checkpoints(int(cpu.RUN_STRIDE))
+        return cpu.history_values(
+            base_idx, base_val, runs.gaps.astype(np.int64), runs.counts.astype(np.int64),
+            runs.t.astype(np.int32), runs.d, _run_reset(runs), t.idx, t.t.astype(np.int32),
+            t.d.astype(np.float64), t.reset.astype(np.uint8), *ck, step,
+            np.ascontiguousarray(query, np.int64))
+    idx, val = state(base_idx, base_val, runs, tail, step)
+    out = np.zeros(len(query), np.float64)
+    if len(idx):
+        pos = np.minimum(np.searchsorted(idx, query), len(idx) - 1)
+        hit = idx[pos] == query
+        out[hit] = val[pos[hit]]
+    return out
+
+
+def _state_np(base_idx: np.ndarray, base_val: np.ndarray, c: Changes, step: int
+              ) -> tuple[np.ndarray, np.ndarray]:
     starts = c.run_starts()
     run_idx = c.idx[starts[:-1]]
     base_of_run = np.zeros(len(run_idx), np.float64)
@@ -196,11 +238,4 @@ def _state_np(base_idx: np.ndarray, base_val: np.ndarray, c: Changes, step: int,
     val = np.concatenate([vals[touched], base_val[~in_base]])
     order = np.argsort(idx, kind="stable")
     idx, val = idx[order], val[order]
-    if query is None:
-        return idx, val
-    out = np.zeros(len(query), np.float64)
-    if len(idx):
-        pos = np.minimum(np.searchsorted(idx, query), len(idx) - 1)
-        hit = idx[pos] == query
-        out[hit] = val[pos[hit]]
-    return query, out
+    return idx, val

@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import _coo
 from ..snapshot import Snapshot
-from ._changes import Changes, Runs, merge_groups, state
+from ._changes import Changes, Runs, merge_groups, state, values
 
 _EMPTY_IDX = np.zeros(0, np.int64)
 
@@ -83,8 +83,7 @@ class Matrix:
 
     def values(self, idx: np.ndarray, step: int) -> np.ndarray:
         """float64 values at ``step`` of the weights ``idx`` (sorted, distinct)."""
-        return state(self.base_idx, self.base_val, self.runs, self.tail, step,
-                     np.ascontiguousarray(idx, np.int64))[1]
+        return values(self.base_idx, self.base_val, self.runs, self.tail, step, idx)
 
     def active(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """(sorted linear index, float32 value) of the weights active at ``step``."""

@@ -5,9 +5,11 @@
 #pragma once
 #include "common.cuh"
 
-// The value after every change j in [start, stop) with t[j] <= step, starting from v.
-template <typename TT, typename DT>
-HVDB_HD inline double hvdb_value_at(double v, const TT* t, const DT* d, const unsigned char* reset,
+// The value after every change j in [start, stop) with t[j] <= step, starting from v. The
+// arrays are anything indexable (pointers on the GPU; the CPU reads the history's narrow
+// integer arrays in place), read in increasing j.
+template <typename TA, typename DA, typename RA>
+HVDB_HD inline double hvdb_value_at(double v, const TA& t, const DA& d, const RA& reset,
                                     long long start, long long stop, long long step) {
     for (long long j = start; j < stop && (long long)t[j] <= step; ++j)
         v = reset[j] ? (double)d[j] : v + (double)d[j];
@@ -15,7 +17,7 @@ HVDB_HD inline double hvdb_value_at(double v, const TT* t, const DT* d, const un
 }
 
 // Whether the weight has a change at a step <= step (it then belongs to the state at step).
-template <typename TT>
-HVDB_HD inline bool hvdb_changed_by(const TT* t, long long start, long long stop, long long step) {
+template <typename TA>
+HVDB_HD inline bool hvdb_changed_by(const TA& t, long long start, long long stop, long long step) {
     return start < stop && (long long)t[start] <= step;
 }

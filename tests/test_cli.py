@@ -325,10 +325,10 @@ def test_demo_runs_end_to_end():
     assert p.returncode == 0, f"demo exited {p.returncode}:\n{p.stderr[-3000:]}"
     out = p.stdout
     for needle in ("step 0: MRR", "step 2: MRR", "time travel: serving step 1",
-                   "equals weights_at_time(1): True", "rollback(1): serving step 1",
-                   "history steps now 0..1", "memory at step 1",
-                   "hyprvdb SparseAdapters (OpenVDB)", "python dict", "scipy CSR",
-                   "dense float32 deltas", "full checkpoints",
-                   f"kernel path: the model's delta product ran on {hj.kernel_path()}",
+                   "step 1: MRR learned pairs", "rollback(1): serving step 1",
+                   "history steps now 0..1", "= pretrained + weights_at_time(1), bit for bit: True",
+                   "memory at step 1", "hyprvdb SparseAdapters (OpenVDB)", "python dict",
+                   "scipy CSR", "dense float32 deltas", "full checkpoints",
+                   f"past steps' corrections ran on {hj.kernel_path()}",
                    "demo finished in"):
         assert needle in out, f"{needle!r} not in the demo's output:\n{out[-3000:]}"

@@ -2,7 +2,7 @@
 
 - Hot swap: 16 client threads post /embed in a loop while the main thread commits steps with
   /adapt. Every answer must equal the embedding recomputed offline at the step it reports
-  (``encoder.encode(texts, state=encoder.state_at(step))``, within 1e-5): a request sees one
+  (``encoder.encode(texts, step=step)``, within 1e-5): a request sees one
   whole committed step, never a mix of two. Steps differ by far more than the tolerance
   (checked), the answers cover several steps, and each client sees steps in order.
 - Bad requests get a 4xx and ``{"error": message}`` naming the problem; nothing changes.
@@ -91,7 +91,7 @@ def server(tmp_path_factory):
     srv.should_exit = True
     thread.join(30)
     sock.close()
-    enc.history.close()
+    enc.close()
 
 
 def adapt(server, lr: float = LR) -> int:
@@ -116,7 +116,7 @@ def embed(client, texts) -> tuple[np.ndarray, int]:
 
 
 def offline(enc, texts, step) -> np.ndarray:
-    return enc.encode(texts, state=enc.state_at(step))[0]
+    return enc.encode(texts, step=step)[0]
 
 
 def metrics(server) -> dict[str, float]:
@@ -267,6 +267,17 @@ BAD_REQUESTS = [
      ["step", "integer"]),
     ("rollback: fractional step", "/rollback", {"json": {"step": 1.5}}, 422,
      ["step", "integer"]),
+    ("rollback: step true", "/rollback", {"json": {"step": True}}, 422, ["step", "integer"]),
+    ("embed: step true", "/embed", {"json": {"texts": ["a"], "step": True}}, 422,
+     ["step", "integer"]),
+    ("embed: step a string", "/embed", {"json": {"texts": ["a"], "step": "1"}}, 422,
+     ["step", "integer"]),
+    ("embed: unknown step", "/embed", {"json": {"texts": ["a"], "step": 10_000}}, 400,
+     ["10000", "unknown"]),
+    ("adapt: lr infinite", "/adapt", {"content": b'{"pairs": [["a", "b"], ["c", "d"]], '
+                                                  b'"lr": Infinity}',
+                                      "headers": {"content-type": "application/json"}}, 422,
+     ["lr"]),
 ]
 
 
@@ -274,7 +285,7 @@ BAD_REQUESTS = [
                          ids=[b[0] for b in BAD_REQUESTS])
 def test_bad_request_gets_4xx_and_a_json_error(server, what, path, kwargs, status, words):
     enc = server.enc
-    state, steps, size = enc.state, list(enc.history.steps), os.path.getsize(server.path)
+    step, steps, size = enc.step, list(enc.history.steps), os.path.getsize(server.path)
     r = server.client.post(path, **kwargs)
     assert r.status_code == status, f"{what}: {r.status_code} {r.text[:300]}"
     assert r.headers["content-type"].startswith("application/json")
@@ -282,7 +293,7 @@ def test_bad_request_gets_4xx_and_a_json_error(server, what, path, kwargs, statu
     assert list(body) == ["error"] and isinstance(body["error"], str), body
     for w in words:
         assert w.lower() in body["error"].lower(), f"{what}: {w!r} not in {body['error']!r}"
-    assert enc.state is state and enc.history.steps == steps
+    assert enc.step == step and enc.history.steps == steps
     assert os.path.getsize(server.path) == size
 
 
@@ -314,6 +325,7 @@ def test_metrics_count_requests_and_show_the_step(server):
                  "hyprvdb_last_swap_seconds"):
         assert name in after, f"{name} missing from /metrics"
     assert after["hyprvdb_history_changes"] == server.enc.history.change_count()
+    assert after["hyprvdb_history_bytes"] == server.enc.history.history_bytes()
 
 
 # ----------------------------------------------------------------------------- history, rollback
@@ -355,3 +367,20 @@ def test_rollback_then_embed_reports_the_rolled_back_step(server):
         g.close()
     assert adapt(server) == t + 1
     assert embed(c, texts)[1] == t + 1
+
+
+def test_embed_a_past_step_leaves_the_live_step(server):
+    c = server.client
+    while server.enc.step < 2:
+        adapt(server)
+    live = server.enc.step
+    texts = ["time travel while serving"]
+    r = c.post("/embed", json={"texts": texts, "step": live - 1})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["step"] == live - 1
+    err = np.max(np.abs(np.asarray(body["embeddings"], np.float32)
+                        - offline(server.enc, texts, live - 1)))
+    assert err <= EMB_TOL
+    assert embed(c, texts)[1] == live == server.enc.step
+    assert c.get("/healthz").json() == {"status": "ok", "step": live}

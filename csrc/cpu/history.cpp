@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <stdexcept>
 
 #include "../../kernels/history.cuh"
 
@@ -18,7 +19,8 @@ void walk(const HistoryView& h, int64_t step, Visit&& visit) {
     constexpr int64_t kEnd = std::numeric_limits<int64_t>::max();
     size_t b = 0, r = 0, k = 0;  // cursors: base entry, run, tail change
     size_t change = 0;           // first change of run r
-    int64_t run_idx = h.n_runs ? h.gaps[0] : kEnd;
+    const size_t n_runs = h.n_runs();
+    int64_t run_idx = n_runs ? h.gaps[0] : kEnd;
     while (true) {
         const int64_t bi = b < h.n_base ? h.base_idx[b] : kEnd;
         const int64_t ki = k < h.n_tail ? h.tail_idx[k] : kEnd;
@@ -31,14 +33,14 @@ void walk(const HistoryView& h, int64_t step, Visit&& visit) {
             touched = true;
         }
         if (run_idx == idx) {
-            const size_t stop = change + size_t(h.counts[r]);
+            const size_t stop = change + size_t(h.counts[r]);  // resets are read in order
             if (hvdb_changed_by(h.t, (long long)change, (long long)stop, step)) {
                 v = hvdb_value_at(v, h.t, h.d, h.reset, (long long)change, (long long)stop, step);
                 touched = true;
             }
             change = stop;
             ++r;
-            run_idx = r < h.n_runs ? run_idx + h.gaps[r] : kEnd;
+            run_idx = r < n_runs ? run_idx + h.gaps[r] : kEnd;
         }
         size_t stop = k;
         while (stop < h.n_tail && h.tail_idx[stop] == idx) ++stop;
@@ -77,12 +79,14 @@ void history_values(const HistoryView& h, const RunCheckpoints& ck, int64_t step
         if (c != ck.idx) {
             const size_t k = size_t(c - ck.idx) - 1;
             int64_t r = ck.run[k], idx = ck.idx[k], change = ck.change[k];
-            while (idx < q && r + 1 < int64_t(h.n_runs)) {
+            while (idx < q && r + 1 < int64_t(h.n_runs())) {
                 change += h.counts[r];
                 idx += h.gaps[++r];
             }
             if (idx == q) {
                 const long long start = change, stop = change + h.counts[r];
+                if (stop > (long long)h.t.n) throw std::out_of_range("a run ends past the changes");
+                h.reset.seek(start);
                 v = hvdb_value_at(v, h.t, h.d, h.reset, start, stop, step);
             }
         }

@@ -70,26 +70,39 @@ void same_length(size_t a, size_t b, const char* what) {
                                std::to_string(a) + " and " + std::to_string(b)).c_str());
 }
 
-hyprvdb_cpu::HistoryView history_view(In1<int64_t> base_idx, In1<double> base_val, In1<int64_t> gaps,
-                                      In1<int64_t> counts, In1<int32_t> t, In1<float> d,
-                                      In1<uint8_t> reset, In1<int64_t> tail_idx, In1<int32_t> tail_t,
+using AnyIn1 = nb::ndarray<nb::ro, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+
+// A runs array as it is kept: unsigned, 1, 2, 4 or 8 bytes wide.
+hyprvdb_cpu::Narrow narrow_of(const AnyIn1& a, const char* name) {
+    const nb::dlpack::dtype dt = a.dtype();
+    const int width = dt.bits / 8;
+    if (dt.code != uint8_t(nb::dlpack::dtype_code::UInt) || dt.lanes != 1 ||
+        !(width == 1 || width == 2 || width == 4 || width == 8))
+        throw nb::type_error((std::string(name) + " must be an unsigned integer array").c_str());
+    return {a.data(), width, a.shape(0)};
+}
+
+hyprvdb_cpu::HistoryView history_view(In1<int64_t> base_idx, In1<double> base_val, const AnyIn1& gaps,
+                                      const AnyIn1& counts, const AnyIn1& t, In1<float> d,
+                                      In1<int64_t> resets, In1<int64_t> tail_idx, In1<int32_t> tail_t,
                                       In1<double> tail_d, In1<uint8_t> tail_reset) {
     same_length(base_idx.shape(0), base_val.shape(0), "base_idx and base_val");
     same_length(gaps.shape(0), counts.shape(0), "gaps and counts");
     same_length(t.shape(0), d.shape(0), "t and d");
-    same_length(t.shape(0), reset.shape(0), "t and reset");
     same_length(tail_idx.shape(0), tail_t.shape(0), "tail_idx and tail_t");
     same_length(tail_idx.shape(0), tail_d.shape(0), "tail_idx and tail_d");
     same_length(tail_idx.shape(0), tail_reset.shape(0), "tail_idx and tail_reset");
-    int64_t total = 0;
-    for (size_t i = 0; i < counts.shape(0); ++i) {
-        if (counts.data()[i] < 0) throw nb::value_error("counts must be non-negative");
-        total += counts.data()[i];
-    }
-    if (total != int64_t(t.shape(0))) throw nb::value_error("counts must add up to the number of changes");
-    return {base_idx.data(), base_val.data(), base_idx.shape(0), gaps.data(), counts.data(),
-            gaps.shape(0), t.data(), d.data(), reset.data(), tail_idx.data(), tail_t.data(),
+    return {base_idx.data(), base_val.data(), base_idx.shape(0), narrow_of(gaps, "gaps"),
+            narrow_of(counts, "counts"), narrow_of(t, "t"), d.data(),
+            hyprvdb_cpu::ResetFlags{resets.data(), resets.shape(0)}, tail_idx.data(), tail_t.data(),
             tail_d.data(), tail_reset.data(), tail_idx.shape(0)};
+}
+
+// The runs' change counts add up to the changes (checked once per whole-history pass).
+void check_counts(const hyprvdb_cpu::HistoryView& h) {
+    int64_t total = 0;
+    for (size_t i = 0; i < h.n_runs(); ++i) total += h.counts[i];
+    if (total != int64_t(h.t.n)) throw nb::value_error("counts must add up to the number of changes");
 }
 
 }  // namespace
@@ -223,11 +236,12 @@ NB_MODULE(_cpu, m) {
     // A history's state at a step, and the values of chosen weights (csrc/cpu/history.cpp).
     m.attr("RUN_STRIDE") = hyprvdb_cpu::kRunStride;
     m.def("history_state",
-          [](In1<int64_t> base_idx, In1<double> base_val, In1<int64_t> gaps, In1<int64_t> counts,
-             In1<int32_t> t, In1<float> d, In1<uint8_t> reset, In1<int64_t> tail_idx,
-             In1<int32_t> tail_t, In1<double> tail_d, In1<uint8_t> tail_reset, int64_t step) {
+          [](In1<int64_t> base_idx, In1<double> base_val, AnyIn1 gaps, AnyIn1 counts, AnyIn1 t,
+             In1<float> d, In1<int64_t> resets, In1<int64_t> tail_idx, In1<int32_t> tail_t,
+             In1<double> tail_d, In1<uint8_t> tail_reset, int64_t step) {
               const hyprvdb_cpu::HistoryView h = history_view(
-                  base_idx, base_val, gaps, counts, t, d, reset, tail_idx, tail_t, tail_d, tail_reset);
+                  base_idx, base_val, gaps, counts, t, d, resets, tail_idx, tail_t, tail_d, tail_reset);
+              check_counts(h);
               auto* idx = new std::vector<int64_t>();
               auto* val = new std::vector<double>();
               {
@@ -236,18 +250,18 @@ NB_MODULE(_cpu, m) {
               }
               return nb::make_tuple(to_numpy(idx), to_numpy(val));
           },
-          "base_idx"_a, "base_val"_a, "gaps"_a, "counts"_a, "t"_a, "d"_a, "reset"_a, "tail_idx"_a,
+          "base_idx"_a, "base_val"_a, "gaps"_a, "counts"_a, "t"_a, "d"_a, "resets"_a, "tail_idx"_a,
           "tail_t"_a, "tail_d"_a, "tail_reset"_a, "step"_a);
     m.def("history_values",
-          [](In1<int64_t> base_idx, In1<double> base_val, In1<int64_t> gaps, In1<int64_t> counts,
-             In1<int32_t> t, In1<float> d, In1<uint8_t> reset, In1<int64_t> tail_idx,
-             In1<int32_t> tail_t, In1<double> tail_d, In1<uint8_t> tail_reset, In1<int64_t> ck_idx,
-             In1<int64_t> ck_run, In1<int64_t> ck_change, int64_t step, In1<int64_t> query) {
+          [](In1<int64_t> base_idx, In1<double> base_val, AnyIn1 gaps, AnyIn1 counts, AnyIn1 t,
+             In1<float> d, In1<int64_t> resets, In1<int64_t> tail_idx, In1<int32_t> tail_t,
+             In1<double> tail_d, In1<uint8_t> tail_reset, In1<int64_t> ck_idx, In1<int64_t> ck_run,
+             In1<int64_t> ck_change, int64_t step, In1<int64_t> query) {
               const hyprvdb_cpu::HistoryView h = history_view(
-                  base_idx, base_val, gaps, counts, t, d, reset, tail_idx, tail_t, tail_d, tail_reset);
+                  base_idx, base_val, gaps, counts, t, d, resets, tail_idx, tail_t, tail_d, tail_reset);
               same_length(ck_idx.shape(0), ck_run.shape(0), "ck_idx and ck_run");
               same_length(ck_idx.shape(0), ck_change.shape(0), "ck_idx and ck_change");
-              const size_t expected = (h.n_runs + hyprvdb_cpu::kRunStride - 1) / hyprvdb_cpu::kRunStride;
+              const size_t expected = (h.n_runs() + hyprvdb_cpu::kRunStride - 1) / hyprvdb_cpu::kRunStride;
               if (ck_idx.shape(0) != expected)
                   throw nb::value_error("checkpoints must hold one entry per RUN_STRIDE runs");
               const hyprvdb_cpu::RunCheckpoints ck{ck_idx.data(), ck_run.data(), ck_change.data(),
@@ -259,7 +273,7 @@ NB_MODULE(_cpu, m) {
               }
               return to_numpy(out);
           },
-          "base_idx"_a, "base_val"_a, "gaps"_a, "counts"_a, "t"_a, "d"_a, "reset"_a, "tail_idx"_a,
+          "base_idx"_a, "base_val"_a, "gaps"_a, "counts"_a, "t"_a, "d"_a, "resets"_a, "tail_idx"_a,
           "tail_t"_a, "tail_d"_a, "tail_reset"_a, "ck_idx"_a, "ck_run"_a, "ck_change"_a, "step"_a,
           "query"_a);
 }

@@ -87,7 +87,7 @@ class Runs:
     counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
     t: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
     d: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    resets: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    resets: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # sorted
     # Built on the first lookup of chosen weights (see checkpoints), then kept: runs never change.
     _checkpoints: tuple | None = field(default=None, repr=False, compare=False)
 
@@ -173,45 +173,62 @@ def merge_groups(c: Changes, new_t: np.ndarray, *, split: bool = False) -> Chang
     return Changes(idx, t, d, reset)
 
 
-def _tail_arrays(tail: list[Changes]) -> Changes:
-    return Changes.concat(tail) if tail else Changes.empty()
+@dataclass(frozen=True)
+class Tail:
+    """The write tail's changes merged and sorted by (index, step), in the dtypes the CPU
+    extension reads (built once per change of the tail, then shared by every query)."""
+
+    idx: np.ndarray    # int64
+    t: np.ndarray      # int32
+    d: np.ndarray      # float64
+    reset: np.ndarray  # uint8
+
+    @staticmethod
+    def of(slices: list[Changes]) -> Tail:
+        c = Changes.concat(slices) if slices else Changes.empty()
+        return Tail(c.idx, c.t.astype(np.int32), c.d.astype(np.float64),
+                    c.reset.astype(np.uint8))
+
+    def changes(self) -> Changes:
+        return Changes(self.idx, self.t.astype(np.int64), self.d, self.reset.astype(bool))
+
+    def extended(self, s: Changes) -> Tail:
+        """This tail with the slice ``s`` (sorted indices, a step after every change here)
+        merged in: each of its changes goes after this tail's changes of the same weight."""
+        at = np.searchsorted(self.idx, s.idx, side="right")
+        return Tail(np.insert(self.idx, at, s.idx), np.insert(self.t, at, s.t.astype(np.int32)),
+                    np.insert(self.d, at, s.d.astype(np.float64)),
+                    np.insert(self.reset, at, s.reset.astype(np.uint8)))
 
 
-def _run_reset(runs: Runs) -> np.ndarray:
-    reset = np.zeros(len(runs.d), np.uint8)
-    reset[runs.resets] = 1
-    return reset
+def _history_args(base_idx: np.ndarray, base_val: np.ndarray, runs: Runs, tail: Tail) -> tuple:
+    """The arguments the CPU extension reads a history from: the runs' arrays as they are kept
+    (narrow unsigned widths, resets as positions), no copies."""
+    return (base_idx, base_val, runs.gaps, runs.counts, runs.t, runs.d, runs.resets, tail.idx,
+            tail.t, tail.d, tail.reset)
 
 
-def state(base_idx: np.ndarray, base_val: np.ndarray, runs: Runs, tail: list[Changes],
+def state(base_idx: np.ndarray, base_val: np.ndarray, runs: Runs, tail: Tail,
           step: int) -> tuple[np.ndarray, np.ndarray]:
     """The weights at ``step``: ``(sorted linear index, float64 value)`` of every weight in
     the base or changed by then (values may be 0), in one merge of the base, the runs and the
     tail."""
-    t = _tail_arrays(tail)
     cpu = _native.cpu()
     if cpu is not None:
-        return cpu.history_state(
-            base_idx, base_val, runs.gaps.astype(np.int64), runs.counts.astype(np.int64),
-            runs.t.astype(np.int32), runs.d, _run_reset(runs), t.idx, t.t.astype(np.int32),
-            t.d.astype(np.float64), t.reset.astype(np.uint8), step)
-    return _state_np(base_idx, base_val, Changes.concat([runs.decode(), t]), step)
+        return cpu.history_state(*_history_args(base_idx, base_val, runs, tail), step)
+    return _state_np(base_idx, base_val, Changes.concat([runs.decode(), tail.changes()]), step)
 
 
-def values(base_idx: np.ndarray, base_val: np.ndarray, runs: Runs, tail: list[Changes],
+def values(base_idx: np.ndarray, base_val: np.ndarray, runs: Runs, tail: Tail,
            step: int, query: np.ndarray) -> np.ndarray:
     """The float64 values at ``step`` of the weights ``query`` (sorted, distinct linear
     indices), 0 where neither in the base nor changed by then: a binary search per weight
     (``hyprvdb._cpu``), or the whole state picked from (numpy)."""
     cpu = _native.cpu()
     if cpu is not None:
-        t = _tail_arrays(tail)
         ck = runs.checkpoints(int(cpu.RUN_STRIDE))
-        return cpu.history_values(
-            base_idx, base_val, runs.gaps.astype(np.int64), runs.counts.astype(np.int64),
-            runs.t.astype(np.int32), runs.d, _run_reset(runs), t.idx, t.t.astype(np.int32),
-            t.d.astype(np.float64), t.reset.astype(np.uint8), *ck, step,
-            np.ascontiguousarray(query, np.int64))
+        return cpu.history_values(*_history_args(base_idx, base_val, runs, tail), *ck, step,
+                                  np.ascontiguousarray(query, np.int64))
     idx, val = state(base_idx, base_val, runs, tail, step)
     out = np.zeros(len(query), np.float64)
     if len(idx):

@@ -191,6 +191,21 @@ class TemporalGroup:
         return t
 
     # ---------------------------------------------------------------- queries and surgery
+    def get_weights(self, coords: Mapping[str, Any], t: int | None = None, *,
+                    check: bool = True) -> dict[str, np.ndarray]:
+        """Float32 weights at step ``t`` (default: the newest) of several members at once:
+        ``coords[name]`` is ``(rows, cols)``, or with ``check=False`` sorted distinct linear
+        indices ``row * cols + col`` that the caller guarantees in range (what serving passes
+        for the coordinates the history itself reported; never the default)."""
+        step = self.latest if t is None else self.resolve(t)
+        out = {}
+        for name, c in coords.items():
+            if check:
+                out[name] = self[name].get_weights(*c, t=step)
+            else:
+                out[name] = self._matrices[name].values(c, step).astype(np.float32)
+        return out
+
     def weights_at_time(self, t: int) -> dict[str, Any]:
         """Every member's weights at step ``t``, as SparseAdapters (needs OpenVDB; see
         :meth:`TemporalAdapter.active_weights` for arrays)."""

@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import _coo
 from ..snapshot import Snapshot
-from ._changes import Changes, Runs, merge_groups, state, values
+from ._changes import Changes, Runs, Tail, merge_groups, state, values
 
 _EMPTY_IDX = np.zeros(0, np.int64)
 
@@ -45,7 +45,8 @@ class Matrix:
         self.base_idx = _EMPTY_IDX
         self.base_val = np.zeros(0, np.float64)
         self.runs = Runs()
-        self.tail: list[Changes] = []
+        self._tail: list[Changes] = []
+        self._tail_view: Tail | None = None  # the tail merged for queries, built on demand
         self.open: Any = None       # SparseAdapter of the open step (OpenVDB), or None
         self.phase = 0              # compaction phase: members compact on different commits
         self.snapshots = snapshots  # keep a snapshot of the newest step
@@ -53,13 +54,29 @@ class Matrix:
         self.snap_idx: np.ndarray | None = None
         self.snap_val: np.ndarray | None = None
 
+    @property
+    def tail(self) -> list[Changes]:
+        """The committed slices not yet compacted into runs, oldest first (do not mutate)."""
+        return self._tail
+
+    def _set_tail(self, slices: list[Changes]) -> None:
+        self._tail = slices
+        self._tail_view = None
+
+    def tail_view(self) -> Tail:
+        if self._tail_view is None:
+            self._tail_view = Tail.of(self._tail)
+        return self._tail_view
+
     # ---------------------------------------------------------------- sizes
     def change_count(self) -> int:
         return len(self.runs) + sum(len(s) for s in self.tail)
 
     def history_bytes(self) -> int:
-        return self.runs.nbytes + sum(a.nbytes for s in self.tail
-                                      for a in (s.idx, s.t, s.d, s.reset))
+        view = self._tail_view
+        cached = sum(a.nbytes for a in (view.idx, view.t, view.d, view.reset)) if view else 0
+        return self.runs.nbytes + cached + sum(a.nbytes for s in self.tail
+                                               for a in (s.idx, s.t, s.d, s.reset))
 
     def memory_usage(self) -> int:
         open_ = self.open.memory_usage() if self.open is not None else 0
@@ -79,11 +96,11 @@ class Matrix:
     def state(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """(sorted linear index, float64 value) of every weight in the base or changed by
         ``step`` (values may be 0)."""
-        return state(self.base_idx, self.base_val, self.runs, self.tail, step)
+        return state(self.base_idx, self.base_val, self.runs, self.tail_view(), step)
 
     def values(self, idx: np.ndarray, step: int) -> np.ndarray:
         """float64 values at ``step`` of the weights ``idx`` (sorted, distinct)."""
-        return values(self.base_idx, self.base_val, self.runs, self.tail, step, idx)
+        return values(self.base_idx, self.base_val, self.runs, self.tail_view(), step, idx)
 
     def active(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """(sorted linear index, float32 value) of the weights active at ``step``."""
@@ -97,6 +114,22 @@ class Matrix:
         rows, cols = _coo.split_linear(idx, self.cols)
         return Snapshot.from_coo(rows, cols, v32, (self.rows, self.cols), step=step,
                                  name=self.name)
+
+    def changed(self, t0: int, t1: int) -> np.ndarray:
+        """Sorted distinct linear indices of the weights with a stored change at a step in
+        (t0, t1]: one vectorized pass over the runs' steps, plus the tail's slices."""
+        parts = []
+        runs = self.runs
+        if len(runs):
+            at = np.flatnonzero((runs.t > t0) & (runs.t <= t1))
+            if len(at):
+                ends = np.cumsum(runs.counts, dtype=np.int64)
+                run = np.unique(np.searchsorted(ends, at, side="right"))
+                parts.append(np.cumsum(runs.gaps, dtype=np.int64)[run])
+        parts += [s.idx for s in self.tail if len(s) and t0 < int(s.t[0]) <= t1]
+        if not parts:
+            return _EMPTY_IDX
+        return np.unique(np.concatenate(parts))
 
     def runs_of(self, key: int) -> tuple[list[int], list[float], list[bool]]:
         """Steps, values and reset flags of the stored changes of weight ``key``, in order."""
@@ -189,8 +222,11 @@ class Matrix:
 
     def append(self, t: int, idx: np.ndarray, d: np.ndarray, reset: np.ndarray) -> None:
         """Add the slice of step ``t`` to the write tail (stored float32, compact dtypes)."""
-        self.tail.append(Changes(idx, np.full(len(idx), t, np.int32), d.astype(np.float32),
-                                 reset))
+        s = Changes(idx, np.full(len(idx), t, np.int32), d.astype(np.float32), reset)
+        view = self._tail_view
+        self._set_tail(self._tail + [s])
+        if view is not None:  # keep the merged view current in O(tail), without a sort
+            self._tail_view = view.extended(s)
 
     def compact(self, stamp: Any = None) -> None:
         """Merge the tail into the runs; ``stamp`` (tiers) restamps the changes first."""
@@ -198,7 +234,7 @@ class Matrix:
         if stamp is not None:
             c = merge_groups(c, stamp(c.t), split=True)
         self.runs = Runs.encode(c)
-        self.tail = []
+        self._set_tail([])
 
     def fold(self, cut: int) -> None:
         """Fold every change up to ``cut`` into the base, exactly (float64)."""
@@ -207,14 +243,14 @@ class Matrix:
         keep = bv != 0
         self.base_idx, self.base_val = bi[keep], bv[keep]
         self.runs = Runs.encode(c.take(c.t > cut))
-        self.tail = []
+        self._set_tail([])
         if self.snap is not None and self.snap.step is not None and self.snap.step <= cut:
             self.snap = None
 
     def rollback(self, step: int) -> None:
         c = self.changes()
         self.runs = Runs.encode(c.take(c.t <= step))
-        self.tail = []
+        self._set_tail([])
         self.open = None
         self.snap = self.snap_idx = self.snap_val = None
 

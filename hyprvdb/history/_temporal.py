@@ -241,7 +241,10 @@ class TemporalAdapter:
         V.check_range("rows", r, m.rows)
         V.check_range("cols", c, m.cols)
         step = self.latest if t is None else self.resolve(t)
-        uniq, inv = np.unique(r * m.cols + c, return_inverse=True)
+        idx = r * m.cols + c
+        if len(idx) < 2 or bool(np.all(idx[1:] > idx[:-1])):  # sorted and distinct already
+            return m.values(idx, step).astype(np.float32)
+        uniq, inv = np.unique(idx, return_inverse=True)
         return m.values(uniq, step).astype(np.float32)[inv]
 
     def weights_at_time(self, t: int, *, return_step: bool = False) -> SparseAdapter | tuple[SparseAdapter, int]:
@@ -301,6 +304,14 @@ class TemporalAdapter:
         """``[(t, delta_at(t))]`` for the last ``k`` slices, oldest first."""
         k = V.positive_int("k", k)
         return [(t, self.delta_at(t)) for t in self._group._steps[1:][-k:]]
+
+    def changed_between(self, t0: int, t1: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, cols)`` (row-major, distinct) of the weights with a stored change at a step
+        in (t0, t1]: the only weights whose value can differ between the two steps."""
+        s0, s1 = self.resolve(t0), self.resolve(t1)
+        if s0 > s1:
+            raise ValueError(f"t0 = {t0} must not be after t1 = {t1}")
+        return _coo.split_linear(self._m.changed(s0, s1), self._m.cols)
 
     def change_log(self) -> ChangeLog:
         """The whole stored history as sorted COO (the base, then every change in (weight,

@@ -2,12 +2,15 @@
 
 Endpoints (JSON in and out):
 
-- ``POST /embed`` ``{"texts": [str, ...]}`` → ``{"step", "embeddings"}``
+- ``POST /embed`` ``{"texts": [str, ...], "step"?: int}`` → ``{"step", "embeddings"}``
+  (without ``step``: the live step; with it, that past step, leaving the live weights as
+  they are)
 - ``POST /adapt`` ``{"pairs": [[query, positive], ...], "lr"?: float}`` →
   ``{"step", "loss", "changes", "swap_ms"}``
 - ``GET /history`` → ``{"latest", "base_step", "steps", "changes", "path"}``
 - ``POST /rollback`` ``{"step": int}`` → ``{"step"}``
-- ``GET /healthz`` → ``{"status": "ok", "step"}``
+- ``GET /healthz`` → ``{"status": "ok" | "degraded", "step"}`` (degraded: a live weight is not
+  finite)
 - ``GET /metrics`` → Prometheus text format
 
 Bad requests get a 4xx status and ``{"error": message}``. Every response that depends on the
@@ -33,7 +36,7 @@ def create_app(encoder: AdaptiveEncoder) -> Any:
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, PlainTextResponse
-    from pydantic import BaseModel, Field
+    from pydantic import BaseModel, Field, StrictInt
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     app = FastAPI(title="hyprvdb", description="MiniLM served with learning sparse adapters")
@@ -41,13 +44,14 @@ def create_app(encoder: AdaptiveEncoder) -> Any:
 
     class EmbedIn(BaseModel):
         texts: list[str] = Field(min_length=1, max_length=MAX_TEXTS)
+        step: StrictInt | None = None  # StrictInt: a boolean is not a step
 
     class AdaptIn(BaseModel):
         pairs: list[tuple[str, str]] = Field(min_length=2, max_length=MAX_TEXTS)
-        lr: float | None = Field(default=None, gt=0)
+        lr: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
     class RollbackIn(BaseModel):
-        step: int
+        step: StrictInt
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse(status_code=status, content={"error": message})
@@ -84,7 +88,7 @@ def create_app(encoder: AdaptiveEncoder) -> Any:
                 if len(t) > MAX_TEXT_CHARS:
                     raise ValueError(f"texts[{i}] has {len(t)} characters; at most "
                                      f"{MAX_TEXT_CHARS} are accepted")
-            emb, step = encoder.encode(body.texts)
+            emb, step = encoder.encode(body.texts, step=body.step)
             metrics.count_texts(len(body.texts))
             return {"step": step, "embeddings": emb.tolist()}
         return timed("/embed", run)
@@ -95,9 +99,9 @@ def create_app(encoder: AdaptiveEncoder) -> Any:
 
     @app.get("/history")
     def history() -> Any:
-        h = encoder.history
-        return {"latest": h.latest, "base_step": h.base_step, "steps": h.steps,
-                "serving_step": encoder.step, "changes": h.change_count(), "path": h.path}
+        out = encoder.history_summary()
+        out.pop("history_bytes")
+        return out
 
     @app.post("/rollback")
     def rollback(body: RollbackIn) -> Any:
@@ -105,7 +109,7 @@ def create_app(encoder: AdaptiveEncoder) -> Any:
 
     @app.get("/healthz")
     def healthz() -> Any:
-        return {"status": "ok", "step": encoder.step}
+        return {"status": "ok" if encoder.healthy() else "degraded", "step": encoder.step}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def prometheus() -> str:
@@ -125,14 +129,14 @@ def create_app(encoder: AdaptiveEncoder) -> Any:
                   "# TYPE hyprvdb_request_seconds_total counter"]
         for ep, s in sorted(secs.items()):
             lines.append(f'hyprvdb_request_seconds_total{{endpoint="{ep}"}} {s:.6f}')
-        h = encoder.history
+        h = encoder.history_summary()
         lines += [
             "# HELP hyprvdb_step The committed step being served.",
             "# TYPE hyprvdb_step gauge", f"hyprvdb_step {encoder.step}",
             "# HELP hyprvdb_history_changes Stored changes in the history.",
-            "# TYPE hyprvdb_history_changes gauge", f"hyprvdb_history_changes {h.change_count()}",
+            "# TYPE hyprvdb_history_changes gauge", f"hyprvdb_history_changes {h['changes']}",
             "# HELP hyprvdb_history_bytes Bytes held by the history in memory.",
-            "# TYPE hyprvdb_history_bytes gauge", f"hyprvdb_history_bytes {h.history_bytes()}",
+            "# TYPE hyprvdb_history_bytes gauge", f"hyprvdb_history_bytes {h['history_bytes']}",
             "# HELP hyprvdb_embedded_texts_total Texts embedded.",
             "# TYPE hyprvdb_embedded_texts_total counter",
             f"hyprvdb_embedded_texts_total {metrics.embedded_texts}",

@@ -60,6 +60,16 @@ def _ranks(q: np.ndarray, d: np.ndarray) -> np.ndarray:
     return (sims > own[:, None]).sum(1)
 
 
+def _pretrained(model, name: str) -> np.ndarray:
+    """A matrix's pretrained weight, read again from the model's file."""
+    from safetensors import safe_open
+
+    from ._model import default_model_path
+    with safe_open(str(default_model_path() / "model.safetensors"), "numpy") as f:
+        key = next(k for k in f.keys() if k.endswith(f"encoder.{name}.weight"))
+        return f.get_tensor(key).astype(np.float32)
+
+
 def run(steps: int = 12, seed: int = 0, batch: int = 16) -> dict:
     from tqdm import tqdm
 
@@ -67,6 +77,7 @@ def run(steps: int = 12, seed: int = 0, batch: int = 16) -> dict:
     from ._model import MiniLM
     from ..ops import resolve_device
     from ._encoder import AdaptiveEncoder
+    from ._merged import merge_from_scratch
 
     t_start = time.perf_counter()
     print("hyprvdb demo: all-MiniLM-L6-v2 learns to find Python's documentation\n")
@@ -89,10 +100,10 @@ def run(steps: int = 12, seed: int = 0, batch: int = 16) -> dict:
     print(f"{len(enc.shapes)} adapted matrices, "
           f"{sum(r * c for r, c in enc.shapes.values()):,} weights; history in {history_path}")
 
-    def evaluate(state=None) -> tuple[float, float, float, np.ndarray]:
-        dv = np.concatenate([enc.encode(docs[i:i + 64], state=state)[0]
+    def evaluate(step=None) -> tuple[float, float, float, np.ndarray]:
+        dv = np.concatenate([enc.encode(docs[i:i + 64], step=step)[0]
                              for i in range(0, len(docs), 64)])
-        qv = np.concatenate([enc.encode(queries[i:i + 64], state=state)[0]
+        qv = np.concatenate([enc.encode(queries[i:i + 64], step=step)[0]
                              for i in range(0, len(queries), 64)])
         r = _ranks(qv, dv)
         return (float(np.mean(1 / (1 + r[:n_train]))), float(np.mean(1 / (1 + r[n_train:]))),
@@ -132,21 +143,25 @@ def run(steps: int = 12, seed: int = 0, batch: int = 16) -> dict:
 
     mid = max(1, enc.step // 2)
     print(f"\ntime travel: serving step {mid} from the history, without touching step "
-          f"{enc.step}")
-    mrr_mid, _, _, _ = evaluate(enc.state_at(mid))
-    name = next(iter(enc.shapes))
-    past = enc.history[name].weights_at_time(mid)
-    same = np.array_equal(np.asarray(hj.to_dense(enc.state_at(mid).deltas[name])),
-                          past.to_dense())
-    print(f"step {mid}: MRR learned pairs {mrr_mid:.3f}; {name} at step {mid} equals "
-          f"weights_at_time({mid}): {same}")
+          f"{enc.step} (each layer adds the window's sparse correction to the live weights)")
+    mrr_mid, _, _, _ = evaluate(mid)
+    print(f"step {mid}: MRR learned pairs {mrr_mid:.3f}")
     latest = enc.step
     enc.rollback(mid)
+    # The live weights after the rollback, against a merge from scratch of the pretrained
+    # weights (read again from the model file) and the history's state at that step.
+    name = next(iter(enc.shapes))
+    pre = _pretrained(model, name)
+    r, c, v = enc.history[name].active_weights(mid)
+    s_mid = np.zeros(pre.shape, np.float32)
+    s_mid[r, c] = v
+    same = np.array_equal(np.asarray(model.weight(name)), merge_from_scratch(pre, s_mid, 1.0))
     print(f"rollback({mid}): serving step {enc.step} (steps {mid + 1}..{latest} discarded); "
           f"history steps now {enc.history.steps[0]}..{enc.history.latest}")
+    print(f"{name} live = pretrained + weights_at_time({mid}), bit for bit: {same}")
 
     # memory: the adapter at the latest step and its history, against what users would keep
-    active = sum(len(v) for v in enc.state.idx.values())
+    active = sum(len(enc.history[k].active_weights()[0]) for k in enc.shapes)
     changes = enc.history.change_count()
     dense_bytes = 4 * sum(r * c for r, c in enc.shapes.values())
     n_steps = len(enc.history.steps) - 1
@@ -168,10 +183,11 @@ def run(steps: int = 12, seed: int = 0, batch: int = 16) -> dict:
           "per weight\n   here than at 1% density because these matrices hold a few weights per "
           "16^3 leaf — see bench/memory.py)")
 
-    print(f"\nkernel path: the model's delta product ran on {hj.kernel_path(model.impl)}; "
-          f"hyprvdb.ops device 'auto' -> {resolve_device('auto')}")
+    print(f"\nserving: the live adapter merged into the weights (the plain forward pass); past "
+          f"steps' corrections ran on {hj.kernel_path(model.impl)}; hyprvdb.ops device 'auto' "
+          f"-> {resolve_device('auto')}")
     wall = time.perf_counter() - t_start
     print(f"demo finished in {wall:.1f} s")
-    enc.history.close()
+    enc.close()
     return {"mrr_train": (mrr_tr0, mrr_tr1), "mrr_heldout": (mrr_ho0, mrr_ho1),
             "losses": losses, "seconds": wall}

@@ -1,23 +1,30 @@
-"""Serving a model whose sparse adapters keep learning, with every past state recallable.
+"""Serving a model whose sparse adapters keep learning, with every past step recallable.
 
 :class:`AdaptiveEncoder` holds the model, the history of its 36 adapters (a
-:class:`TemporalGroup`, persisted to a file when a path is given) and the *serving state*:
-the step being served and one :class:`hyprvdb.jax.SparseDelta` per matrix. The serving state
-is immutable and replaced in one assignment after a step is committed, so every request reads
-one whole committed step and can say which.
+:class:`~hyprvdb.TemporalGroup`, persisted to a file when a path is given) and the serving
+weights: the live adapter merged into the model's own weights (:class:`MergedWeights`), so a
+request at the live step runs the plain model's forward pass.
 
 ``adapt(pairs)`` computes the contrastive loss's gradient with respect to every adapted
-matrix (at the adapted weights), keeps the top-k entries of each as a sparse update
-``-lr * grad``, commits it as one step of the history, and swaps the new state in. The changed
-weights' new values are read back from the history, so the served deltas equal
-``history.weights_at_time(step)`` bit for bit.
+matrix at the live weights, keeps the top-k entries of each as a sparse update ``-lr * grad``,
+commits it as one step of the history, and rewrites, in place, only the weights that step
+changed, each from its pretrained value and the history's sum: the live weights equal a
+merge from scratch of ``history.weights_at_time(step)`` bit for bit.
+
+Every forward pass and every weight update runs on one serving thread (:class:`ServingLoop`),
+which batches the requests that wait and applies updates between batches: a request sees one
+whole committed step and reports it. ``encode(texts, step=t)`` serves a past step without
+touching the live weights: each adapted layer adds the window's sparse correction
+``S_t - S_live`` to the live product (:func:`hyprvdb.jax.delta_add`).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,21 +34,14 @@ import numpy as np
 
 from .. import jax as hj
 from ..history import TemporalGroup
+from ._loop import Request, ServingLoop
+from ._merged import MergedWeights
 from ._model import MiniLM, contrastive_loss
 
-__all__ = ["AdaptiveEncoder", "ServingState"]
+__all__ = ["AdaptiveEncoder"]
 
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-
-
-@dataclass(frozen=True)
-class ServingState:
-    """What requests read: the step, and per matrix the adapter's weights at that step."""
-
-    step: int
-    deltas: dict[str, hj.SparseDelta]
-    idx: dict[str, np.ndarray] = field(repr=False)      # sorted linear indices
-    val: dict[str, np.ndarray] = field(repr=False)      # float32 values at the step
+_CORRECTIONS_KEPT = 8  # past steps whose corrections stay built, most recently used
 
 
 @dataclass
@@ -52,6 +52,7 @@ class Metrics:
     errors: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     embedded_texts: int = 0
+    batches: int = 0
     adapt_steps: int = 0
     last_swap_seconds: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -69,12 +70,13 @@ class Metrics:
 
 
 class AdaptiveEncoder:
-    """MiniLM with a sparse adapter on every linear layer, learning online.
+    """MiniLM with a sparse adapter on every linear layer, learning online, served merged.
 
     Parameters
     ----------
     model : MiniLM, optional
-        Default: the embedded all-MiniLM-L6-v2.
+        Default: the embedded all-MiniLM-L6-v2. The encoder takes over the model's adapted
+        weights: from then on ``model.params`` holds the live weights (the adapter merged in).
     history : str or PathLike, optional
         History file: opened (and appended to) if it exists, created otherwise. Without it
         the history lives in memory only.
@@ -82,32 +84,32 @@ class AdaptiveEncoder:
         Learning rate of the sparse SGD step.
     update_fraction : float
         Fraction of each matrix's weights changed per step (top-k by gradient magnitude).
-    capacity_fraction : float
-        Room reserved in each serving delta, as a fraction of the matrix, so that steps do
-        not change the jitted shapes; it doubles when exceeded (one retrace).
     query_tokens, doc_tokens : int
         Token lengths adaptation batches are padded (or truncated) to.
+    scale : float
+        The adapter's scale: the live weights are ``W_pre + scale * S``.
+    max_batch_texts : int
+        Most texts one forward pass of the serving loop takes from waiting requests.
     """
 
     def __init__(self, model: MiniLM | None = None, history: str | os.PathLike | None = None,
-                 *, lr: float = 0.05, update_fraction: float = 5e-4,
-                 capacity_fraction: float = 0.01, query_tokens: int = 32,
-                 doc_tokens: int = 96) -> None:
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
+                 *, lr: float = 0.05, update_fraction: float = 5e-4, query_tokens: int = 32,
+                 doc_tokens: int = 96, scale: float = 1.0, max_batch_texts: int = 256) -> None:
+        if not lr > 0 or not math.isfinite(lr):
+            raise ValueError(f"lr must be a finite number > 0, got {lr}")
         if not 0 < update_fraction <= 1:
             raise ValueError(f"update_fraction must be in (0, 1], got {update_fraction}")
-        if not 0 < capacity_fraction <= 1:
-            raise ValueError(f"capacity_fraction must be in (0, 1], got {capacity_fraction}")
+        if not 1 <= max_batch_texts <= _BATCH_BUCKETS[-1]:
+            raise ValueError(f"max_batch_texts must be in 1..{_BATCH_BUCKETS[-1]}, got "
+                             f"{max_batch_texts}")
         self.model = model if model is not None else MiniLM.load()
         self.shapes = self.model.linear_shapes()
         self.lr, self.update_fraction = float(lr), float(update_fraction)
         self.query_tokens, self.doc_tokens = int(query_tokens), int(doc_tokens)
-        self._capacity = {n: max(256, int(capacity_fraction * r * c))
-                          for n, (r, c) in self.shapes.items()}
         if history is not None and os.path.exists(history):
             self.history = TemporalGroup.load(history)
             if dict((k, self.history[k].shape) for k in self.history) != self.shapes:
+                self.history.close()
                 raise ValueError(f"{os.fspath(history)!r} holds histories of other matrices "
                                  "than this model's linear layers")
         else:
@@ -115,53 +117,64 @@ class AdaptiveEncoder:
             if history is not None:
                 self.history.save(history)
         self.metrics = Metrics()
-        self._write = threading.Lock()  # one writer (adapt, rollback) at a time
+        self._write = threading.Lock()           # one writer (adapt, rollback) at a time
+        self._history_lock = threading.RLock()   # the history is read by the serving thread
+        self._corrections: OrderedDict[tuple[int, int], dict] = OrderedDict()
+        self._merged = MergedWeights({n: self.model.weight(n) for n in self.shapes},
+                                     self.history, scale=scale)
+        self._publish()
         fwd = self.model.embed_fn()
         self._embed = jax.jit(fwd)
 
-        def loss(weights, params, deltas, qi, qm, pi, pm, valid):  # noqa: ANN001, ANN202
-            p = dict(params)
-            for name, w in weights.items():
-                p[f"encoder.{name}.weight"] = w
-            q = fwd(p, deltas, qi, qm, 1.0)
-            k = fwd(p, deltas, pi, pm, 1.0)
+        def loss(params, qi, qm, pi, pm, valid):  # noqa: ANN001, ANN202
+            q = fwd(params, {}, qi, qm, 1.0)
+            k = fwd(params, {}, pi, pm, 1.0)
             return contrastive_loss(q, k, valid=valid)
 
-        self._grad = jax.jit(jax.value_and_grad(loss))
-        self._state = self._state_from_history()
+        adapted = [f"encoder.{n}.weight" for n in self.shapes]
+
+        def loss_of_weights(weights, params, *batch):  # noqa: ANN001, ANN202
+            return loss({**params, **dict(zip(adapted, weights))}, *batch)
+
+        self._grad = jax.jit(jax.value_and_grad(loss_of_weights))
+        self._adapted = adapted
+        self._loop = ServingLoop(self._run_batch, max_texts=max_batch_texts)
 
     # ---------------------------------------------------------------- reading
     @property
-    def state(self) -> ServingState:
-        return self._state
-
-    @property
     def step(self) -> int:
-        return self._state.step
+        """The live step: what ``encode`` without ``step=`` serves."""
+        return self._merged.step
 
-    def encode(self, texts: list[str], *, state: ServingState | None = None
-               ) -> tuple[np.ndarray, int]:
-        """Embeddings of ``texts`` under one committed step: ``(embeddings, step)``."""
-        st = self._state if state is None else state  # one read: one whole step
+    def encode(self, texts: list[str], *, step: int | None = None) -> tuple[np.ndarray, int]:
+        """Embeddings of ``texts`` under one committed step: ``(embeddings (n, 384) float32,
+        step)``. ``step=t`` serves step t (resolved by the history: the newest stored step
+        <= t) without touching the live weights."""
+        if step is not None and (isinstance(step, (bool, np.bool_))
+                                 or not isinstance(step, (int, np.integer))):
+            raise TypeError(f"step must be an int or None, got {type(step).__name__} {step!r}")
         ids, mask = self.model.tokenize(texts)
-        n = len(texts)
-        b = next((x for x in _BATCH_BUCKETS if x >= n), n)
-        if b > n:  # pad the batch to a bucket so the jitted shapes repeat
-            ids = np.concatenate([ids, np.zeros((b - n, ids.shape[1]), ids.dtype)])
-            mask = np.concatenate([mask, np.zeros((b - n, mask.shape[1]), mask.dtype)])
-            mask[n:, 0] = 1
-        out = self._embed(self.model.params, st.deltas, jnp.asarray(ids), jnp.asarray(mask),
-                          jnp.float32(1.0))
-        return np.asarray(out)[:n], st.step
+        return self._loop.submit(list(texts), None if step is None else int(step),
+                                 (ids, mask)).result()
 
-    def state_at(self, t: int) -> ServingState:
-        """A serving state for a past step (time travel), built from the history."""
-        return self._state_from_history(t)
+    def history_summary(self) -> dict[str, Any]:
+        """Steps and sizes of the history, read consistently with the commits."""
+        with self._history_lock:
+            h = self.history
+            return {"latest": h.latest, "base_step": h.base_step, "steps": h.steps,
+                    "serving_step": self.step, "changes": h.change_count(), "path": h.path,
+                    "history_bytes": h.history_bytes()}
+
+    def healthy(self) -> bool:
+        """Whether every live adapted weight is finite (the health check's question: the
+        weights an update wrote are checked as they are written)."""
+        return self._merged.finite
 
     # ---------------------------------------------------------------- learning
     def adapt(self, pairs: list[tuple[str, str]], *, lr: float | None = None) -> dict[str, Any]:
         """One step of online adaptation on (query, positive) pairs; returns
-        ``{"step", "loss", "changes", "swap_ms"}``."""
+        ``{"step", "loss", "changes", "swap_ms"}``. The step is durable, and served, when
+        this returns."""
         if not isinstance(pairs, (list, tuple)) or len(pairs) < 2:
             raise ValueError("pairs must hold at least 2 (query, positive) pairs "
                              "(the other pairs are the negatives)")
@@ -169,9 +182,11 @@ class AdaptiveEncoder:
             if not (isinstance(p, (list, tuple)) and len(p) == 2
                     and all(isinstance(s, str) and s for s in p)):
                 raise ValueError(f"pairs[{i}] must be two non-empty strings, got {p!r}")
-        lr = self.lr if lr is None else float(lr)
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
+        lr = self.lr if lr is None else lr
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 \
+                or not math.isfinite(lr):
+            raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+        lr = float(lr)
         # Fixed lengths, and the pair count padded to a bucket (padding masked out of the
         # loss): the gradient is traced once per bucket, not once per batch shape.
         n = len(pairs)
@@ -181,22 +196,23 @@ class AdaptiveEncoder:
         qi, qm = self.model.tokenize([p[0] for p in padded], pad_to=self.query_tokens)
         pi, pm = self.model.tokenize([p[1] for p in padded], pad_to=self.doc_tokens)
         with self._write:
-            st = self._state
-            weights = {n: self.model.weight(n) for n in self.shapes}
-            loss, grads = self._grad(weights, self.model.params, st.deltas, jnp.asarray(qi),
-                                     jnp.asarray(qm), jnp.asarray(pi), jnp.asarray(pm),
-                                     jnp.asarray(valid))
-            update = {}
-            for name, g in grads.items():
+            weights = self._merged.weights  # no move happens while the writer holds the lock
+            loss, grads = self._grad(tuple(weights[n] for n in self.shapes), self.model.params,
+                                     jnp.asarray(qi), jnp.asarray(qm), jnp.asarray(pi),
+                                     jnp.asarray(pm), jnp.asarray(valid))
+            update, changed = {}, {}
+            for name, g in zip(self.shapes, grads):
                 g = np.asarray(g).ravel()
                 k = max(1, int(self.update_fraction * g.size))
                 top = np.sort(np.argpartition(np.abs(g), g.size - k)[g.size - k:])
                 cols = self.shapes[name][1]
                 update[name] = (top // cols, top % cols, (-lr * g[top]).astype(np.float32))
-            t = self.history.latest + 1
-            self.history.store_deltas(t, update)  # durable once this returns
+                changed[name] = top.astype(np.int64)
+            with self._history_lock:
+                t = self.history.latest + 1
+                self.history.store_deltas(t, update)  # durable once this returns
             swap = time.perf_counter()
-            self._state = self._advance(st, t, update)
+            self._loop.update(lambda: self._move(t, changed))
             self.metrics.last_swap_seconds = time.perf_counter() - swap
             self.metrics.adapt_steps += 1
         return {"step": t, "loss": float(loss),
@@ -204,43 +220,96 @@ class AdaptiveEncoder:
                 "swap_ms": self.metrics.last_swap_seconds * 1e3}
 
     def rollback(self, t: int) -> int:
-        """Serve (and continue from) step ``t``; later steps are discarded."""
+        """Serve (and continue from) step ``t``; later steps are discarded. Rewrites only the
+        weights the discarded steps changed."""
         with self._write:
-            step = self.history.rollback(t)
-            self._state = self._state_from_history(step)
+            with self._history_lock:
+                step = self.history.resolve(t)
+                changed = self._merged.changed_since(step)  # before the steps are dropped
+                self.history.rollback(step)
+            self._loop.update(lambda: self._move(step, changed))
         return step
 
-    # ---------------------------------------------------------------- state building
-    def _delta(self, name: str, idx: np.ndarray, val32: np.ndarray, step: int) -> hj.SparseDelta:
-        rows, cols = self.shapes[name]
-        while self._capacity[name] < len(idx):
-            self._capacity[name] *= 2
-        r, c = np.divmod(idx, cols)
-        return hj.SparseDelta.from_coo(r, c, val32, (rows, cols), step=step,
-                                       capacity=self._capacity[name])
+    def close(self) -> None:
+        """Serve what is queued, stop the serving thread and close the history file."""
+        self._loop.close()
+        self.history.close()
 
-    def _state_from_history(self, t: int | None = None) -> ServingState:
-        t = self.history.latest if t is None else self.history.resolve(t)
-        idx, val, deltas = {}, {}, {}
-        for name, (rows, cols) in self.shapes.items():
-            r, c, v = self.history[name].active_weights(t)
-            idx[name], val[name] = r * cols + c, v
-            deltas[name] = self._delta(name, idx[name], v, t)
-        return ServingState(t, deltas, idx, val)
+    # ---------------------------------------------------------------- the serving thread
+    def _move(self, step: int, changed: dict[str, np.ndarray]) -> None:
+        with self._history_lock:
+            self._merged.move_to(step, changed)
+        self._corrections.clear()
+        self._publish()
 
-    def _advance(self, st: ServingState, t: int, update: dict[str, tuple]) -> ServingState:
-        """The state after step ``t`` from the previous one: the changed weights' new values
-        come from the history (its value rule), the rest is kept."""
-        idx, val, deltas = dict(st.idx), dict(st.val), dict(st.deltas)
-        for name, (r, c, _) in update.items():
-            cols = self.shapes[name][1]
-            new_i = r.astype(np.int64) * cols + c
-            new_v = self.history[name].get_weights(r, c, t)
-            keep = ~np.isin(idx[name], new_i)
-            all_i = np.concatenate([idx[name][keep], new_i])
-            all_v = np.concatenate([val[name][keep], new_v])
-            order = np.argsort(all_i, kind="stable")
-            nz = all_v[order] != 0
-            idx[name], val[name] = all_i[order][nz], all_v[order][nz]
-            deltas[name] = self._delta(name, idx[name], val[name], t)
-        return ServingState(t, deltas, idx, val)
+    def _publish(self) -> None:
+        """The model's params hold the live weights (the old arrays were donated)."""
+        for name, w in self._merged.weights.items():
+            self.model.params[f"encoder.{name}.weight"] = w
+
+    def _correction(self, step: int) -> dict[str, hj.SparseDelta]:
+        """The sparse deltas that take the live weights to ``step`` (cached per live step)."""
+        key = (step, self._merged.step)
+        if key not in self._corrections:
+            with self._history_lock:
+                parts = self._merged.window_correction(step)
+            deltas = {}
+            for name, (r, c, v) in parts.items():
+                if len(r):
+                    cap = max(256, 1 << (len(r) - 1).bit_length())  # shapes repeat: no retrace
+                    deltas[name] = hj.SparseDelta.from_coo(r, c, v, self.shapes[name], step=step,
+                                                           capacity=cap)
+            self._corrections[key] = deltas
+            while len(self._corrections) > _CORRECTIONS_KEPT:
+                self._corrections.popitem(last=False)
+        self._corrections.move_to_end(key)
+        return self._corrections[key]
+
+    def _run_batch(self, batch: list[Request]) -> None:
+        groups: dict[int, list[Request]] = {}
+        live = self._merged.step
+        for r in batch:
+            if r.step is None:
+                groups.setdefault(live, []).append(r)
+                continue
+            try:
+                with self._history_lock:
+                    s = self.history.resolve(r.step)
+            except (ValueError, TypeError) as exc:
+                r.future.set_exception(exc)
+                continue
+            groups.setdefault(s, []).append(r)
+        params = self.model.params
+        for s, reqs in groups.items():
+            try:
+                deltas = {} if s == live else self._correction(s)
+                self._forward(params, deltas, s, reqs)
+            except Exception as exc:  # noqa: BLE001 - each waiting caller hears its own
+                for r in reqs:
+                    if not r.future.done():
+                        r.future.set_exception(exc)
+
+    def _forward(self, params: dict, deltas: dict, step: int, reqs: list[Request]) -> None:
+        """One forward pass (or one per 256 texts) over the requests' tokens."""
+        toks = [r.payload for r in reqs]
+        width = max(ids.shape[1] for ids, _ in toks)
+        ids = np.concatenate([np.pad(i, ((0, 0), (0, width - i.shape[1]))) for i, _ in toks])
+        mask = np.concatenate([np.pad(m, ((0, 0), (0, width - m.shape[1]))) for _, m in toks])
+        out = []
+        for s in range(0, len(ids), _BATCH_BUCKETS[-1]):
+            i, m = ids[s:s + _BATCH_BUCKETS[-1]], mask[s:s + _BATCH_BUCKETS[-1]]
+            n = len(i)
+            b = next(x for x in _BATCH_BUCKETS if x >= n)
+            if b > n:  # pad the batch to a bucket so the jitted shapes repeat
+                i = np.concatenate([i, np.zeros((b - n, width), i.dtype)])
+                m = np.concatenate([m, np.zeros((b - n, width), m.dtype)])
+                m[n:, 0] = 1
+            emb = self._embed(params, deltas, jnp.asarray(i), jnp.asarray(m), jnp.float32(1.0))
+            out.append(np.asarray(emb)[:n])
+        emb = np.concatenate(out)
+        self.metrics.batches += 1
+        at = 0
+        for r in reqs:
+            k = len(r.texts)
+            r.future.set_result((emb[at:at + k], step))
+            at += k

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from .. import jax as hj
 
-__all__ = ["MiniLM", "LINEARS", "default_model_path", "contrastive_loss"]
+__all__ = ["MiniLM", "LINEARS", "HashTokenizer", "default_model_path", "contrastive_loss"]
 
 #: The linear layers of one BERT layer that carry adapters, in forward order.
 LINEARS = ("attention.self.query", "attention.self.key", "attention.self.value",
@@ -79,6 +80,37 @@ class MiniLM:
         tok.enable_truncation(max_length=256)
         return cls(params, config, tok, impl=impl)
 
+    @classmethod
+    def random(cls, seed: int = 0, *, layers: int = 6, hidden: int = 384, heads: int = 12,
+               intermediate: int = 1536, vocab: int = 30522, impl: str = "auto") -> MiniLM:
+        """MiniLM-L6's architecture (or a smaller one) with seeded random weights and a
+        hashing tokenizer: for machines without the model package (the GPU machines here),
+        for benchmarks whose cost does not depend on the weights' values, and for tests."""
+        rng = np.random.default_rng(seed)
+        config = {"vocab_size": vocab, "hidden_size": hidden, "num_hidden_layers": layers,
+                  "num_attention_heads": heads, "intermediate_size": intermediate,
+                  "max_position_embeddings": 512, "type_vocab_size": 2,
+                  "layer_norm_eps": 1e-12}
+        shapes = {"embeddings.word_embeddings.weight": (vocab, hidden),
+                  "embeddings.position_embeddings.weight": (512, hidden),
+                  "embeddings.token_type_embeddings.weight": (2, hidden),
+                  "embeddings.LayerNorm.weight": (hidden,), "embeddings.LayerNorm.bias": (hidden,)}
+        dims = {"attention.self.query": (hidden, hidden), "attention.self.key": (hidden, hidden),
+                "attention.self.value": (hidden, hidden),
+                "attention.output.dense": (hidden, hidden),
+                "intermediate.dense": (intermediate, hidden),
+                "output.dense": (hidden, intermediate)}
+        for i in range(layers):
+            L = f"encoder.layer.{i}"
+            for name, (o, n) in dims.items():
+                shapes[f"{L}.{name}.weight"], shapes[f"{L}.{name}.bias"] = (o, n), (o,)
+            for ln in ("attention.output.LayerNorm", "output.LayerNorm"):
+                shapes[f"{L}.{ln}.weight"], shapes[f"{L}.{ln}.bias"] = (hidden,), (hidden,)
+        params = {k: jnp.asarray((rng.standard_normal(v) * 0.05
+                                  + k.endswith("LayerNorm.weight")).astype(np.float32))
+                  for k, v in shapes.items()}
+        return cls(params, config, HashTokenizer(vocab), impl=impl)
+
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """Name -> (out_features, in_features) of every adaptable matrix, in forward order."""
         return {f"layer.{i}.{n}": tuple(self.params[f"encoder.layer.{i}.{n}.weight"].shape)
@@ -120,6 +152,24 @@ class MiniLM:
         """The pure function ``(params, deltas, ids, mask, scale) -> embeddings`` (jit-able,
         differentiable)."""
         return functools.partial(_forward, heads=self.heads, eps=self.eps, impl=self.impl)
+
+
+class HashTokenizer:
+    """Word pieces by hashing: ``[CLS] hash(word) ... [SEP]`` ids for :meth:`MiniLM.random`
+    (the same text always gives the same ids; no vocabulary file)."""
+
+    def __init__(self, vocab: int) -> None:
+        self.vocab = vocab
+
+    def encode_batch(self, texts: list[str]) -> list[Any]:
+        from types import SimpleNamespace
+
+        out = []
+        for t in texts:
+            words = [zlib.crc32(w.encode("utf-8", "surrogatepass")) % (self.vocab - 1000) + 1000
+                     for w in t.lower().split()]
+            out.append(SimpleNamespace(ids=[101, *words, 102]))
+        return out
 
 
 def _layer_norm(x: Any, w: Any, b: Any, eps: float) -> Any:

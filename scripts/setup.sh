@@ -46,9 +46,17 @@ serve_deps=("numpy>=1.24" "scipy>=1.10" "pytest>=7" "hypothesis>=6.80" "tqdm>=4.
             "nanobind>=2.0" "scikit-build-core>=0.10" "cmake>=3.18" "ninja"
             "jax>=0.4.30" "ml_dtypes" "safetensors" "tokenizers" "fastapi" "uvicorn" "httpx")
 
+# NanoVDB's headers, copied where the GPU command finds them (the GPU machines have none: a
+# device run carries build/nanovdb-include; see bench/gpu.sh).
+copy_nanovdb() {
+  mkdir -p build/nanovdb-include
+  cp -r /usr/include/nanovdb build/nanovdb-include/
+}
+
 if [ "$what" = serve-test ]; then
   # NanoVDB is headers only (the CPU tree walk and the GPU kernels read grids through them).
   apt_install libnanovdb-dev
+  copy_nanovdb
   make_venv .venv-serve
   echo "==> installing the serving stack into .venv-serve (no OpenVDB, no PyTorch)"
   venv_pip .venv-serve install "${serve_deps[@]}"
@@ -71,6 +79,7 @@ fi
 
 apt_install libopenvdb-dev libnanovdb-dev libboost-dev libboost-iostreams-dev libtbb-dev \
             libblosc-dev libopenvdb-tools python3-openvdb
+copy_nanovdb
 make_venv .venv
 echo "==> installing Python dependencies"
 venv_pip .venv install "${serve_deps[@]}" "tiledb" "nvidia-cuda-nvrtc"

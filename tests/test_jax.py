@@ -126,7 +126,8 @@ def test_linear(impl, rng, with_bias):
     W = (rng.standard_normal(shape) * 0.1).astype(np.float32)
     b = rng.standard_normal(shape[0]).astype(np.float32) if with_bias else None
     scale = 2.5
-    f = jax.jit(lambda x, W, b, d: hj.linear(x, W, d, scale, b, impl=impl))
+    # The reference is full float32: ask for it (JAX's default on a GPU is TF32-class).
+    f = jax.jit(lambda x, W, b, d: hj.linear(x, W, d, scale, b, impl=impl, precision="highest"))
     y = f(jnp.asarray(x), jnp.asarray(W), None if b is None else jnp.asarray(b), d)
     ref = f64(x) @ f64(W).T + scale * f64(x) @ dW.T
     mag = np.abs(f64(x)) @ np.abs(f64(W)).T + scale * np.abs(f64(x)) @ np.abs(dW).T
@@ -134,7 +135,7 @@ def test_linear(impl, rng, with_bias):
         ref, mag = ref + f64(b), mag + np.abs(f64(b))
     assert_close(y, ref, mag, f"linear {impl}")
     # no delta: the plain layer
-    y0 = hj.linear(jnp.asarray(x), jnp.asarray(W), None, impl=impl)
+    y0 = hj.linear(jnp.asarray(x), jnp.asarray(W), None, impl=impl, precision="highest")
     assert_close(y0, f64(x) @ f64(W).T, np.abs(f64(x)) @ np.abs(f64(W)).T, "linear, no delta")
 
 

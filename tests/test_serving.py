@@ -267,7 +267,6 @@ def test_encode_wrong_kinds_are_type_errors(live, texts):
     ({"lr": float("inf")}, "lr must be a finite number > 0"),
     ({"update_fraction": 0}, "update_fraction must be in"),
     ({"update_fraction": 1.5}, "update_fraction must be in"),
-    ({"max_batch_texts": 0}, "max_batch_texts must be in 1..256"),
 ])
 def test_constructor_checks(tmp_path, kwargs, message):
     path = tmp_path / "never.hvh"

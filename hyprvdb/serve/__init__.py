@@ -1,6 +1,6 @@
 """Serving a model whose sparse adapters keep learning: :class:`MiniLM` (all-MiniLM-L6-v2 in
 JAX), :class:`MergedWeights` (a history's adapter merged into a model's weights, moved between
-steps in place), :class:`ServingLoop` (one thread for forward passes and updates),
+steps in place), :class:`WeightsLock` (forward passes or an update, never both),
 :class:`AdaptiveEncoder` (the model, its history and its live weights), the HTTP app
 (:func:`create_app`, :func:`serve`) and the demo (:func:`run_demo`).
 
@@ -11,10 +11,10 @@ from ._app import create_app, serve
 from ._demo import doc_pairs
 from ._demo import run as run_demo
 from ._encoder import AdaptiveEncoder
-from ._loop import ServingLoop
+from ._lock import WeightsLock
 from ._merged import MergedWeights, merge_from_scratch
 from ._model import LINEARS, MiniLM, contrastive_loss, default_model_path
 
-__all__ = ["AdaptiveEncoder", "LINEARS", "MergedWeights", "MiniLM", "ServingLoop",
+__all__ = ["AdaptiveEncoder", "LINEARS", "MergedWeights", "MiniLM", "WeightsLock",
            "contrastive_loss", "create_app", "default_model_path", "doc_pairs",
            "merge_from_scratch", "run_demo", "serve"]

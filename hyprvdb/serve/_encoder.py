@@ -11,11 +11,11 @@ commits it as one step of the history, and rewrites, in place, only the weights 
 changed, each from its pretrained value and the history's sum: the live weights equal a
 merge from scratch of ``history.weights_at_time(step)`` bit for bit.
 
-Every forward pass and every weight update runs on one serving thread (:class:`ServingLoop`),
-which batches the requests that wait and applies updates between batches: a request sees one
-whole committed step and reports it. ``encode(texts, step=t)`` serves a past step without
-touching the live weights: each adapted layer adds the window's sparse correction
-``S_t - S_live`` to the live product (:func:`hyprvdb.jax.delta_add`).
+Requests run their forward passes in their own threads, concurrently, and a weight update
+waits for them and holds them off while it writes (:class:`WeightsLock`, writers first): a
+request sees one whole committed step and reports it. ``encode(texts, step=t)`` serves a past
+step without touching the live weights: each adapted layer adds the window's sparse
+correction ``S_t - S_live`` to the live product (:func:`hyprvdb.jax.delta_add`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import numpy as np
 
 from .. import jax as hj
 from ..history import TemporalGroup
-from ._loop import Request, ServingLoop
+from ._lock import WeightsLock
 from ._merged import MergedWeights
 from ._model import MiniLM, contrastive_loss
 
@@ -60,6 +60,10 @@ class Metrics:
     def count_texts(self, n: int) -> None:
         with self.lock:
             self.embedded_texts += n
+
+    def count_batch(self) -> None:
+        with self.lock:
+            self.batches += 1
 
     def observe(self, endpoint: str, seconds: float, ok: bool = True) -> None:
         with self.lock:
@@ -88,20 +92,15 @@ class AdaptiveEncoder:
         Token lengths adaptation batches are padded (or truncated) to.
     scale : float
         The adapter's scale: the live weights are ``W_pre + scale * S``.
-    max_batch_texts : int
-        Most texts one forward pass of the serving loop takes from waiting requests.
     """
 
     def __init__(self, model: MiniLM | None = None, history: str | os.PathLike | None = None,
                  *, lr: float = 0.05, update_fraction: float = 5e-4, query_tokens: int = 32,
-                 doc_tokens: int = 96, scale: float = 1.0, max_batch_texts: int = 256) -> None:
+                 doc_tokens: int = 96, scale: float = 1.0) -> None:
         if not lr > 0 or not math.isfinite(lr):
             raise ValueError(f"lr must be a finite number > 0, got {lr}")
         if not 0 < update_fraction <= 1:
             raise ValueError(f"update_fraction must be in (0, 1], got {update_fraction}")
-        if not 1 <= max_batch_texts <= _BATCH_BUCKETS[-1]:
-            raise ValueError(f"max_batch_texts must be in 1..{_BATCH_BUCKETS[-1]}, got "
-                             f"{max_batch_texts}")
         self.model = model if model is not None else MiniLM.load()
         self.shapes = self.model.linear_shapes()
         self.lr, self.update_fraction = float(lr), float(update_fraction)
@@ -118,8 +117,10 @@ class AdaptiveEncoder:
                 self.history.save(history)
         self.metrics = Metrics()
         self._write = threading.Lock()           # one writer (adapt, rollback) at a time
-        self._history_lock = threading.RLock()   # the history is read by the serving thread
+        self._history_lock = threading.RLock()   # requests read the history (past steps)
+        self._lock = WeightsLock()               # forward passes vs updates of the weights
         self._corrections: OrderedDict[tuple[int, int], dict] = OrderedDict()
+        self._corrections_lock = threading.Lock()
         self._merged = MergedWeights({n: self.model.weight(n) for n in self.shapes},
                                      self.history, scale=scale)
         self._publish()
@@ -138,7 +139,6 @@ class AdaptiveEncoder:
 
         self._grad = jax.jit(jax.value_and_grad(loss_of_weights))
         self._adapted = adapted
-        self._loop = ServingLoop(self._run_batch, max_texts=max_batch_texts)
 
     # ---------------------------------------------------------------- reading
     @property
@@ -154,8 +154,14 @@ class AdaptiveEncoder:
                                  or not isinstance(step, (int, np.integer))):
             raise TypeError(f"step must be an int or None, got {type(step).__name__} {step!r}")
         ids, mask = self.model.tokenize(texts)
-        return self._loop.submit(list(texts), None if step is None else int(step),
-                                 (ids, mask)).result()
+        with self._lock.reading():
+            live = self._merged.step
+            if step is None:
+                return self._forward(self.model.params, {}, ids, mask), live
+            with self._history_lock:
+                s = self.history.resolve(step)
+            deltas = {} if s == live else self._correction(s, live)
+            return self._forward(self.model.params, deltas, ids, mask), s
 
     def history_summary(self) -> dict[str, Any]:
         """Steps and sizes of the history, read consistently with the commits."""
@@ -200,116 +206,110 @@ class AdaptiveEncoder:
             loss, grads = self._grad(tuple(weights[n] for n in self.shapes), self.model.params,
                                      jnp.asarray(qi), jnp.asarray(qm), jnp.asarray(pi),
                                      jnp.asarray(pm), jnp.asarray(valid))
-            update, changed = {}, {}
+            update = {}
             for name, g in zip(self.shapes, grads):
                 g = np.asarray(g).ravel()
                 k = max(1, int(self.update_fraction * g.size))
                 top = np.sort(np.argpartition(np.abs(g), g.size - k)[g.size - k:])
                 cols = self.shapes[name][1]
                 update[name] = (top // cols, top % cols, (-lr * g[top]).astype(np.float32))
-                changed[name] = top.astype(np.int64)
-            with self._history_lock:
-                t = self.history.latest + 1
-                self.history.store_deltas(t, update)  # durable once this returns
-            swap = time.perf_counter()
-            self._loop.update(lambda: self._move(t, changed))
-            self.metrics.last_swap_seconds = time.perf_counter() - swap
-            self.metrics.adapt_steps += 1
-        return {"step": t, "loss": float(loss),
-                "changes": int(sum(len(u[0]) for u in update.values())),
+            out = self._commit(update)
+        return {"step": out["step"], "loss": float(loss), "changes": out["changes"],
+                "swap_ms": out["swap_ms"]}
+
+    def commit(self, update: dict[str, tuple]) -> dict[str, Any]:
+        """Commit one step of sparse changes and serve it: ``update[name]`` is ``(rows, cols,
+        deltas)`` or ``(rows, cols, deltas, reset)``, as for
+        :meth:`~hyprvdb.TemporalGroup.store_deltas` (what ``adapt`` computes, or what another
+        learner wrote). Returns ``{"step", "changes", "swap_ms"}``; the step is durable, and
+        served, when this returns."""
+        with self._write:
+            return self._commit(update)
+
+    def _commit(self, update: dict[str, tuple]) -> dict[str, Any]:
+        with self._history_lock:
+            t = self.history.latest + 1
+            self.history.store_deltas(t, update)  # durable once this returns; checks it all
+        changed = {}
+        for name, item in update.items():
+            cols = self.shapes[name][1]
+            changed[name] = np.unique(np.asarray(item[0], np.int64) * cols
+                                      + np.asarray(item[1], np.int64))
+        swap = time.perf_counter()
+        with self._lock.writing():
+            self._move(t, changed)
+        self.metrics.last_swap_seconds = time.perf_counter() - swap
+        self.metrics.adapt_steps += 1
+        return {"step": t, "changes": int(sum(len(c) for c in changed.values())),
                 "swap_ms": self.metrics.last_swap_seconds * 1e3}
 
     def rollback(self, t: int) -> int:
         """Serve (and continue from) step ``t``; later steps are discarded. Rewrites only the
         weights the discarded steps changed."""
-        with self._write:
+        with self._write, self._lock.writing():
             with self._history_lock:
                 step = self.history.resolve(t)
                 changed = self._merged.changed_since(step)  # before the steps are dropped
                 self.history.rollback(step)
-            self._loop.update(lambda: self._move(step, changed))
+            self._move(step, changed)
         return step
 
     def close(self) -> None:
-        """Serve what is queued, stop the serving thread and close the history file."""
-        self._loop.close()
-        self.history.close()
+        """Close the history file (after the requests in flight)."""
+        with self._lock.writing():
+            self.history.close()
 
-    # ---------------------------------------------------------------- the serving thread
+    # ---------------------------------------------------------------- internals
     def _move(self, step: int, changed: dict[str, np.ndarray]) -> None:
+        """Bring the live weights to ``step`` (the caller holds the weights for writing, so
+        no forward pass reads them meanwhile)."""
         with self._history_lock:
             self._merged.move_to(step, changed)
-        self._corrections.clear()
-        self._publish()
+            self._publish()
+        with self._corrections_lock:
+            self._corrections.clear()
 
     def _publish(self) -> None:
         """The model's params hold the live weights (the old arrays were donated)."""
         for name, w in self._merged.weights.items():
             self.model.params[f"encoder.{name}.weight"] = w
 
-    def _correction(self, step: int) -> dict[str, hj.SparseDelta]:
-        """The sparse deltas that take the live weights to ``step`` (cached per live step)."""
-        key = (step, self._merged.step)
-        if key not in self._corrections:
-            with self._history_lock:
-                parts = self._merged.window_correction(step)
-            deltas = {}
-            for name, (r, c, v) in parts.items():
-                if len(r):
-                    cap = max(256, 1 << (len(r) - 1).bit_length())  # shapes repeat: no retrace
-                    deltas[name] = hj.SparseDelta.from_coo(r, c, v, self.shapes[name], step=step,
-                                                           capacity=cap)
+    def _correction(self, step: int, live: int) -> dict[str, hj.SparseDelta]:
+        """The sparse deltas that take the live weights to ``step`` (kept for the few past
+        steps asked most recently; called with the weights held for reading)."""
+        key = (step, live)
+        with self._corrections_lock:
+            if key in self._corrections:
+                self._corrections.move_to_end(key)
+                return self._corrections[key]
+        with self._history_lock:
+            parts = self._merged.window_correction(step)
+        deltas = {}
+        for name, (r, c, v) in parts.items():
+            if len(r):
+                cap = max(256, 1 << (len(r) - 1).bit_length())  # shapes repeat: no retrace
+                deltas[name] = hj.SparseDelta.from_coo(r, c, v, self.shapes[name], step=step,
+                                                       capacity=cap)
+        with self._corrections_lock:
             self._corrections[key] = deltas
             while len(self._corrections) > _CORRECTIONS_KEPT:
                 self._corrections.popitem(last=False)
-        self._corrections.move_to_end(key)
-        return self._corrections[key]
+        return deltas
 
-    def _run_batch(self, batch: list[Request]) -> None:
-        groups: dict[int, list[Request]] = {}
-        live = self._merged.step
-        for r in batch:
-            if r.step is None:
-                groups.setdefault(live, []).append(r)
-                continue
-            try:
-                with self._history_lock:
-                    s = self.history.resolve(r.step)
-            except (ValueError, TypeError) as exc:
-                r.future.set_exception(exc)
-                continue
-            groups.setdefault(s, []).append(r)
-        params = self.model.params
-        for s, reqs in groups.items():
-            try:
-                deltas = {} if s == live else self._correction(s)
-                self._forward(params, deltas, s, reqs)
-            except Exception as exc:  # noqa: BLE001 - each waiting caller hears its own
-                for r in reqs:
-                    if not r.future.done():
-                        r.future.set_exception(exc)
-
-    def _forward(self, params: dict, deltas: dict, step: int, reqs: list[Request]) -> None:
-        """One forward pass (or one per 256 texts) over the requests' tokens."""
-        toks = [r.payload for r in reqs]
-        width = max(ids.shape[1] for ids, _ in toks)
-        ids = np.concatenate([np.pad(i, ((0, 0), (0, width - i.shape[1]))) for i, _ in toks])
-        mask = np.concatenate([np.pad(m, ((0, 0), (0, width - m.shape[1]))) for _, m in toks])
+    def _forward(self, params: dict, deltas: dict, ids: np.ndarray, mask: np.ndarray
+                 ) -> np.ndarray:
+        """One forward pass per 256 texts, each padded to a batch bucket so that jitted
+        shapes repeat."""
         out = []
         for s in range(0, len(ids), _BATCH_BUCKETS[-1]):
             i, m = ids[s:s + _BATCH_BUCKETS[-1]], mask[s:s + _BATCH_BUCKETS[-1]]
             n = len(i)
             b = next(x for x in _BATCH_BUCKETS if x >= n)
-            if b > n:  # pad the batch to a bucket so the jitted shapes repeat
-                i = np.concatenate([i, np.zeros((b - n, width), i.dtype)])
-                m = np.concatenate([m, np.zeros((b - n, width), m.dtype)])
+            if b > n:
+                i = np.concatenate([i, np.zeros((b - n, i.shape[1]), i.dtype)])
+                m = np.concatenate([m, np.zeros((b - n, m.shape[1]), m.dtype)])
                 m[n:, 0] = 1
             emb = self._embed(params, deltas, jnp.asarray(i), jnp.asarray(m), jnp.float32(1.0))
             out.append(np.asarray(emb)[:n])
-        emb = np.concatenate(out)
-        self.metrics.batches += 1
-        at = 0
-        for r in reqs:
-            k = len(r.texts)
-            r.future.set_result((emb[at:at + k], step))
-            at += k
+        self.metrics.count_batch()
+        return out[0] if len(out) == 1 else np.concatenate(out)

@@ -1,7 +1,7 @@
 """MergedWeights: a model's weights with a history's adapter merged in, kept at one step and
 moved between steps by writing, in place, only the weights a move changes.
 
-At step t every adapted matrix holds ``W = dtype(f32(W_pre) + f32(scale) * S_t)`` where
+At step t every adapted matrix holds ``W = dtype(f32(W_pre) + f32(f32(scale) * S_t))`` where
 ``W_pre`` is the pretrained weight and ``S_t`` the adapter's accumulated sum at t (the
 history's float32 state). A move from step a to step b rewrites the coordinates that have a
 stored change in the window between them (for a commit: the coordinates the step changed),
@@ -9,11 +9,14 @@ each computed again from ``W_pre`` and ``S_b`` — never by adding a delta onto 
 — so the weights are bit for bit those of a merge from scratch, after any sequence of
 commits, rollbacks and jumps, in float32 as in bfloat16.
 
-``W_pre`` is kept only where the adapter has ever been: the support, read from the weights
-the first time a coordinate is written. The values are computed on the host with numpy (no
-fused multiply-add, so the same bits on every backend) and written by one jitted scatter per
-move whose input buffers are donated: XLA updates the weights in place, so a move needs no
-second copy of the model.
+How a move runs without waiting for the device: the host computes ``f32(scale) * S_b`` (numpy,
+so the product is rounded on its own: no fused multiply-add can change the bits on any
+backend) and, where it keeps it, ``W_pre``; one jitted program, whose weight buffers are
+donated (XLA updates them in place, no second copy of the model), takes ``W_pre`` for those
+coordinates and the current weight for the others (never written before, so still
+pretrained), adds the product in float32, rounds to the weights' dtype, writes, and hands
+back the values it found. Those join the kept ``W_pre`` (the support: every coordinate the
+adapter has reached) at the next move, when they have long arrived.
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ _DTYPES = ("float32", "bfloat16", "float16")
 
 
 def merge_from_scratch(pre: np.ndarray, delta: np.ndarray, scale: float) -> np.ndarray:
-    """The rule a merge follows, on whole arrays: ``dtype(f32(pre) + f32(scale) * f32(delta))``
-    with ``pre``'s dtype (the reference the in-place moves are held equal to)."""
+    """The rule a merge follows, on whole arrays: ``dtype(f32(pre) + f32(f32(scale) *
+    f32(delta)))`` with ``pre``'s dtype (the reference the in-place moves are held equal to)."""
     out = pre.astype(np.float32) + np.float32(scale) * delta.astype(np.float32)
     return out.astype(pre.dtype)
 
@@ -47,21 +50,23 @@ def _split(flat: Any, sizes: tuple[int, ...]) -> list:
     return out
 
 
-def _scatter(weights: tuple, idx: Any, vals: Any, sizes: tuple[int, ...]) -> tuple:
-    # Every matrix's (padded) indices and values in one array each, split by the static
-    # sizes; padding carries an index past the end, which mode="drop" skips.
-    return tuple(w.reshape(-1).at[i].set(v, mode="drop").reshape(w.shape)
-                 for w, i, v in zip(weights, _split(idx, sizes), _split(vals, sizes)))
+def _update(weights: tuple, idx: Any, pre: Any, known: Any, product: Any,
+            sizes: tuple[int, ...]) -> tuple[tuple, Any]:
+    """Every matrix's (padded) entries in one array each, split by the static sizes; padding
+    carries an index past the end, which the writes drop. Returns the new weights and the
+    values found at the written coordinates."""
+    new, found = [], []
+    for w, i, p, k, s in zip(weights, _split(idx, sizes), _split(pre, sizes),
+                             _split(known, sizes), _split(product, sizes)):
+        flat = w.reshape(-1)
+        old = flat.at[i].get(mode="fill", fill_value=0)
+        base = jnp.where(k, p, old).astype(jnp.float32)
+        new.append(flat.at[i].set((base + s).astype(w.dtype), mode="drop").reshape(w.shape))
+        found.append(old)
+    return tuple(new), jnp.concatenate(found)
 
 
-def _gather(weights: tuple, idx: Any, sizes: tuple[int, ...]) -> Any:
-    # One array back: one transfer to the host, whatever the number of matrices.
-    return jnp.concatenate([w.reshape(-1).at[i].get(mode="fill", fill_value=0).astype(jnp.float32)
-                            for w, i in zip(weights, _split(idx, sizes))])
-
-
-_scatter_jit = jax.jit(_scatter, donate_argnums=0, static_argnums=3)
-_gather_jit = jax.jit(_gather, static_argnums=2)
+_update_jit = jax.jit(_update, donate_argnums=0, static_argnums=5)
 
 
 class MergedWeights:
@@ -70,9 +75,9 @@ class MergedWeights:
     Parameters
     ----------
     weights : mapping of name to jax.Array
-        The pretrained weights of the group's matrices (float32, bfloat16 or float16, each of
-        its member's shape). They are taken over: moves donate them, so the caller keeps using
-        :attr:`weights`, never the arrays it passed.
+        The pretrained weights of the group's matrices (one dtype: float32, bfloat16 or
+        float16; each of its member's shape). They are taken over: moves donate them, so the
+        caller keeps using :attr:`weights`, never the arrays it passed.
     history : TemporalGroup
         The adapter's history; every name of ``weights`` must be a member.
     scale : float
@@ -90,7 +95,9 @@ class MergedWeights:
     >>> m = MergedWeights({"w": jnp.ones((2, 3), jnp.float32)}, g)
     >>> np.asarray(m.weights["w"]).tolist()
     [[1.0, 1.0, 1.5], [1.0, 1.0, 1.0]]
-    >>> m.move_to(0); np.asarray(m.weights["w"])[0, 2].item()
+    >>> m.move_to(0)
+    0
+    >>> np.asarray(m.weights["w"])[0, 2].item()
     1.0
     """
 
@@ -130,6 +137,7 @@ class MergedWeights:
         self._offset = dict(zip(self._names, np.concatenate([[0], np.cumsum(sizes)[:-1]])))
         self._sizes = dict(zip(self._names, sizes.tolist()))
         self._support = (np.zeros(0, np.int64), np.zeros(0, self._dtype))
+        self._pending: tuple | None = None  # the last move's found values, still on the device
         self._nonfinite = np.zeros(0, np.int64)  # flat indices whose live value is NaN or inf
         self._step: int | None = None  # None: the pretrained weights, no adapter yet
         self.move_to(history.latest if step is None else step)
@@ -148,14 +156,17 @@ class MergedWeights:
     @property
     def finite(self) -> bool:
         """Whether every weight the adapter has written is finite."""
+        self._absorb()
         return not len(self._nonfinite)
 
     def support_size(self) -> int:
         """Coordinates whose pretrained value is kept (those the adapter has ever reached)."""
+        self._absorb()
         return len(self._support[0])
 
     def support_nbytes(self) -> int:
         """Host bytes held by the kept pretrained values and their indices."""
+        self._absorb()
         return self._support[0].nbytes + self._support[1].nbytes
 
     def changed_since(self, t: int) -> dict[str, np.ndarray]:
@@ -189,16 +200,13 @@ class MergedWeights:
                 changed = self.changed_since(step)
         names = [n for n in self._names if n in changed and len(changed[n])]
         if names:
+            self._absorb()
             local = {n: np.asarray(changed[n], np.int64) for n in names}
             s = h.get_weights(local, step, check=False)
             flat = np.concatenate([local[n] + self._offset[n] for n in names])
             counts = {n: len(local[n]) for n in names}
-            values = merge_from_scratch(self._pretrained(flat, counts),
-                                        np.concatenate([s[n] for n in names]), float(self.scale))
-            bad = ~np.isfinite(values.astype(np.float32))
-            if bad.any() or len(self._nonfinite):
-                self._nonfinite = np.union1d(np.setdiff1d(self._nonfinite, flat), flat[bad])
-            self._write(flat, values, counts)
+            product = np.float32(self.scale) * np.concatenate([s[n] for n in names])
+            self._write(flat, product, counts)
         self._step = step
         return step
 
@@ -217,58 +225,62 @@ class MergedWeights:
         return out
 
     # ---------------------------------------------------------------- internals
-    def _layout(self, counts: dict[str, int], fill: int) -> tuple[np.ndarray, tuple[int, ...]]:
-        """Where each matrix's entries go in the padded concatenation the jitted programs
-        take (every matrix padded to its bucket), and those sizes."""
+    def _layout(self, counts: dict[str, int]) -> tuple[np.ndarray, np.ndarray, tuple]:
+        """Where each entry goes in the padded concatenation the jitted program takes (every
+        matrix padded to its bucket), the local-index shift of each entry, and the sizes."""
         sizes = tuple(_bucket(counts.get(n, 0)) for n in self._names)
-        start = dict(zip(self._names, np.concatenate([[0], np.cumsum(sizes)[:-1]]).tolist()))
-        dest = np.concatenate([np.arange(counts[n]) + start[n] for n in self._names
-                               if counts.get(n)])
-        return dest, sizes
+        start = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        present = [k for k, n in enumerate(self._names) if counts.get(n)]
+        n_of = np.array([counts[self._names[k]] for k in present])
+        first = np.concatenate([[0], np.cumsum(n_of)[:-1]])
+        dest = np.arange(int(n_of.sum())) + np.repeat(start[present] - first, n_of)
+        shift = np.repeat([self._offset[self._names[k]] for k in present], n_of)
+        return dest, shift, sizes
 
-    def _padded_local(self, flat: np.ndarray, counts: dict[str, int], fill_past_end: bool
-                      ) -> tuple[np.ndarray, tuple[int, ...]]:
-        """Local (per-matrix) int32 indices of ``flat``, padded per matrix: with the index
-        past the matrix's end (dropped by the scatter) or 0 (a harmless gather)."""
-        dest, sizes = self._layout(counts, 0)
-        out = np.zeros(sum(sizes), np.int32)
-        if fill_past_end:
-            out[:] = np.repeat([self._sizes[n] for n in self._names], sizes)
-        shift = np.concatenate([np.full(counts[n], self._offset[n]) for n in self._names
-                                if counts.get(n)])
-        out[dest] = flat - shift
-        return out, sizes
-
-    def _pretrained(self, flat: np.ndarray, counts: dict[str, int]) -> np.ndarray:
-        """``W_pre`` at ``flat`` (sorted, distinct): kept values, and for coordinates not
-        reached before, the current weights (untouched so far, so still pretrained), which
-        then join the support. One gather for every matrix, one transfer back."""
+    def _write(self, flat: np.ndarray, product: np.ndarray, counts: dict[str, int]) -> None:
+        dest, shift, sizes = self._layout(counts)
+        total = sum(sizes)
+        idx = np.repeat(np.array([self._sizes[n] for n in self._names], np.int32), sizes)
+        idx[dest] = flat - shift  # padding: past each matrix's end, dropped by the write
         sup_i, sup_v = self._support
         pos = np.searchsorted(sup_i, flat)
         known = pos < len(sup_i)
         known[known] = sup_i[pos[known]] == flat[known]
-        if not known.all():
-            local, sizes = self._padded_local(flat, counts, fill_past_end=False)
-            got = np.asarray(_gather_jit(tuple(self._w[n] for n in self._names), local, sizes))
-            dest, _ = self._layout(counts, 0)
-            new = ~known
-            at = np.searchsorted(sup_i, flat[new])  # a sorted merge, no sort
-            sup_i = np.insert(sup_i, at, flat[new])
-            sup_v = np.insert(sup_v, at, got[dest][new].astype(self._dtype))
-            self._support = (sup_i, sup_v)
-            pos = np.searchsorted(sup_i, flat)
-        return sup_v[pos]
-
-    def _write(self, flat: np.ndarray, values: np.ndarray, counts: dict[str, int]) -> None:
-        local, sizes = self._padded_local(flat, counts, fill_past_end=True)
-        dest, _ = self._layout(counts, 0)
-        vals = np.zeros(sum(sizes), self._dtype)
-        vals[dest] = values
-        new = _scatter_jit(tuple(self._w[n] for n in self._names), local, vals, sizes)
+        pre = np.zeros(total, self._dtype)
+        pre[dest[known]] = sup_v[pos[known]]
+        kn = np.zeros(total, bool)
+        kn[dest] = known
+        prod = np.zeros(total, np.float32)
+        prod[dest] = product
+        if known.any():  # the values written where W_pre is known: checked now, on the host
+            self._check_finite(flat[known], (sup_v[pos[known]].astype(np.float32)
+                                             + product[known]).astype(self._dtype))
+        new, found = _update_jit(tuple(self._w[n] for n in self._names), idx, pre, kn, prod,
+                                 sizes)
         self._w = dict(zip(self._names, new))
+        if not known.all():
+            self._pending = (flat[~known], dest[~known], product[~known], found)
+
+    def _absorb(self) -> None:
+        """The last move's newly reached coordinates join the support, with the pretrained
+        values the device found there."""
+        if self._pending is None:
+            return
+        flat, dest, product, found = self._pending
+        self._pending = None
+        pre = np.asarray(found)[dest].astype(self._dtype)
+        sup_i, sup_v = self._support
+        at = np.searchsorted(sup_i, flat)  # a sorted merge, no sort
+        self._support = (np.insert(sup_i, at, flat), np.insert(sup_v, at, pre))
+        self._check_finite(flat, (pre.astype(np.float32) + product).astype(self._dtype))
+
+    def _check_finite(self, flat: np.ndarray, values: np.ndarray) -> None:
+        bad = ~np.isfinite(values.astype(np.float32))
+        if bad.any() or len(self._nonfinite):
+            self._nonfinite = np.union1d(np.setdiff1d(self._nonfinite, flat), flat[bad])
 
 
 def _bucket(n: int) -> int:
-    """Padded sizes for the jitted programs' shapes: powers of two from 16, so that moves of
+    """Padded sizes for the jitted program's shapes: powers of two from 16, so that moves of
     similar size reuse one compiled program."""
     return max(16, 1 << max(0, n - 1).bit_length())

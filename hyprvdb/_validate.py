@@ -91,6 +91,19 @@ def same_length(**arrays: np.ndarray) -> int:
     return n
 
 
+#: The largest row or column count of any matrix hyprvdb holds: OpenVDB and NanoVDB
+#: coordinates are int32, and with both dimensions below 2**31 a linear index
+#: ``row * cols + col`` stays below 2**62, so no index computation can overflow int64.
+MAX_DIM = 2**31 - 1
+
+
+def matrix_dims(rows: Any, cols: Any, names: tuple[str, str] = ("rows", "cols")
+                ) -> tuple[int, int]:
+    """``(rows, cols)`` as ints in ``1..MAX_DIM`` (the one shape rule of every class)."""
+    return (positive_int(names[0], rows, limit=MAX_DIM),
+            positive_int(names[1], cols, limit=MAX_DIM))
+
+
 def positive_int(name: str, x: Any, *, limit: int | None = None) -> int:
     if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(x).__name__} {x!r}")

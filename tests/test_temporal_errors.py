@@ -213,15 +213,16 @@ def test_store_base_refuses_non_finite():
     assert g.current().active_count() == 0
 
 
-def test_non_finite_messages_do_not_suggest_a_missing_option(h):
-    """store_delta, accumulate and DeltaDetector.update take no ``allow_nonfinite``, so the
-    message must not tell the caller to pass one."""
+def test_non_finite_messages_name_only_options_that_exist(h):
+    """A history is created with ``allow_nonfinite`` (store_delta and accumulate take none), so
+    the message points there; DeltaDetector.update has no such option, so it suggests none."""
     with pytest.raises(ValueError) as info:
         h.store_delta(5, [0], [0], [np.nan])
-    assert "allow_nonfinite" not in str(info.value)
+    assert "create the history with allow_nonfinite=True" in str(info.value)
     with pytest.raises(ValueError) as info:
         h.accumulate([0], [0], [np.nan])
-    assert "allow_nonfinite" not in str(info.value)
+    assert "create the history with allow_nonfinite=True" in str(info.value)
+    assert "adapter" not in str(info.value)
     det = DeltaDetector(2, 2, threshold=0.1)
     with pytest.raises(ValueError) as info:
         det.update(np.array([[0.0, np.inf], [0.0, 0.0]]))
@@ -456,3 +457,66 @@ def test_tier_ages_need_not_be_multiples_of_the_next_resolution():
     assert h.steps == sorted(h.steps) and h.latest == 39
     for t in h.steps:
         assert h.weights_at_time(t).get_weight(0, 0) == float(t)
+
+
+# ---------------------------------------------------------------------------- issue 12 cases
+@pytest.mark.parametrize("make", [
+    lambda: TemporalAdapter(2**33, 2**33),
+    lambda: TemporalAdapter(4, 2**31),
+    lambda: TemporalGroup({"q": (2**31, 4)}),
+    lambda: DeltaDetector(2**32, 1, threshold=0.0),
+])
+def test_shapes_beyond_int32_coordinates_are_refused(make):
+    """row * cols + col must never wrap: one bound (2**31 - 1 per side) for every class."""
+    with pytest.raises(ValueError, match=r"must be in 1\.\.2147483647"):
+        make()
+
+
+def test_a_step_that_makes_a_weight_infinite_is_refused_and_stores_nothing():
+    h = TemporalAdapter(2, 2)
+    h.store_delta(1, [0], [1], [3e38])
+    with pytest.raises(ValueError, match=r"weight \(0, 1\) of 'lora_delta' .* not finite"):
+        h.store_delta(2, [0], [1], [3e38])
+    assert h.steps == [0, 1] and h.get_weights([0], [1]).tolist() == [np.float32(3e38)]
+    # the same through the open step
+    h.accumulate([0], [1], [3e38])
+    with pytest.raises(ValueError, match="not finite"):
+        h.commit()
+    assert h.steps == [0, 1]
+    h.discard_open()
+    # a reset to a finite value is fine, and a history that allows them stores inf
+    h.store_delta(2, [0], [1], [1.0], reset=np.array([True]))
+    g = TemporalAdapter(2, 2, allow_nonfinite=True)
+    g.store_delta(1, [0], [1], [3e38])
+    g.store_delta(2, [0], [1], [3e38])
+    assert np.isinf(g.get_weights([0], [1])[0])
+
+
+def test_a_group_refuses_the_whole_step_when_one_member_overflows():
+    g = TemporalGroup({"a": (2, 2), "b": (2, 2)})
+    g.store_deltas(1, {"b": ([1], [1], [-3e38])})
+    with pytest.raises(ValueError, match="of 'b'"):
+        g.store_deltas(2, {"a": ([0], [0], [1.0]), "b": ([1], [1], [-3e38])})
+    assert g.steps == [0, 1] and g["a"].change_count() == 0
+
+
+def test_a_refused_accumulate_leaves_no_open_step():
+    h = TemporalAdapter(4, 4)
+    with pytest.raises(IndexError, match=r"rows\[0\] = 99 is out of range for 4 rows"):
+        h.accumulate([99], [0], [1.0])
+    h.store_base(rows=[0], cols=[0], values=[1.0])  # refused before: "must come before..."
+    assert h.get_weights([0], [0]).tolist() == [1.0]
+
+
+def test_allow_nonfinite_travels_in_the_file(tmp_path):
+    p = tmp_path / "h.hvz"
+    h = TemporalAdapter(2, 2, allow_nonfinite=True)
+    h.store_delta(1, [0], [0], [np.inf])
+    h.save(p)
+    h.close()
+    g = TemporalAdapter.load(p)
+    assert np.isinf(g.get_weights([0], [0])[0])
+    g.store_delta(2, [0], [1], [np.nan])
+    g.close()
+    with pytest.raises(TypeError, match="allow_nonfinite must be a bool"):
+        TemporalAdapter(2, 2, allow_nonfinite="yes")

@@ -219,53 +219,217 @@ def assert_snap(h: TemporalAdapter, snap: dict) -> None:
         np.testing.assert_array_equal(h.weights_at_time(t).to_dense(), d)
 
 
+def header_end_of(data: bytes) -> int:
+    return 18 + struct.unpack_from("<I", data, 10)[0]
+
+
+SB = 48  # bytes per superblock; two follow the header
+
+
 def test_truncation_at_every_byte(tmp_path):
+    """Cut anywhere, a load returns every committed step, or warns naming what was lost and
+    keeps every record before the cut, or raises: it never returns fewer steps silently."""
     src = tmp_path / "full.hvz"
     bounds, snaps = small_history(src)
     data = src.read_bytes()
     assert len(data) == bounds[-1]
-    header_end = 18 + struct.unpack_from("<I", data, 10)[0]
+    header_end = header_end_of(data)
     cut = tmp_path / "cut.hvz"
     for k in range(len(data) + 1):
         cut.write_bytes(data[:k])
-        if k < header_end:
-            # The header is damaged: nothing to recover.
+        if k < header_end + SB:
+            # The header, or both superblocks (the newest one is the second), are cut: what
+            # was committed is unknown.
             for strict in (False, True):
                 with pytest.raises(CorruptFileError):
                     TemporalAdapter.load(cut, strict=strict)
             continue
-        if k == header_end:
-            # Cut exactly after the header: no record at all. Refusing the file and opening
-            # an empty history are both honest; anything else is not.
-            try:
-                h, caught = load_quietly(cut)
-            except CorruptFileError:
-                continue
-            assert caught == [] and h.steps == [0] and h.current().active_count() == 0
-            h.close()
-            continue
-        if k < bounds[0]:
-            # Inside the base record: damage before any complete record.
-            for strict in (False, True):
-                with pytest.raises(CorruptFileError, match=rf"byte {header_end}\b"):
-                    TemporalAdapter.load(cut, strict=strict)
-            continue
-        j = max(i for i, b in enumerate(bounds) if b <= k)
-        h, caught = load_quietly(cut)
-        assert_snap(h, snaps[j])
-        h.close()
-        if k == bounds[j]:
-            # Cut exactly between records: a shorter, intact history.
+        if k == len(data):
+            h, caught = load_quietly(cut)
             assert caught == []
-            h = TemporalAdapter.load(cut, strict=True)
-            assert_snap(h, snaps[j])
+            assert_snap(h, snaps[-1])
             h.close()
-        else:
-            assert len(caught) == 1, k
-            msg = str(caught[0].message)
-            assert f"byte {bounds[j]}" in msg
-            with pytest.raises(CorruptFileError, match=rf"byte {bounds[j]}\b"):
+            continue
+        # Committed records are missing: a warning names the newest committed step (that of
+        # the older superblock where the newer one, the second, is cut).
+        j = max([i for i, b in enumerate(bounds) if b <= k], default=-1)
+        h, caught = load_quietly(cut)
+        assert len(caught) == 1, k
+        msg = str(caught[0].message)
+        newest = snaps[-2 if k < header_end + 2 * SB else -1]["steps"][-1]
+        assert "lost" in msg and f"step {newest} was committed" in msg, msg
+        if j >= 0:
+            assert_snap(h, snaps[j])
+        else:  # not even the base record: an empty history, and the warning says so
+            assert h.steps == [0] and h.change_count() == 0
+        h.close()
+        with pytest.raises(CorruptFileError, match="lost"):
+            TemporalAdapter.load(cut, strict=True)
+
+
+def thirty_steps(path) -> TemporalAdapter:
+    rng = np.random.default_rng(30)
+    h = TemporalAdapter(9, 13, compact_every=4)
+    h.store_base(rows=[0, 4, 8], cols=[0, 6, 12], values=[1.0, -2.0, 3.0])
+    h.save(path)
+    for t in range(1, 31):
+        n = int(rng.integers(1, 6))
+        flat = np.unique(rng.integers(0, 9 * 13, n))
+        h.store_delta(t, flat // 13, flat % 13, rng.standard_normal(len(flat)),
+                      reset=rng.random(len(flat)) < 0.2)
+    return h
+
+
+def states_of(h: TemporalAdapter) -> dict:
+    return {t: h.active_weights(t) for t in h.steps}
+
+
+def same_states(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(
+        all(np.array_equal(x, y) for x, y in zip(a[t], b[t])) for t in a)
+
+
+def test_a_thirty_step_file_cut_at_every_byte_never_loses_steps_silently(tmp_path):
+    src = tmp_path / "thirty.hvz"
+    h = thirty_steps(src)
+    want = states_of(h)
+    h.close()
+    data = src.read_bytes()
+    cut = tmp_path / "cut.hvz"
+    outcomes = {"all": 0, "warned": 0, "refused": 0}
+    for k in range(len(data) + 1):
+        cut.write_bytes(data[:k])
+        try:
+            g, caught = load_quietly(cut)
+        except CorruptFileError:
+            outcomes["refused"] += 1
+            continue
+        got = states_of(g)
+        g.close()
+        if caught:
+            assert "lost" in str(caught[0].message)
+            assert len(got) < len(want)
+            if g.change_count() or len(got[g.base_step][0]):  # unless even the base is lost
+                assert all(t in want and same_states({t: got[t]}, {t: want[t]}) for t in got)
+            outcomes["warned"] += 1
+            with pytest.raises(CorruptFileError):
                 TemporalAdapter.load(cut, strict=True)
+        else:
+            assert same_states(got, want), f"cut at {k} of {len(data)}: fewer steps, silently"
+            outcomes["all"] += 1
+    assert outcomes["all"] == 1 and outcomes["warned"] > 0 and outcomes["refused"] > 0, outcomes
+
+
+def crc_regions(data: bytes) -> list[tuple[int, int, int, int]]:
+    """(start, end, crc offset, crc covers from) of every checksummed part: the header JSON,
+    the two superblocks, each record (its CRC covers the kind byte and the body)."""
+    header_end = header_end_of(data)
+    out = [(0, header_end, header_end - 4, 14)]
+    for k in (0, 1):
+        a = header_end + k * SB
+        out.append((a, a + SB, a + SB - 4, a))
+    pos = header_end + 2 * SB
+    while pos < len(data):
+        _, _, size, _ = struct.unpack_from("<2sBII", data, pos)
+        out.append((pos, pos + 11 + size, pos + 7, pos))
+        pos += 11 + size
+    return out
+
+
+def restamp(data: bytearray, region: tuple[int, int, int, int], is_record: bool) -> None:
+    start, end, crc_at, covers = region
+    if is_record:
+        size = struct.unpack_from("<I", data, start + 3)[0]
+        body = bytes(data[start + 2:start + 3]) + bytes(data[start + 11:start + 11 + size])
+    else:
+        body = bytes(data[covers:crc_at])
+    struct.pack_into("<I", data, crc_at, zlib.crc32(body) & 0xFFFFFFFF)
+
+
+def test_forged_records_are_never_silently_wrong(tmp_path):
+    """Flip a byte anywhere and stamp the checksum that covers it again (a faulty writer, or a
+    forged file): the load refuses the file, or warns, or returns exactly the history as it
+    was written; never another history without a word."""
+    src = tmp_path / "small.hvz"
+    bounds, snaps = small_history(src)
+    g = TemporalAdapter.load(src)
+    want = states_of(g)
+    g.close()
+    data = src.read_bytes()
+    regions = crc_regions(data)
+    bad = tmp_path / "forged.hvz"
+    silent = []
+    for k in range(len(data)):
+        forged = bytearray(data)
+        forged[k] ^= 0x04
+        for i, region in enumerate(regions):
+            if region[0] <= k < region[1] and not region[2] <= k < region[2] + 4:
+                try:
+                    restamp(forged, region, is_record=i >= 3)
+                except struct.error:
+                    pass
+        bad.write_bytes(bytes(forged))
+        try:
+            h, caught = load_quietly(bad)
+        except HyprVDBError:
+            continue
+        got = states_of(h)
+        h.close()
+        if not caught and not same_states(got, want):
+            silent.append(k)
+    assert silent == [], f"silently wrong histories at offsets {silent[:10]}"
+
+
+def test_the_cut_reported_in_the_issue_warns(tmp_path):
+    """Cut at a record boundary, a file used to load as an older history without a word."""
+    p = tmp_path / "h.hvz"
+    h = TemporalAdapter(8, 8)
+    h.store_base(rows=[0], cols=[0], values=[1.0])
+    h.save(p)
+    sizes = []
+    for t in (1, 2, 3):
+        h.store_delta(t, [t], [t], [0.5])
+        sizes.append(os.path.getsize(p))
+    h.close()
+    p.write_bytes(p.read_bytes()[:sizes[1]])  # the file as it stood after step 2
+    with pytest.raises(CorruptFileError, match=r"lost 1 of its 4 committed records"):
+        TemporalAdapter.load(p, strict=True)
+    g, caught = load_quietly(p)
+    assert g.steps == [0, 1, 2] and len(caught) == 1
+    assert "step 3 was committed" in str(caught[0].message)
+    g.close()
+
+
+def as_version_1(data: bytes) -> bytes:
+    """The same history in format version 1: no superblocks."""
+    header_end = header_end_of(data)
+    return (data[:8] + struct.pack("<H", 1) + data[10:header_end]
+            + data[header_end + 2 * SB:])
+
+
+def test_version_1_files_load_and_are_upgraded_on_their_first_commit(tmp_path):
+    src = tmp_path / "v2.hvz"
+    bounds, snaps = small_history(src)
+    old = tmp_path / "v1.hvz"
+    old.write_bytes(as_version_1(src.read_bytes()))
+    h, caught = load_quietly(old)
+    assert caught == []
+    assert_snap(h, snaps[-1])
+    t = h.latest + 1
+    h.store_delta(t, [2], [2], [1.25])
+    want = states_of(h)
+    h.close()
+    data = old.read_bytes()
+    assert struct.unpack_from("<H", data, 8)[0] == 2, "the first commit upgrades the file"
+    g = TemporalAdapter.load(old, strict=True)
+    assert same_states(states_of(g), want)
+    g.close()
+    # A version 1 file cut inside a record still keeps what it has, as before.
+    v1 = as_version_1(src.read_bytes())
+    old.write_bytes(v1[:-3])
+    h, caught = load_quietly(old)
+    assert len(caught) == 1 and h.steps == snaps[-2]["steps"]
+    h.close()
 
 
 def test_recovery_warning_names_the_newest_kept_step(tmp_path):
@@ -348,7 +512,7 @@ def test_commit_after_recovery_appends_and_reloads(tmp_path, cut_into):
 
 
 # ---------------------------------------------------------------------------- foreign files
-def header_bytes(js: bytes, version: int = 1) -> bytes:
+def header_bytes(js: bytes, version: int = 2) -> bytes:
     return (b"HYPRVDBZ" + struct.pack("<HI", version, len(js)) + js
             + struct.pack("<I", zlib.crc32(js) & 0xFFFFFFFF))
 
@@ -366,7 +530,7 @@ def test_foreign_files_are_refused(tmp_path):
         "empty.hvz": (b"", CorruptFileError),
         "magic.hvz": (b"HYPRVDBZ", CorruptFileError),
         "half_magic.hvz": (b"HYPR", CorruptFileError),
-        "future.hvz": (header_bytes(b"{}", version=2), ForeignFileError),
+        "future.hvz": (header_bytes(b"{}", version=3), ForeignFileError),
     }
     for name, (content, exc) in cases.items():
         p = tmp_path / name
@@ -375,7 +539,7 @@ def test_foreign_files_are_refused(tmp_path):
             TemporalAdapter.load(p)
         assert isinstance(info.value, HyprVDBError)
         assert name in str(info.value)
-    with pytest.raises(ForeignFileError, match=r"version 2"):
+    with pytest.raises(ForeignFileError, match=r"version 3"):
         TemporalAdapter.load(tmp_path / "future.hvz")
 
 
@@ -405,3 +569,73 @@ def test_checksummed_but_invalid_header_is_a_hyprvdb_error(tmp_path, js):
     p.write_bytes(header_bytes(js) + data[18 + n:])
     with pytest.raises(HyprVDBError):
         TemporalAdapter.load(p)
+
+
+# ---------------------------------------------------------------------------- replay rules
+def forged_file(path, records, members=None):
+    """A file whose every checksum (records, chain, superblock) is right, holding whatever
+    records the test wrote: what a faulty writer, or a forger who stamps everything, leaves."""
+    from hyprvdb.history import _file as F
+    header = {"members": members or [dict(MEMBER)]}
+    raw = []
+    for kind, t, body in records:
+        raw.append((kind, t, F._record(kind, body)))
+    F.HistoryFile._write_whole(os.fspath(path), F._header_bytes(header), raw, False)
+
+
+def base_rec(member=0, t=0, idx=(0,), val=(1.0,)):
+    from hyprvdb.history import _file as F
+    return ("base", t, F.encode_base(member, t, np.asarray(idx, np.int64),
+                                     np.asarray(val, np.float64)))
+
+
+def step_rec(t, slices):
+    from hyprvdb.history import _file as F
+    return ("step", t, F.encode_step(t, [(m, np.asarray(i, np.int64), np.asarray(d, np.float32),
+                                          np.asarray(r, bool)) for m, i, d, r in slices]))
+
+
+def mark_rec(kind, t):
+    return (kind, t, struct.pack("<q", t))
+
+
+@pytest.mark.parametrize("records,message", [
+    ([base_rec(), step_rec(2, [(0, [1], [0.5], [False])]),
+      step_rec(1, [(0, [2], [0.5], [False])])], r"record 2 \(step.*step 1 does not follow step 2"),
+    ([base_rec(), step_rec(1, [(0, [12], [0.5], [False])])],
+     r"record 1 \(step.*index outside 'lora_delta' \(3 x 4\)"),
+    ([base_rec(), step_rec(1, [(1, [2], [0.5], [False])])], r"names matrix 1, the file has 1"),
+    ([base_rec(), step_rec(1, [(0, [2], [0.5], [False]), (0, [3], [1.0], [False])])],
+     r"its matrices \[0, 0\] are not in order"),
+    ([base_rec(), step_rec(1, [(0, [2], [np.inf], [False])])], "not finite"),
+    ([base_rec(), step_rec(1, [(0, [2], [3e38], [False])]), step_rec(2, [(0, [2], [3e38], [False])])],
+     r"record 2 \(step.*not finite"),
+    ([base_rec(idx=(13,))], r"record 0 \(base.*index outside"),
+    ([base_rec(), step_rec(1, [(0, [2], [0.5], [False])]), mark_rec("fold", 7)],
+     r"record 2 \(fold.*step 7 is not a stored step"),
+    ([base_rec(), step_rec(1, [(0, [2], [0.5], [False])]), mark_rec("rollback", 5)],
+     r"record 2 \(rollback.*step 5 is not a stored step"),
+    ([base_rec(), step_rec(1, [(0, [2], [0.5], [False])]), base_rec()],
+     r"record 2 \(base.*a base record after the first step"),
+    ([base_rec(), step_rec(2**31, [(0, [2], [0.5], [False])])], r"step 2147483648 does not"),
+], ids=["steps out of order", "index outside", "unknown matrix", "matrix twice", "inf value",
+        "sum overflows", "base index outside", "fold of no step", "rollback to no step",
+        "base after a step", "step too large"])
+def test_replay_refuses_records_that_break_the_rules(tmp_path, records, message):
+    p = tmp_path / "forged.hvz"
+    forged_file(p, records)
+    for strict in (False, True):
+        with pytest.raises(CorruptFileError, match=message):
+            TemporalAdapter.load(p, strict=strict)
+
+
+def test_the_same_rules_hold_a_well_formed_forged_file(tmp_path):
+    """The control for the test above: records that keep the rules load."""
+    p = tmp_path / "fine.hvz"
+    forged_file(p, [base_rec(), step_rec(1, [(0, [2, 5], [0.5, -1.0], [False, True])]),
+                    step_rec(3, [(0, [11], [2.0], [False])]), mark_rec("rollback", 1),
+                    step_rec(4, [(0, [0], [1.0], [False])]), mark_rec("fold", 1)])
+    h = TemporalAdapter.load(p, strict=True)
+    assert h.steps == [1, 4]
+    assert h.get_weights([0, 0, 1], [0, 2, 1]).tolist() == [2.0, 0.5, -1.0]
+    h.close()

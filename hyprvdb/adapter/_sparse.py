@@ -22,7 +22,6 @@ from ._vdbfile import CRC_KEY, CRC_PLACEHOLDER, check_vdb_bytes, stamp_checksum
 
 __all__ = ["SparseAdapter", "fuse_adapters", "enforce_sparsity"]
 
-MAX_DIM = 2**31 - 1  # OpenVDB coordinates are int32
 FORMAT_KEY = "hyprvdb_format"
 _NONFINITE_HINT = "; create the adapter with allow_nonfinite=True to store it"
 FORMAT = "sparse_adapter/1"
@@ -66,8 +65,7 @@ class SparseAdapter:
 
     def __init__(self, rows: int, cols: int, *, block_shape: tuple[int, int] = (1, 1),
                  allow_nonfinite: bool = False, name: str = "lora_delta") -> None:
-        rows = V.positive_int("rows", rows, limit=MAX_DIM)
-        cols = V.positive_int("cols", cols, limit=MAX_DIM)
+        rows, cols = V.matrix_dims(rows, cols)
         bh, bw = _block_shape(block_shape)
         if rows % bh or cols % bw:
             raise ValueError(f"block_shape {(bh, bw)} must divide the shape {(rows, cols)}")

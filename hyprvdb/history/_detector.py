@@ -41,8 +41,7 @@ class DeltaDetector:
     """
 
     def __init__(self, rows: int, cols: int, threshold: float) -> None:
-        self._rows = V.positive_int("rows", rows)
-        self._cols = V.positive_int("cols", cols)
+        self._rows, self._cols = V.matrix_dims(rows, cols)
         self.threshold = V.real_scalar("threshold", threshold)
         if self.threshold < 0:
             raise ValueError(f"threshold must be >= 0, got {self.threshold}")

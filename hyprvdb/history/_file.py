@@ -6,8 +6,10 @@ of them, so its fixed costs are paid once per step, not once per matrix.
 
 Layout (little-endian)::
 
-    header  b"HYPRVDBZ" | u16 version | u32 n | n bytes of JSON | u32 CRC32(JSON)
-    record  b"ZR" | u8 kind | u32 n | u32 CRC32(kind byte + body) | n bytes of body
+    header      b"HYPRVDBZ" | u16 version (2) | u32 n | n bytes of JSON | u32 CRC32(JSON)
+    superblock  2 x 48 bytes: b"HVSB" | u64 seq | u64 records | u64 end | i64 newest step
+                | u32 chain | u32 0 | u32 CRC32(the 44 bytes before it)
+    record      b"ZR" | u8 kind | u32 n | u32 CRC32(kind byte + body) | n bytes of body
 
 The JSON lists the members (name, shape, settings). Record kinds: 1 base, 2 step, 3 fold
 (prune_history), 4 rollback. Loading replays them in order through the same code the live
@@ -20,9 +22,29 @@ split into four byte planes (sign and exponent bytes compress, random mantissas 
 the reset positions (u32). Base body: u32 member | i64 t | u32 n | u8 gap width | raw
 deflate of the gap planes and the float64 values' eight byte planes.
 
-A commit is one ``write`` of a whole record, so a killed process leaves at most a torn final
-record; loading keeps every record before the first one that is incomplete or fails its
-checksum. With ``sync=True`` every record is also fsynced (durable across power loss).
+The superblocks say what was committed: after each record, the next superblock (they
+alternate: sequence number ``seq`` goes to slot ``seq % 2``, as LMDB and SQLite alternate their
+meta pages) is written with the committed record count, where they end, the newest step they
+leave, and ``chain``, the CRC32 of the header and every committed record in order. Loading
+takes the valid superblock with the higher sequence number and checks the records against it:
+
+- fewer complete records than it says (a file cut at a record boundary, or damaged inside one)
+  means committed steps were lost: a :class:`HistoryRecoveryWarning` names them and every
+  record before the damage is kept (``strict=True`` raises :class:`CorruptFileError`);
+- a record beyond it was written but never committed (a process killed between the record and
+  its superblock, before the commit returned): it is dropped with a warning;
+- a chain that does not match means a record or the header was changed after it was written
+  (a faulty writer, or a forged file whose record checksums were stamped again): the file is
+  refused with :class:`CorruptFileError`.
+
+A commit writes its record in one ``write``, then its superblock, and returns: it survives a
+killed process. With ``sync=True`` each of the two is also fsynced (durable across power
+loss). Replaying the records validates each one (steps increasing, coordinates inside the
+matrices, counts that add up, finite values): a record that breaks a rule is named in a
+:class:`CorruptFileError`.
+
+Version 1 files (no superblocks) are read as before: every complete record is kept. The first
+commit appended to one rewrites it, atomically, as version 2.
 """
 
 from __future__ import annotations
@@ -41,8 +63,12 @@ from .._errors import CorruptFileError, ForeignFileError
 from .._atomic import write_bytes
 
 MAGIC = b"HYPRVDBZ"
-VERSION = 1
+VERSION = 2
+VERSIONS = (1, 2)  # read; version 1 has no superblocks
 REC = b"ZR"
+SB_MAGIC = b"HVSB"
+_SB = struct.Struct("<4sQQQqII")
+SB_SIZE = _SB.size + 4
 KINDS = {1: "base", 2: "step", 3: "fold", 4: "rollback"}
 _KIND_CODE = {v: k for k, v in KINDS.items()}
 _REC_HEAD = struct.Struct("<2sBII")
@@ -149,17 +175,46 @@ def _record(kind: str, body: bytes) -> bytes:
     return _REC_HEAD.pack(REC, code, len(body), crc) + body
 
 
-def _header_bytes(header: dict[str, Any]) -> bytes:
+def _header_bytes(header: dict[str, Any], version: int = VERSION) -> bytes:
     js = json.dumps(header, sort_keys=True).encode()
-    return MAGIC + struct.pack("<HI", VERSION, len(js)) + js + struct.pack(
+    return _header_of(js, version)
+
+
+def _header_of(js: bytes, version: int) -> bytes:
+    return MAGIC + struct.pack("<HI", version, len(js)) + js + struct.pack(
         "<I", zlib.crc32(js) & 0xFFFFFFFF)
 
 
-def _newest_step(records: list[tuple[str, int, Any]]) -> int:
+def _superblock(seq: int, records: int, end: int, newest: int, chain: int) -> bytes:
+    body = _SB.pack(SB_MAGIC, seq, records, end, newest, chain, 0)
+    return body + struct.pack("<I", zlib.crc32(body) & 0xFFFFFFFF)
+
+
+def _read_superblock(raw: bytes) -> tuple[int, int, int, int, int] | None:
+    """(seq, records, end, newest, chain), or None for a slot that is empty, torn or damaged."""
+    if len(raw) != SB_SIZE:
+        return None
+    body = raw[:_SB.size]
+    (crc,) = struct.unpack_from("<I", raw, _SB.size)
+    if zlib.crc32(body) & 0xFFFFFFFF != crc:
+        return None
+    magic, seq, records, end, newest, chain, _ = _SB.unpack(body)
+    return (seq, records, end, newest, chain) if magic == SB_MAGIC else None
+
+
+def _after(newest: int, kind: str, t: int, only_bases: bool) -> int:
+    """The newest step after a record: a step or a rollback makes its step the newest; a base
+    sets it while only bases have come; a fold leaves it."""
+    if kind in ("step", "rollback") or (kind == "base" and only_bases):
+        return t
+    return newest
+
+
+def _newest_step(records: list) -> int:
     """The newest step the records leave, rollbacks and folds included."""
     steps: list[int] = []
     base = 0
-    for kind, t, _ in records:
+    for kind, t, *_ in records:
         if kind == "base":
             base, steps = t, []
         elif kind == "step":
@@ -199,9 +254,14 @@ def _check_header(header: Any, shown: str) -> None:
 class HistoryFile:
     """An open history file that commits are appended to."""
 
-    def __init__(self, path: str, end: int, sync: bool) -> None:
+    def __init__(self, path: str, *, header_end: int, end: int, records: int, seq: int,
+                 newest: int, chain: int, only_bases: bool, version: int, sync: bool) -> None:
         self.path = path
-        self._end = end  # offset just after the last good record
+        self._header_end = header_end  # superblocks follow (version 2)
+        self._end = end                # offset just after the last committed record
+        self._records, self._seq, self._newest, self._chain = records, seq, newest, chain
+        self._only_bases = only_bases
+        self._version = version
         self.sync = sync
         self._f: BinaryIO | None = None
 
@@ -213,15 +273,32 @@ class HistoryFile:
         ``steps`` as (t, slices)."""
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-        parts = [_header_bytes(header)]
-        parts += [_record("base", encode_base(*b)) for b in bases]
-        parts += [_record("step", encode_step(t, sl)) for t, sl in steps]
-        write_bytes(path, *parts)
-        return cls(os.fspath(path), sum(len(p) for p in parts), sync)
+        head = _header_bytes(header)
+        records = [("base", b[1], _record("base", encode_base(*b))) for b in bases]
+        records += [("step", t, _record("step", encode_step(t, sl))) for t, sl in steps]
+        return cls._write_whole(os.fspath(path), head, records, sync)
+
+    @classmethod
+    def _write_whole(cls, path: str, head: bytes, records: list[tuple[str, int, bytes]],
+                     sync: bool) -> HistoryFile:
+        chain = zlib.crc32(head)
+        for _, _, rec in records:
+            chain = zlib.crc32(rec, chain)
+        newest = _newest_step(records)
+        only_bases = all(kind == "base" for kind, _, _ in records)
+        header_end = len(head)
+        end = header_end + 2 * SB_SIZE + sum(len(r) for _, _, r in records)
+        sb = _superblock(0, len(records), end, newest, chain)
+        write_bytes(path, head, sb, bytes(SB_SIZE), *(r for _, _, r in records))
+        return cls(path, header_end=header_end, end=end, records=len(records), seq=0,
+                   newest=newest, chain=chain, only_bases=only_bases, version=VERSION,
+                   sync=sync)
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, strict: bool = False, sync: bool = False
-             ) -> tuple[dict[str, Any], list[tuple[str, int, Any]], HistoryFile]:
+             ) -> tuple[dict[str, Any], list[tuple[str, int, Any, int]], HistoryFile]:
+        """Read a history file: its header, its committed records as ``(kind, t, payload,
+        byte offset)``, and the file opened for appending."""
         path = os.fspath(path)
         data = Path(path).read_bytes()
         shown = repr(path)
@@ -236,9 +313,9 @@ class HistoryFile:
             (crc,) = struct.unpack_from("<I", data, 14 + n)
         except struct.error:
             raise CorruptFileError(f"{shown} is truncated inside its header") from None
-        if version != VERSION:
+        if version not in VERSIONS:
             raise ForeignFileError(f"{shown} has history format version {version}; this "
-                                   f"hyprvdb reads version {VERSION}")
+                                   f"hyprvdb reads versions {', '.join(map(str, VERSIONS))}")
         if zlib.crc32(js) & 0xFFFFFFFF != crc:
             raise CorruptFileError(f"{shown}: the header fails its checksum")
         try:
@@ -246,8 +323,24 @@ class HistoryFile:
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise CorruptFileError(f"{shown}: the header is not JSON ({exc})") from None
         _check_header(header, shown)
-        pos = 18 + n
-        records: list[tuple[str, int, Any]] = []
+        header_end = 18 + n
+        sb = None
+        pos = header_end
+        if version >= 2:
+            slots = [_read_superblock(data[header_end + k * SB_SIZE:
+                                           header_end + (k + 1) * SB_SIZE]) for k in (0, 1)]
+            valid = [x for x in slots if x is not None]
+            if not valid:
+                if len(data) < header_end + 2 * SB_SIZE:
+                    raise CorruptFileError(f"{shown} is truncated inside its superblocks "
+                                           f"({len(data)} bytes): what was committed is "
+                                           f"unknown")
+                raise CorruptFileError(f"{shown}: both superblocks are damaged: what was "
+                                       f"committed is unknown")
+            sb = max(valid)
+            pos = header_end + 2 * SB_SIZE
+        records: list[tuple[str, int, Any, int]] = []
+        raw: list[bytes] = []
         damage = None
         while pos < len(data):
             try:
@@ -276,44 +369,118 @@ class HistoryFile:
             except (ValueError, zlib.error, struct.error, IndexError) as exc:
                 damage = f"a malformed {kind} record at byte {pos} ({exc})"
                 break
-            records.append((kind, t, payload))
+            records.append((kind, t, payload, pos))
+            raw.append(data[pos:pos + _REC_HEAD.size + size])
             pos += _REC_HEAD.size + size
+        head = data[:header_end]
+        if sb is None:  # version 1: every complete record counts
+            return header, *cls._open_v1(path, shown, head, records, raw, pos, damage,
+                                         len(data), strict, sync)
+        seq, committed, end, newest, chain = sb
+        kept = min(len(records), committed)
+        check = zlib.crc32(head)
+        for r in raw[:kept]:
+            check = zlib.crc32(r, check)
+        if kept == committed:
+            at = header_end + 2 * SB_SIZE + sum(len(r) for r in raw[:kept])
+            if check != chain or at != end or _newest_step(records[:kept]) != newest:
+                raise CorruptFileError(f"{shown}: its header and records do not match what "
+                                       f"its superblock says was committed (chain "
+                                       f"{check:08x}, end {at}, newest step "
+                                       f"{_newest_step(records[:kept])}; the superblock says "
+                                       f"{chain:08x}, {end}, {newest}): the file was changed "
+                                       f"after it was written")
+            if len(records) > committed:
+                _recover(f"{shown} holds {len(records) - committed} record(s) after its "
+                         f"{committed} committed ones (a commit interrupted before it "
+                         f"returned); dropped them, the newest committed step is "
+                         f"{_newest_step(records[:kept])}", strict)
+            elif damage:
+                _recover(f"{shown} ends with {damage} after its {committed} committed "
+                         f"records (a commit interrupted before it returned); dropped "
+                         f"{len(data) - pos} bytes", strict)
+        else:
+            last = _newest_step(records[:kept])
+            why = damage or f"the file ends at byte {len(data)}"
+            _recover(f"{shown} lost {committed - kept} of its {committed} committed records "
+                     f"({why}): it now ends at step {last}, its superblock says step "
+                     f"{newest} was committed; kept every record before the damage "
+                     f"(newest step {last})", strict)
+        records = records[:kept]
+        end = header_end + 2 * SB_SIZE + sum(len(r) for r in raw[:kept])
+        only_bases = all(r[0] == "base" for r in records)
+        return header, records, cls(path, header_end=header_end, end=end, records=kept,
+                                    seq=seq, newest=_newest_step(records), chain=check,
+                                    only_bases=only_bases, version=2, sync=sync)
+
+    @classmethod
+    def _open_v1(cls, path: str, shown: str, head: bytes, records: list, raw: list[bytes],
+                 pos: int, damage: str | None, size: int, strict: bool, sync: bool
+                 ) -> tuple[list, HistoryFile]:
         if damage and not records:
             raise CorruptFileError(f"{shown}: {damage}, before any complete record")
         if damage:
-            last = _newest_step(records)
-            msg = (f"{shown} ends with {damage}; kept every record before it "
-                   f"(newest step {last}), dropped {len(data) - pos} bytes")
-            if strict:
-                raise CorruptFileError(msg)
-            warnings.warn(msg + "; the next commit overwrites them", HistoryRecoveryWarning,
-                          stacklevel=3)
-        return header, records, cls(path, pos, sync)
+            _recover(f"{shown} ends with {damage}; kept every record before it (newest step "
+                     f"{_newest_step(records)}), dropped {size - pos} bytes", strict)
+        f = cls(path, header_end=len(head), end=pos, records=len(records), seq=0,
+                newest=_newest_step(records), chain=0,
+                only_bases=all(r[0] == "base" for r in records), version=1, sync=sync)
+        f._v1 = (head, [(r[0], r[1], b) for r, b in zip(records, raw)])
+        return records, f
 
-    def _append(self, record: bytes) -> None:
+    def _upgrade(self) -> None:
+        """Rewrite a version 1 file as version 2 (atomically), before its first new commit."""
+        head, records = self._v1
+        js = head[14:-4]
+        new = self._write_whole(self.path, _header_of(js, VERSION), records, self.sync)
+        self.__dict__.update({k: v for k, v in new.__dict__.items() if k != "_f"})
+        del self._v1
+
+    def _append(self, record: bytes, kind: str, t: int) -> None:
+        if self._version == 1:
+            self._upgrade()
         if self._f is None:
             self._f = open(self.path, "r+b")
             self._f.truncate(self._end)
-            self._f.seek(self._end)
-        self._f.write(record)
-        self._f.flush()
+        f = self._f
+        f.seek(self._end)
+        f.write(record)
+        f.flush()
         if self.sync:
-            os.fsync(self._f.fileno())
-        self._end += len(record)
+            os.fsync(f.fileno())
+        end = self._end + len(record)
+        chain = zlib.crc32(record, self._chain)
+        newest = _after(self._newest, kind, t, self._only_bases)
+        seq = self._seq + 1
+        f.seek(self._header_end + (seq % 2) * SB_SIZE)
+        f.write(_superblock(seq, self._records + 1, end, newest, chain))
+        f.flush()
+        if self.sync:
+            os.fsync(f.fileno())
+        self._end, self._chain, self._newest, self._seq = end, chain, newest, seq
+        self._records += 1
+        self._only_bases &= kind == "base"
 
     def append_base(self, member: int, t: int, idx: np.ndarray, val: np.ndarray) -> None:
-        self._append(_record("base", encode_base(member, t, idx, val)))
+        self._append(_record("base", encode_base(member, t, idx, val)), "base", t)
 
     def append_step(self, t: int, slices: list[Slice]) -> None:
-        self._append(_record("step", encode_step(t, slices)))
+        self._append(_record("step", encode_step(t, slices)), "step", t)
 
     def append_fold(self, cut: int) -> None:
-        self._append(_record("fold", struct.pack("<q", cut)))
+        self._append(_record("fold", struct.pack("<q", cut)), "fold", cut)
 
     def append_rollback(self, t: int) -> None:
-        self._append(_record("rollback", struct.pack("<q", t)))
+        self._append(_record("rollback", struct.pack("<q", t)), "rollback", t)
 
     def close(self) -> None:
         if self._f is not None:
             self._f.close()
             self._f = None
+
+
+def _recover(msg: str, strict: bool) -> None:
+    if strict:
+        raise CorruptFileError(msg)
+    warnings.warn(msg + "; the next commit overwrites what was dropped", HistoryRecoveryWarning,
+                  stacklevel=4)

@@ -39,7 +39,7 @@ class TemporalGroup:
     ----------
     shapes : mapping of name to (rows, cols)
         The members, in order.
-    max_history, tiers, compact_every
+    max_history, tiers, compact_every, allow_nonfinite
         As for :class:`TemporalAdapter`, applied to every member. Without tiers, members
         compact their write tails on different commits so that no single commit pays for all.
 
@@ -59,7 +59,7 @@ class TemporalGroup:
     def __init__(self, shapes: Mapping[str, tuple[int, int]], *,
                  max_history: int | None = None,
                  tiers: Sequence[tuple[int | None, int]] | None = None,
-                 compact_every: int = 16) -> None:
+                 compact_every: int = 16, allow_nonfinite: bool = False) -> None:
         if not isinstance(shapes, Mapping) or not shapes:
             raise ValueError(f"shapes must be a non-empty mapping of name to (rows, cols), "
                              f"got {shapes!r}")
@@ -68,6 +68,10 @@ class TemporalGroup:
         self._max_history = max_history
         self._tiers = _check_tiers(tiers)
         self._compact_every = V.positive_int("compact_every", compact_every)
+        if not isinstance(allow_nonfinite, (bool, np.bool_)):
+            raise TypeError(f"allow_nonfinite must be a bool, got "
+                            f"{type(allow_nonfinite).__name__} {allow_nonfinite!r}")
+        self._allow_nonfinite = bool(allow_nonfinite)
         self._matrices: dict[str, Matrix] = {}
         for i, (name, shape) in enumerate(shapes.items()):
             if not isinstance(name, str) or not name:
@@ -76,7 +80,7 @@ class TemporalGroup:
                 rows, cols = shape
             except (TypeError, ValueError):
                 raise TypeError(f"shapes[{name!r}] must be (rows, cols), got {shape!r}") from None
-            m = Matrix(V.positive_int("rows", rows), V.positive_int("cols", cols), name)
+            m = Matrix(*V.matrix_dims(rows, cols), name)
             # Tiers restamp steps when a member compacts, so then all members compact together.
             m.phase = 0 if self._tiers else i % self._compact_every
             self._matrices[name] = m
@@ -177,6 +181,7 @@ class TemporalGroup:
                                 f"got {type(item).__name__}")
             staged[name] = self._stage(name, *item[:3], "values",
                                        reset=item[3] if len(item) == 4 else None)
+        self._check_sums(staged)
         self._commit(t, staged)
         return t
 
@@ -187,7 +192,11 @@ class TemporalGroup:
     def commit(self, t: int | None = None) -> int:
         """Close every member's open step as step ``t`` (default latest + 1); returns t."""
         t = self.latest + 1 if t is None else self._check_new_step(t)
-        self._commit(t, {name: m.take_open() for name, m in self._matrices.items()})
+        staged = {name: m.open_changes() for name, m in self._matrices.items()}
+        self._check_sums(staged)
+        for m in self._matrices.values():
+            m.open = None
+        self._commit(t, staged)
         return t
 
     # ---------------------------------------------------------------- queries and surgery
@@ -203,7 +212,7 @@ class TemporalGroup:
             if check:
                 out[name] = self[name].get_weights(*c, t=step)
             else:
-                out[name] = self._matrices[name].values(c, step).astype(np.float32)
+                out[name] = _f32(self._matrices[name].values(c, step))
         return out
 
     def weights_at_time(self, t: int) -> dict[str, Any]:
@@ -273,7 +282,7 @@ class TemporalGroup:
         header, records, file = HistoryFile.open(path, strict=strict, sync=sync)
         try:
             g = cls._from_header(header, path)
-            g._replay(records)
+            g._replay(records, repr(os.fspath(path)))
         except BaseException:
             file.close()
             raise
@@ -290,7 +299,8 @@ class TemporalGroup:
     def _settings(self, m: Matrix) -> dict[str, Any]:
         return {"rows": m.rows, "cols": m.cols, "name": m.name,
                 "max_history": self._max_history, "compact_every": self._compact_every,
-                "tiers": [list(t) for t in self._tiers] if self._tiers else None}
+                "tiers": [list(t) for t in self._tiers] if self._tiers else None,
+                "allow_nonfinite": self._allow_nonfinite}
 
     @classmethod
     def _from_header(cls, header: dict[str, Any], path: Any) -> TemporalGroup:
@@ -298,7 +308,7 @@ class TemporalGroup:
         if not isinstance(members, list) or not members:
             raise CorruptFileError(f"{os.fspath(path)!r}: the header lists no matrices")
         first = members[0]
-        keys = ("max_history", "compact_every", "tiers")
+        keys = ("max_history", "compact_every", "tiers", "allow_nonfinite")
         for m in members[1:]:
             if any(m.get(k) != first.get(k) for k in keys):
                 raise CorruptFileError(f"{os.fspath(path)!r}: the header gives its matrices "
@@ -306,35 +316,94 @@ class TemporalGroup:
         try:
             return cls({m["name"]: (m["rows"], m["cols"]) for m in members},
                        max_history=first.get("max_history"), tiers=first.get("tiers"),
-                       compact_every=first["compact_every"])
+                       compact_every=first["compact_every"],
+                       allow_nonfinite=first.get("allow_nonfinite", False))
         except (TypeError, ValueError, KeyError) as exc:
             raise CorruptFileError(f"the history header describes an invalid matrix: {exc}") \
                 from None
 
-    def _replay(self, records: list[tuple[str, int, Any]]) -> None:
-        """Re-run a file's records through the same code that produced them."""
+    def _replay(self, records: list[tuple[str, int, Any, int]], shown: str) -> None:
+        """Re-run a file's records through the same code that produced them, each checked
+        first against the rules that code keeps (a record that breaks one is named)."""
         matrices = list(self._matrices.values())
-        n = len(matrices)
-        for kind, t, payload in records:
-            if kind == "base":
-                member, idx, val = payload
-                if not 0 <= member < n:
-                    raise CorruptFileError(f"a base record names matrix {member}, the file "
-                                           f"has {n}")
-                self._steps = [t]
-                matrices[member].base_idx, matrices[member].base_val = idx, val
-            elif kind == "step":
-                got = {}
-                for member, idx, d, reset in payload:
-                    if not 0 <= member < n:
-                        raise CorruptFileError(f"a step record names matrix {member}, the "
-                                               f"file has {n}")
-                    got[matrices[member].name] = (idx, d, reset)
-                self._apply(t, got)
-            elif kind == "fold":
-                self._fold(t)
-            elif kind == "rollback":
-                self._rollback(t)
+        only_bases = True
+        for i, (kind, t, payload, offset) in enumerate(records):
+            where = f"{shown}: record {i} ({kind}, at byte {offset})"
+            try:
+                if kind == "base":
+                    member, idx, val = payload
+                    if not only_bases:
+                        raise ValueError("a base record after the first step")
+                    m = _member(matrices, member)
+                    if not 0 <= t <= MAX_STEP:
+                        raise ValueError(f"its step {t} is outside 0..{MAX_STEP}")
+                    self._check_slice(m, idx, val)
+                    self._steps = [t]
+                    m.base_idx, m.base_val = idx, val
+                    m.bound = float(np.abs(val).max()) if len(val) else 0.0
+                elif kind == "step":
+                    only_bases = False
+                    if not self.latest < t <= MAX_STEP:
+                        raise ValueError(f"its step {t} does not follow step {self.latest}")
+                    got = {}
+                    members = [p[0] for p in payload]
+                    if members != sorted(set(members)):
+                        raise ValueError(f"its matrices {members} are not in order")
+                    for member, idx, d, reset in payload:
+                        m = _member(matrices, member)
+                        self._check_slice(m, idx, d)
+                        got[m.name] = (idx, d, reset)
+                    self._check_sums(got)
+                    self._apply(t, got)
+                elif kind in ("fold", "rollback"):
+                    only_bases = False
+                    if t not in self._steps or (kind == "fold" and t == self.base_step):
+                        raise ValueError(f"step {t} is not a stored step after the base "
+                                         f"(steps {show_steps(self._steps)})"
+                                         if kind == "fold" else
+                                         f"step {t} is not a stored step "
+                                         f"(steps {show_steps(self._steps)})")
+                    (self._fold if kind == "fold" else self._rollback)(t)
+            except ValueError as exc:
+                raise CorruptFileError(f"{where}: {exc}") from None
+
+    def _check_slice(self, m: Matrix, idx: np.ndarray, values: np.ndarray) -> None:
+        """A slice as the writer left it: sorted indices inside the matrix (a weight twice only
+        where tiers split a merged value in two), finite values unless the history allows
+        others."""
+        if len(idx):
+            if len(idx) > 1 and not bool(np.all(idx[1:] >= idx[:-1])):
+                raise ValueError(f"its indices of {m.name!r} are not sorted")
+            if idx[0] < 0 or idx[-1] >= m.rows * m.cols:
+                raise ValueError(f"it holds an index outside {m.name!r} ({m.rows} x {m.cols})")
+        if not self._allow_nonfinite and not bool(np.isfinite(values).all()):
+            raise ValueError(f"it holds a value of {m.name!r} that is not finite")
+
+    def _check_sums(self, staged: Mapping[str, tuple]) -> None:
+        """Refuse a step that would make a weight's value NaN or infinite (unless the history
+        allows them). Each matrix keeps an upper bound on its values' magnitude; only a step
+        that could pass float32's range pays for an exact look at the weights it changes."""
+        if self._allow_nonfinite:
+            return
+        limit = float(np.finfo(np.float32).max) / 2
+        for name, (idx, d, reset) in staged.items():
+            if not len(idx):
+                continue
+            m = self._matrices[name]
+            top = float(np.abs(d).max())
+            if m.bound + top < limit:
+                continue
+            cur = m.values(idx, self.latest)
+            with np.errstate(over="ignore", invalid="ignore"):
+                new = np.where(reset, d, cur + d).astype(np.float32)
+            bad = np.flatnonzero(~np.isfinite(new))
+            if len(bad):
+                i = int(bad[0])
+                r, c = divmod(int(idx[i]), m.cols)
+                raise ValueError(f"the step would make weight ({r}, {c}) of {name!r} "
+                                 f"{float(cur[i])!r} + {float(d[i])!r} = {new[i]!r}, which is "
+                                 f"not finite (a history created with allow_nonfinite=True "
+                                 f"stores such values)")
 
     def _check_new_step(self, t: Any) -> int:
         t = _int("t", t)
@@ -358,7 +427,8 @@ class TemporalGroup:
         m = self._matrices[name]
         r = V.as_index_array("rows", rows)
         c = V.as_index_array("cols", cols)
-        v = V.as_value_array(what, values)
+        v = V.as_value_array(what, values, allow_nonfinite=self._allow_nonfinite,
+                             hint="; create the history with allow_nonfinite=True to store it")
         V.same_length(rows=r, cols=c, **{what: v})
         V.check_range("rows", r, m.rows)
         V.check_range("cols", c, m.cols)
@@ -391,7 +461,10 @@ class TemporalGroup:
 
     def _apply(self, t: int, staged: Mapping[str, tuple]) -> None:
         for name, m in self._matrices.items():
-            m.append(t, *staged.get(name, _EMPTY))
+            item = staged.get(name, _EMPTY)
+            m.append(t, *item)
+            if len(item[1]):
+                m.bound += float(np.abs(item[1]).max())
         self._steps.append(t)
         if self._tiers:
             # The visible steps follow the tiers at every commit; merging the stored changes
@@ -437,6 +510,19 @@ class TemporalGroup:
 
 
 # -------------------------------------------------------------------- helpers
+def _f32(values: np.ndarray) -> np.ndarray:
+    """The one rounding of a float64 sum to the float32 state (inf beyond float32's range,
+    which only a history that allows non-finite values holds)."""
+    with np.errstate(over="ignore"):
+        return values.astype(np.float32)
+
+
+def _member(matrices: list[Matrix], member: int) -> Matrix:
+    if not 0 <= member < len(matrices):
+        raise ValueError(f"it names matrix {member}, the file has {len(matrices)}")
+    return matrices[member]
+
+
 def _int(name: str, x: Any) -> int:
     if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(x).__name__} {x!r}")

@@ -49,6 +49,7 @@ class Matrix:
         self._tail_view: Tail | None = None  # the tail merged for queries, built on demand
         self.open: Any = None       # SparseAdapter of the open step (OpenVDB), or None
         self.phase = 0              # compaction phase: members compact on different commits
+        self.bound = 0.0            # an upper bound on |value| of every weight, at any step
         self.snapshots = snapshots  # keep a snapshot of the newest step
         self.snap: Snapshot | None = None
         self.snap_idx: np.ndarray | None = None
@@ -105,7 +106,8 @@ class Matrix:
     def active(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """(sorted linear index, float32 value) of the weights active at ``step``."""
         idx, val = self.state(step)
-        v32 = val.astype(np.float32)
+        with np.errstate(over="ignore"):
+            v32 = val.astype(np.float32)
         nz = v32 != 0
         return idx[nz], v32[nz]
 
@@ -211,12 +213,11 @@ class Matrix:
                                float(score[i]), int(together[i])) for i in order]
 
     # ---------------------------------------------------------------- writes
-    def take_open(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def open_changes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The open step's changes (sorted linear indices, float64 values, no resets)."""
         if self.open is None:
             return _EMPTY_IDX, np.zeros(0, np.float64), np.zeros(0, bool)
         r, c, v = self.open.active_weights()
-        self.open = None
         idx = r * self.cols + c
         return idx, v.astype(np.float64), np.zeros(len(idx), bool)
 

@@ -21,7 +21,7 @@ from .. import _coo
 from .. import _validate as V
 from ..adapter import SparseAdapter
 from ..snapshot import Snapshot
-from ._group import TemporalGroup, _int, show_steps
+from ._group import TemporalGroup, _f32, _int, show_steps
 from ._matrix import ChangeLog, CorrelatedPair
 
 __all__ = ["TemporalAdapter"]
@@ -53,6 +53,9 @@ class TemporalAdapter:
         every commit: a step that only changes values of active weights refreshes the value
         array of the previous snapshot; one that changes the topology rebuilds it. Costs a
         float64 copy of the current weights.
+    allow_nonfinite : bool, default False
+        Store steps that make a weight NaN or infinite. By default such a step is refused with
+        ``ValueError`` and nothing is stored (as :class:`SparseAdapter` refuses such values).
     name : str
         Name carried into files and snapshots.
 
@@ -87,13 +90,12 @@ class TemporalAdapter:
     def __init__(self, rows: int, cols: int, *, max_history: int | None = None,
                  tiers: Sequence[tuple[int | None, int]] | None = None,
                  compact_every: int = 16, snapshots: bool = False,
-                 name: str = "lora_delta") -> None:
-        rows = V.positive_int("rows", rows)
-        cols = V.positive_int("cols", cols)
+                 allow_nonfinite: bool = False, name: str = "lora_delta") -> None:
+        rows, cols = V.matrix_dims(rows, cols)
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty str, got {name!r}")
         group = TemporalGroup({name: (rows, cols)}, max_history=max_history, tiers=tiers,
-                              compact_every=compact_every)
+                              compact_every=compact_every, allow_nonfinite=allow_nonfinite)
         self._bind(group, name, owner=True)
         self._m.snapshots = bool(snapshots)
 
@@ -173,6 +175,7 @@ class TemporalAdapter:
         idx, val, _ = g._stage(self.name, rows, cols, values, "values")
         keep = val != 0
         m.base_idx, m.base_val = idx[keep], val[keep]
+        m.bound = float(np.abs(m.base_val).max()) if len(m.base_val) else 0.0
         if g._file:
             g._file.append_base(list(g._matrices).index(self.name), g.base_step, m.base_idx,
                                 m.base_val)
@@ -195,7 +198,9 @@ class TemporalAdapter:
         g = self._owned("store_delta")
         t = g._check_new_step(t)
         g._no_open_changes("store_delta")
-        g._commit(t, {self.name: g._stage(self.name, rows, cols, deltas, "deltas", reset=reset)})
+        staged = {self.name: g._stage(self.name, rows, cols, deltas, "deltas", reset=reset)}
+        g._check_sums(staged)
+        g._commit(t, staged)
         return t
 
     def accumulate(self, rows: Any, cols: Any, grads: Any) -> None:
@@ -203,11 +208,15 @@ class TemporalAdapter:
         repeated coordinates sum."""
         r = V.as_index_array("rows", rows)
         c = V.as_index_array("cols", cols)
-        g = V.as_value_array("grads", grads)
+        allow = self._group._allow_nonfinite
+        g = V.as_value_array("grads", grads, allow_nonfinite=allow,
+                             hint="; create the history with allow_nonfinite=True to store it")
         V.same_length(rows=r, cols=c, grads=g)
         m = self._m
+        V.check_range("rows", r, m.rows)  # before the open step exists: a refusal leaves none
+        V.check_range("cols", c, m.cols)
         if m.open is None:
-            m.open = SparseAdapter(m.rows, m.cols, name=self.name)
+            m.open = SparseAdapter(m.rows, m.cols, name=self.name, allow_nonfinite=allow)
         m.open.add_weights(r, c, g)
 
     def commit(self, t: int | None = None) -> int:
@@ -243,9 +252,9 @@ class TemporalAdapter:
         step = self.latest if t is None else self.resolve(t)
         idx = r * m.cols + c
         if len(idx) < 2 or bool(np.all(idx[1:] > idx[:-1])):  # sorted and distinct already
-            return m.values(idx, step).astype(np.float32)
+            return _f32(m.values(idx, step))
         uniq, inv = np.unique(idx, return_inverse=True)
-        return m.values(uniq, step).astype(np.float32)[inv]
+        return _f32(m.values(uniq, step))[inv]
 
     def weights_at_time(self, t: int, *, return_step: bool = False) -> SparseAdapter | tuple[SparseAdapter, int]:
         """The weights at step ``t`` (the sum of Z[0..t]) as a new SparseAdapter (needs
@@ -286,8 +295,9 @@ class TemporalAdapter:
         i0, v0 = self._m.state(s0)
         i1, v1 = self._m.state(s1)
         idx = np.union1d(i0, i1)
-        diff = _scatter(idx, i1, v1) - _scatter(idx, i0, v0)
-        v32 = diff.astype(np.float32)
+        with np.errstate(invalid="ignore"):
+            diff = _scatter(idx, i1, v1) - _scatter(idx, i0, v0)
+        v32 = _f32(diff)
         nz = v32 != 0
         return self._adapter(idx[nz], v32[nz])
 

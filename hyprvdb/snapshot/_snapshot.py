@@ -365,13 +365,7 @@ def _check_shape(shape: Any) -> tuple[int, int]:
         n_rows, n_cols = shape
     except (TypeError, ValueError):
         raise TypeError(f"shape must be a pair of ints (rows, cols), got {shape!r}") from None
-    n_rows = V.positive_int("shape[0]", n_rows)
-    n_cols = V.positive_int("shape[1]", n_cols)
-    for what, n in (("shape[0]", n_rows), ("shape[1]", n_cols)):
-        if n > N.COORD_MAX:
-            raise ValueError(f"{what} = {n} exceeds NanoVDB's int32 coordinates "
-                             f"(at most {N.COORD_MAX})")
-    return n_rows, n_cols
+    return V.matrix_dims(n_rows, n_cols, ("shape[0]", "shape[1]"))
 
 
 def _check_step(step: Any) -> int | None:

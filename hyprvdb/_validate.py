@@ -64,7 +64,7 @@ def check_finite(name: str, out: np.ndarray, *, source: np.ndarray | None = None
     finite = np.isfinite(out)
     if not finite.all():
         i = int(np.flatnonzero(~finite)[0])
-        shown = source[i] if source is not None else out[i]
+        shown = (source[i] if source is not None else out[i]).item()  # a plain float's repr
         why = " (overflows float32)" if np.isfinite(shown) else ""
         raise ValueError(f"{name}[{i}] = {shown!r} is not finite{why}{hint}")
 

@@ -43,15 +43,36 @@ class SparseDelta:
     ``indptr`` (rows + 1,) int32, ``indices`` (nnz,) int32 columns, ``row_ids`` (nnz,) int32
     rows, ``values`` (nnz,) float32; entries sorted row-major. ``step`` is the history step the
     values belong to, if known (plain metadata: it does not survive tree transformations).
+
+    The kernels read the structure as it is, so concrete arrays given to the constructor are
+    checked (as :meth:`hyprvdb.ops.DeviceDelta.from_csr` checks its arrays); arrays traced
+    inside a jitted function cannot be, and are the caller's to get right. :meth:`from_coo`
+    builds a checked delta from coordinates.
     """
 
     def __init__(self, indptr: Any, indices: Any, row_ids: Any, values: Any,
                  shape: tuple[int, int], step: int | None = None,
                  n_real: int | None = None) -> None:
+        self._set(indptr, indices, row_ids, values, shape, step, n_real)
+        arrays = (indptr, indices, row_ids, values)
+        if not any(isinstance(a, jax.core.Tracer) for a in arrays):
+            from . import ops
+            host = [np.ascontiguousarray(np.asarray(a)) for a in arrays]
+            ops.DeviceDelta.from_csr(host[0], host[1], host[3], host[2], self.shape, "cpu")
+
+    def _set(self, indptr: Any, indices: Any, row_ids: Any, values: Any,
+             shape: tuple[int, int], step: int | None, n_real: int | None) -> None:
         self.indptr, self.indices, self.row_ids, self.values = indptr, indices, row_ids, values
         self.shape = (int(shape[0]), int(shape[1]))
         self.step = step
         self.n_real = n_real  # entries before the padding (None: all are real)
+
+    @classmethod
+    def _trusted(cls, *args: Any) -> SparseDelta:
+        """A delta from arrays this module built and checked (or tracers of them)."""
+        self = cls.__new__(cls)
+        self._set(*args)
+        return self
 
     def tree_flatten(self):  # noqa: ANN201
         # The step is not part of the tree structure: a new step must not retrace jitted code.
@@ -59,7 +80,7 @@ class SparseDelta:
 
     @classmethod
     def tree_unflatten(cls, aux, children):  # noqa: ANN001, ANN206
-        return cls(*children, *aux)
+        return cls._trusted(*children, *aux, None, None)
 
     @property
     def nnz(self) -> int:
@@ -67,8 +88,8 @@ class SparseDelta:
 
     def with_values(self, values: Any) -> SparseDelta:
         """Same structure, other values (e.g. a newer step with unchanged topology)."""
-        return SparseDelta(self.indptr, self.indices, self.row_ids, values, self.shape, self.step,
-                           self.n_real)
+        return SparseDelta._trusted(self.indptr, self.indices, self.row_ids, values, self.shape,
+                                    self.step, self.n_real)
 
     @classmethod
     def from_coo(cls, rows: Any, cols: Any, values: Any, shape: tuple[int, int], *,
@@ -104,8 +125,8 @@ class SparseDelta:
             ci[n:] = np.maximum(ci[n - 1], c - 1) if n and ri[n - 1] == r - 1 else c - 1
         indptr, ci, vi = _coo.to_csr(ri, ci, vi, r, presorted=True)
         ri = ri.astype(np.int32)
-        return cls(jnp.asarray(indptr), jnp.asarray(ci), jnp.asarray(ri), jnp.asarray(vi),
-                   (r, c), step, n)
+        return cls._trusted(jnp.asarray(indptr), jnp.asarray(ci), jnp.asarray(ri),
+                            jnp.asarray(vi), (r, c), step, n)
 
     @classmethod
     def from_adapter(cls, adapter: Any, **kwargs: Any) -> SparseDelta:
@@ -188,9 +209,10 @@ def _accumulate_into(xp: Any, device: str, out: Any, indptr: Any, indices: Any, 
     ptr = (lambda a: a.ctypes.data) if xp is np else (lambda a: a.data.ptr)
     if o.size and ptr(o) != ptr(yi):  # XLA could not alias: start from y
         o[...] = yi
+    # check=False: the arrays are a SparseDelta's, checked when it was made (see SparseDelta)
     d = ops.DeviceDelta.from_csr(_device_array(xp, indptr), _device_array(xp, indices),
                                  _device_array(xp, values), _device_array(xp, row_ids), shape,
-                                 device)
+                                 device, check=False)
     ops.delta_matmul(_device_array(xp, x).reshape(-1, shape[1]), d, scale,
                      out=o.reshape(-1, shape[0]))
 

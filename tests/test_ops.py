@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 
 from conftest import random_coo
+import hyprvdb
 from hyprvdb import _native, ops
 from hyprvdb.ops import _kernels as K
 from hyprvdb.snapshot import Snapshot
@@ -592,10 +593,58 @@ def test_device_delta_from_csr_arrays(path, rng):
          rf"rows must be a contiguous int32 array of shape \({n},\)"),
         ((up.indptr, up.indices.repeat(2)[::2], up.data, up.rows),
          r"indices must be a contiguous int32 array"),
-        ((up.indptr, list(up.indices), up.data, up.rows), r"got list of shape \(\)"),
     ]:
         with pytest.raises(ValueError, match=message):
             ops.DeviceDelta.from_csr(*args, (37, 129), "cpu")
+    with pytest.raises(TypeError, match=r"indices must be a numpy array \(device 'cpu'\), "
+                                        r"got builtins.list"):
+        ops.DeviceDelta.from_csr(up.indptr, list(up.indices), up.data, up.rows, (37, 129), "cpu")
+
+
+def bad_csr_cases():
+    """CSR arrays of the right dtypes and lengths whose contents the kernels would read out of
+    bounds (each of these crashed the process, or read outside x, before they were checked)."""
+    i32, f32 = np.int32, np.float32
+    return [
+        ((i32([0, 1, 100000]), i32([0]), f32([1]), i32([0]), (2, 4)),
+         r"indptr must start at 0 and end at the 1 nonzeros, got 0 .. 100000"),
+        ((i32([0, 1, 1]), i32([4]), f32([1]), i32([0]), (2, 4)),
+         r"indices\[0\] = 4 is outside the 4 columns"),
+        ((i32([0, 1, 1]), i32([-1]), f32([1]), i32([0]), (2, 4)),
+         r"indices\[0\] = -1 is outside the 4 columns"),
+        ((i32([0, 2, 1, 2]), i32([0, 1]), f32([1, 2]), i32([0, 0]), (3, 4)),
+         r"indptr must not decrease: indptr\[2\] = 1 < indptr\[1\] = 2"),
+        ((i32([0, 1, 2]), i32([0, 1]), f32([1, 2]), i32([0, 5]), (2, 4)),
+         r"rows\[1\] = 5 disagrees with indptr, which puts nonzero 1 in row 1"),
+        ((i32([0, 1, 1]), i32([0]), f32([np.nan]), i32([0]), (2, 4)), r"data\[0\] = nan"),
+        ((i32([1, 1, 1]), i32([0]), f32([1]), i32([0]), (2, 4)), r"indptr must start at 0"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(bad_csr_cases())))
+def test_from_csr_refuses_contents_the_kernels_would_read_out_of_bounds(case):
+    args, message = bad_csr_cases()[case]
+    with pytest.raises(ValueError, match=message):
+        ops.DeviceDelta.from_csr(*args, "cpu")
+
+
+def test_from_csr_issue_reproduction_no_longer_crashes():
+    """The exact call that crashed the process (exit -11), in a child so a crash fails the
+    test instead of the test run."""
+    from conftest import run_python
+    out = run_python("""
+import json
+import numpy as np
+from hyprvdb import ops
+try:
+    d = ops.DeviceDelta.from_csr(np.int32([0, 1, 100000]), np.int32([0]), np.float32([1]),
+                                 np.int32([0]), (2, 4), "cpu")
+    ops.delta_matmul(np.ones((4, 4), np.float32), d)
+    print(json.dumps({"refused": None}))
+except ValueError as exc:
+    print(json.dumps({"refused": str(exc)}))
+""", python=sys.executable)
+    assert "indptr must start at 0 and end at the 1 nonzeros" in out["refused"]
 
 
 # ----------------------------------------------------------------------------- errors
@@ -906,3 +955,62 @@ class TestCuda:
             ops.gather(d, cp.asarray([0, 1, 37]), cp.asarray([0, 1, 2]))
         with pytest.raises(ValueError, match=r"Ws\[0\] must be a contiguous array"):
             ops.merge(cp.ones((36, 129), cp.float32), d)
+
+
+# ----------------------------------------------------------------------------- issue 12 cases
+def issue_cases():
+    rng = np.random.default_rng(12)
+    snap, dW = random_delta(rng, (6, 10), 0.3)
+    x = random_array(rng, (3, 10), F32)
+    W = random_array(rng, (6, 10), F32)
+    h = hyprvdb.TemporalAdapter(6, 10)
+    h.store_delta(1, [0], [1], [0.5])
+    h.store_delta(2, [1], [2], [0.25])
+    dh = ops.DeviceHistory(h, "cpu")
+    return [
+        ("scale nan", lambda: ops.delta_matmul(x, snap, float("nan")), ValueError,
+         "scale = nan is not finite"),
+        ("scale inf", lambda: ops.fused_linear(x, W, snap, float("inf")), ValueError,
+         "scale = inf is not finite"),
+        ("scale str", lambda: ops.delta_matmul(x, snap, "2"), TypeError,
+         "scale must be a real number, got str '2'"),
+        ("merge nan", lambda: ops.merge(W, snap, float("nan")), ValueError, "scale = nan"),
+        ("unmerge inf", lambda: ops.unmerge(W, snap, -float("inf")), ValueError,
+         "scale = -inf"),
+        ("merge_layers bool", lambda: ops.merge_layers([W], [snap], True), TypeError,
+         "scale must be a real number, got bool True"),
+        ("gather floats", lambda: ops.gather(snap, [0.7], [1.2]), TypeError,
+         "rows must hold integers, got dtype float64"),
+        ("gather 2**70", lambda: ops.gather(snap, [2**70], [0]), IndexError,
+         r"rows\[0\] = 1180591620717411303424 is out of range"),
+        ("window floats", lambda: dh.window(0.5, 2.7), TypeError,
+         "t0 must be an int, got float 0.5"),
+        ("window bool", lambda: dh.window(0, True), TypeError, "t1 must be an int, got bool"),
+        ("out a list", lambda: ops.delta_matmul(x, snap, out=[[0.0] * 6] * 3), TypeError,
+         "out must be a numpy array on the delta's device, got builtins.list"),
+        ("bias a list", lambda: ops.fused_linear(x, W, snap, 1.0, [0.0] * 6), TypeError,
+         "bias must be a numpy array on the delta's device, got builtins.list"),
+        ("snapshot step 2**70", lambda: Snapshot.from_coo([0], [0], [1.0], (2, 2), step=2**70),
+         ValueError, r"step must be in 0..2\*\*63 - 1 \(it is kept as an int64\), got "
+                     r"1180591620717411303424"),
+        ("with_values step 2**64", lambda: snap.with_values([], [], [], step=2**64), ValueError,
+         "step must be in 0..2"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(issue_cases())),
+                         ids=[c[0] for c in issue_cases()])
+def test_loose_inputs_are_refused_clearly(case):
+    what, call, exc, message = issue_cases()[case]
+    with pytest.raises(exc, match=message):
+        call()
+
+
+def test_a_refused_merge_leaves_w_as_it_was():
+    rng = np.random.default_rng(1)
+    snap, _ = random_delta(rng, (6, 10), 0.3)
+    W = random_array(rng, (6, 10), F32)
+    before = W.copy()
+    with pytest.raises(ValueError):
+        ops.merge(W, snap, float("nan"))
+    assert np.array_equal(W, before)

@@ -274,6 +274,11 @@ BAD_REQUESTS = [
      ["step", "integer"]),
     ("embed: unknown step", "/embed", {"json": {"texts": ["a"], "step": 10_000}}, 400,
      ["10000", "unknown"]),
+    ("embed: a lone surrogate", "/embed",
+     {"content": b'{"texts": ["a \\ud800 b"]}', "headers": {"content-type": "application/json"}},
+     400, ["texts[0]", "not valid unicode"]),
+    ("adapt: lr 1e30", "/adapt", {"json": {"pairs": PAIRS, "lr": 1e30}}, 400,
+     ["non-finite", "nothing was committed"]),
     ("adapt: lr infinite", "/adapt", {"content": b'{"pairs": [["a", "b"], ["c", "d"]], '
                                                   b'"lr": Infinity}',
                                       "headers": {"content-type": "application/json"}}, 422,

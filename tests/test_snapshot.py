@@ -419,7 +419,7 @@ def test_from_coo_messages():
         Snapshot.from_coo([], [], [], 5)
     with pytest.raises(TypeError, match="shape\\[0\\] must be an int, got float 4.0"):
         Snapshot.from_coo([], [], [], (4.0, 5))
-    with pytest.raises(ValueError, match="step must be >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"step must be in 0..2\*\*63 - 1 \(it is kept as an int64\), got -1"):
         Snapshot.from_coo([], [], [], (4, 5), step=-1)
     with pytest.raises(TypeError, match="step must be an int or None, got bool True"):
         Snapshot.from_coo([], [], [], (4, 5), step=True)

@@ -520,3 +520,59 @@ def test_allow_nonfinite_travels_in_the_file(tmp_path):
     g.close()
     with pytest.raises(TypeError, match="allow_nonfinite must be a bool"):
         TemporalAdapter(2, 2, allow_nonfinite="yes")
+
+
+def group_fingerprint(g: TemporalGroup):
+    return {"steps": g.steps, "changes": g.change_count(),
+            "states": {(n, t): tuple(a.tolist() for a in m.active_weights(t))
+                       for n, m in g.items() for t in g.steps},
+            "file": os.path.getsize(g.path) if g.path else None}
+
+
+@pytest.mark.parametrize("what,call,exc,message", [
+    ("store_deltas: unknown member", lambda g: g.store_deltas(9, {"z": ([0], [0], [1.0])}),
+     KeyError, "no member 'z'"),
+    ("store_deltas: a bad member slice after a good one",
+     lambda g: g.store_deltas(9, {"a": ([0], [0], [1.0]), "b": ([7], [0], [1.0])}),
+     IndexError, r"rows\[0\] = 7 is out of range for 3 rows"),
+    ("store_deltas: old step", lambda g: g.store_deltas(2, {"a": ([0], [0], [1.0])}),
+     ValueError, "out of order"),
+    ("store_deltas: not a mapping", lambda g: g.store_deltas(9, [1, 2]), TypeError,
+     "deltas must be a mapping"),
+    ("commit: old step", lambda g: g.commit(1), ValueError, "out of order"),
+    ("accumulate: out of range", lambda g: g.accumulate("a", [0], [99], [1.0]), IndexError,
+     r"cols\[0\] = 99"),
+    ("accumulate: unknown member", lambda g: g.accumulate("z", [0], [0], [1.0]), KeyError,
+     "no member 'z'"),
+    ("rollback: future", lambda g: g.rollback(99), ValueError, "unknown"),
+    ("rollback: a float", lambda g: g.rollback(1.5), TypeError, "t must be an int"),
+    ("prune_history: negative", lambda g: g.prune_history(-1), ValueError, ">= 0"),
+    ("save: missing folder", lambda g: g.save("/no/such/folder/h.hvz"), FileNotFoundError,
+     "does not exist"),
+    ("store_base: after a step", lambda g: g["a"].store_base(rows=[0], cols=[0], values=[1.0]),
+     ValueError, "must come before the first delta"),
+])
+def test_every_refused_group_call_changes_nothing(tmp_path, what, call, exc, message):
+    g = TemporalGroup({"a": (4, 5), "b": (3, 2)})
+    g["a"].store_base(rows=[0, 3], cols=[0, 4], values=[1.0, 2.0])
+    g.save(tmp_path / "g.hvz")
+    g.store_deltas(1, {"a": ([1], [1], [0.5]), "b": ([2], [1], [-1.0])})
+    g.store_deltas(2, {"b": ([0], [0], [3.0])})
+    before = group_fingerprint(g)
+    with pytest.raises(exc, match=message):
+        call(g)
+    assert group_fingerprint(g) == before, what
+    assert g.store_deltas(3, {"a": ([2], [2], [1.0])}) == 3  # and the group still works
+    g.close()
+
+
+def test_refused_store_base_and_save_change_nothing(tmp_path):
+    h = TemporalAdapter(3, 3)
+    with pytest.raises(IndexError, match=r"cols\[0\] = 3"):
+        h.store_base(rows=[0], cols=[3], values=[1.0])
+    with pytest.raises(ValueError, match=r"values\[0\] = nan is not finite"):
+        h.store_base(rows=[0], cols=[0], values=[np.nan])
+    assert h.change_count() == 0 and len(h.active_weights()[0]) == 0
+    with pytest.raises(TypeError, match="path must be a str or os.PathLike"):
+        h.save(3)
+    assert h.path is None

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from .. import _native
+from .. import _validate as V
 from . import _kernels
 
 __all__ = ["DeviceDelta", "resolve_device", "delta_matmul", "fused_linear", "gather", "merge",
@@ -78,23 +79,42 @@ class DeviceDelta:
 
     @classmethod
     def from_csr(cls, indptr: Any, indices: Any, data: Any, rows: Any, shape: tuple[int, int],
-                 device: str) -> DeviceDelta:
+                 device: str, *, check: bool = True) -> DeviceDelta:
         """A delta over CSR arrays already on ``device`` ("cpu": numpy, "cuda": CuPy), used as
         they are, without copies: int32 ``indptr`` (shape[0] + 1), int32 ``indices`` and
         ``rows`` and float32 ``data`` (one per nonzero, row-major). It has no NanoVDB grid,
-        so it serves the matmul and merge kernels but not :func:`gather`."""
+        so it serves the matmul and merge kernels but not :func:`gather`.
+
+        The kernels read these arrays as they are, so their contents are checked first:
+        ``indptr`` starts at 0, never decreases and ends at the nonzero count, every column
+        lies in ``0..shape[1] - 1``, ``rows`` repeats each row once per nonzero of it, and the
+        values are finite (a ``ValueError`` names the first entry that is not so).
+        ``check=False`` skips the contents (not the dtypes and shapes) for arrays the caller
+        built and checked itself, such as :class:`hyprvdb.jax.SparseDelta`'s; never pass it
+        for arrays from elsewhere: a bad index is then a read outside memory.
+        """
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-        shape = (int(shape[0]), int(shape[1]))
+        try:
+            n_rows, n_cols = shape
+        except (TypeError, ValueError):
+            raise TypeError(f"shape must be a pair of ints (rows, cols), got {shape!r}") from None
+        shape = V.matrix_dims(n_rows, n_cols, ("shape[0]", "shape[1]"))
+        xp = np if device == "cpu" else __import__("cupy")
         nnz = None
         for name, a, dtype in (("data", data, np.float32), ("indices", indices, np.int32),
                                ("rows", rows, np.int32), ("indptr", indptr, np.int32)):
-            dt, sh = getattr(a, "dtype", None), tuple(getattr(a, "shape", ()))
+            if not isinstance(a, xp.ndarray):
+                raise TypeError(f"{name} must be a {xp.__name__} array (device {device!r}), "
+                                f"got {type(a).__module__}.{type(a).__name__}")
+            dt, sh = a.dtype, tuple(a.shape)
             nnz = sh[0] if nnz is None and len(sh) == 1 else nnz
             want = (shape[0] + 1,) if name == "indptr" else (nnz,)
             if dt != dtype or sh != want or not a.flags.c_contiguous:
                 raise ValueError(f"{name} must be a contiguous {np.dtype(dtype)} array of shape "
-                                 f"{want}, got {dt or type(a).__name__} of shape {sh}")
+                                 f"{want}, got {dt} of shape {sh}")
+        if check:
+            _check_csr(xp, indptr, indices, data, rows, shape)
         out = cls(device)
         out.shape = shape
         out.indptr, out.indices, out.data, out.rows = indptr, indices, data, rows
@@ -139,6 +159,58 @@ class DeviceDelta:
         return out
 
 
+def _first(xp: Any, bad: Any) -> int:
+    return int(xp.flatnonzero(bad)[0])
+
+
+def _check_csr(xp: Any, indptr: Any, indices: Any, data: Any, rows: Any,
+               shape: tuple[int, int]) -> None:
+    """Raise ValueError unless the CSR arrays are what the kernels may read safely."""
+    nnz = int(data.shape[0])
+    if int(indptr[0]) != 0 or int(indptr[-1]) != nnz:
+        raise ValueError(f"indptr must start at 0 and end at the {nnz} nonzeros, got "
+                         f"{int(indptr[0])} .. {int(indptr[-1])}")
+    step = xp.diff(indptr)
+    if bool((step < 0).any()):
+        i = _first(xp, step < 0)
+        raise ValueError(f"indptr must not decrease: indptr[{i + 1}] = {int(indptr[i + 1])} < "
+                         f"indptr[{i}] = {int(indptr[i])}")
+    bad = (indices < 0) | (indices >= shape[1])
+    if bool(bad.any()):
+        i = _first(xp, bad)
+        raise ValueError(f"indices[{i}] = {int(indices[i])} is outside the {shape[1]} columns")
+    want = xp.repeat(xp.arange(shape[0], dtype=xp.int32), step)
+    if not bool((rows == want).all()):
+        i = _first(xp, rows != want)
+        raise ValueError(f"rows[{i}] = {int(rows[i])} disagrees with indptr, which puts "
+                         f"nonzero {i} in row {int(want[i])}")
+    if not bool(xp.isfinite(data).all()):
+        i = _first(xp, ~xp.isfinite(data))
+        raise ValueError(f"data[{i}] = {float(data[i])!r} is not finite")
+
+
+def _scale(scale: Any) -> float:
+    return V.real_scalar("scale", scale)
+
+
+def _out_array(name: str, a: Any, xp: Any) -> Any:
+    if not isinstance(a, xp.ndarray):
+        raise TypeError(f"{name} must be a {xp.__name__} array on the delta's device, got "
+                        f"{type(a).__module__}.{type(a).__name__}")
+    return a
+
+
+def _coords(name: str, a: Any, xp: Any) -> Any:
+    """Integer coordinates (any shape, read flat) as a contiguous int64 array on ``xp``'s
+    device."""
+    if xp is np:
+        return V.as_index_array(name, np.asarray(a).ravel())
+    a = xp.asarray(a)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integers, got dtype {a.dtype}")
+    return xp.ascontiguousarray(a.astype(xp.int64).ravel())
+
+
 def _as_delta(delta: Any, operand: Any) -> DeviceDelta:
     """A DeviceDelta as is; a Snapshot uploaded to the operand's device (the GPU for a CuPy
     array, the CPU for anything else), so that results live where the operands do."""
@@ -171,13 +243,14 @@ def delta_matmul(x: Any, delta: Any, scale: float = 1.0, *, out: Any = None) -> 
     ``x``: (batch, in_features) float32/float16/bfloat16 on the delta's device; result:
     (batch, out_features), x's dtype.
     """
+    scale = _scale(scale)
     d = _as_delta(delta, x)
     xp = np if d.device == "cpu" else __import__("cupy")
     x = _check_x(x, d.shape[1], xp)
     if out is None:
         out = xp.zeros((x.shape[0], d.shape[0]), dtype=x.dtype)
-    elif out.shape != (x.shape[0], d.shape[0]) or out.dtype != x.dtype or \
-            not out.flags.c_contiguous:
+    elif _out_array("out", out, xp).shape != (x.shape[0], d.shape[0]) or out.dtype != x.dtype \
+            or not out.flags.c_contiguous:
         raise ValueError(f"out must be a contiguous {x.dtype} array of shape "
                          f"{(x.shape[0], d.shape[0])}, got {out.dtype} {tuple(out.shape)}")
     if x.shape[0] == 0 or d.nnz == 0:
@@ -197,6 +270,7 @@ def fused_linear(x: Any, W: Any, delta: Any, scale: float = 1.0, bias: Any = Non
 
     ``W``: (out_features, in_features) of x's dtype; ``bias``: (out_features,) or None.
     """
+    scale = _scale(scale)
     d = _as_delta(delta, x)
     xp = np if d.device == "cpu" else __import__("cupy")
     x = _check_x(x, d.shape[1], xp)
@@ -206,7 +280,7 @@ def fused_linear(x: Any, W: Any, delta: Any, scale: float = 1.0, bias: Any = Non
                          f"{tuple(getattr(W, 'shape', ()))}")
     W = xp.ascontiguousarray(W)
     if bias is not None:
-        if bias.shape != (d.shape[0],) or bias.dtype != x.dtype:
+        if _out_array("bias", bias, xp).shape != (d.shape[0],) or bias.dtype != x.dtype:
             raise ValueError(f"bias must be a {x.dtype} array of shape ({d.shape[0]},), got "
                              f"{bias.dtype} {tuple(bias.shape)}")
         bias = xp.ascontiguousarray(bias)
@@ -235,8 +309,8 @@ def gather(delta: Any, rows: Any, cols: Any) -> Any:
         raise ValueError("delta has no NanoVDB grid (it was built from CSR arrays); upload a "
                          "Snapshot to gather from it")
     xp = np if d.device == "cpu" else __import__("cupy")
-    r = xp.ascontiguousarray(xp.asarray(rows, dtype=xp.int64).ravel())
-    c = xp.ascontiguousarray(xp.asarray(cols, dtype=xp.int64).ravel())
+    r = _coords("rows", rows, xp)
+    c = _coords("cols", cols, xp)
     if r.shape != c.shape:
         raise ValueError(f"rows and cols must have the same length, got {r.size} and {c.size}")
     for name, a, hi in (("rows", r, d.shape[0]), ("cols", c, d.shape[1])):
@@ -272,11 +346,12 @@ def merge(W: Any, delta: Any, scale: float = 1.0) -> Any:
 
 def unmerge(W: Any, delta: Any, scale: float = 1.0) -> Any:
     """``W -= scale * dW`` in place; undoes :func:`merge` up to rounding."""
-    return merge_layers([W], [delta], -scale)[0]
+    return merge_layers([W], [delta], -_scale(scale))[0]
 
 
 def merge_layers(Ws: list[Any], deltas: list[Any], scale: float = 1.0) -> list[Any]:
     """``Ws[i] += scale * deltas[i]`` for every layer, in one kernel launch on a GPU."""
+    scale = _scale(scale)
     if len(Ws) != len(deltas):
         raise ValueError(f"Ws and deltas must pair up: {len(Ws)} weights, {len(deltas)} deltas")
     ds = [_as_delta(d, W) for W, d in zip(Ws, deltas)]

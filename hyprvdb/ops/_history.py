@@ -61,6 +61,8 @@ class DeviceHistory:
         if mode not in ("delta", "state"):
             raise ValueError(f"mode must be 'delta' or 'state', got {mode!r}")
         for name, t in (("t0", t0), ("t1", t1)):
+            if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)):
+                raise TypeError(f"{name} must be an int, got {type(t).__name__} {t!r}")
             if not self.base_step <= t <= self.latest:
                 raise ValueError(f"{name} = {t} is outside the stored steps "
                                  f"{self.base_step}..{self.latest}")

@@ -41,6 +41,8 @@ from ._model import MiniLM, contrastive_loss
 __all__ = ["AdaptiveEncoder"]
 
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# What a committed step's embeddings are checked on, when it brings no texts of its own.
+_PROBE = ["a probe of the adapted model", "hyprvdb checks that a step keeps outputs finite"]
 _CORRECTIONS_KEPT = 8  # past steps whose corrections stay built, most recently used
 
 
@@ -213,6 +215,7 @@ class AdaptiveEncoder:
                 top = np.sort(np.argpartition(np.abs(g), g.size - k)[g.size - k:])
                 cols = self.shapes[name][1]
                 update[name] = (top // cols, top % cols, (-lr * g[top]).astype(np.float32))
+            self._check_outputs(update, qi, qm, f"lr = {lr!r}")
             out = self._commit(update)
         return {"step": out["step"], "loss": float(loss), "changes": out["changes"],
                 "swap_ms": out["swap_ms"]}
@@ -222,9 +225,39 @@ class AdaptiveEncoder:
         deltas)`` or ``(rows, cols, deltas, reset)``, as for
         :meth:`~hyprvdb.TemporalGroup.store_deltas` (what ``adapt`` computes, or what another
         learner wrote). Returns ``{"step", "changes", "swap_ms"}``; the step is durable, and
-        served, when this returns."""
+        served, when this returns. A step that would make the model's embeddings non-finite
+        is refused with ``ValueError`` and nothing is committed."""
         with self._write:
+            ids, mask = self.model.tokenize(_PROBE)
+            self._check_outputs(update, ids, mask, "the update")
             return self._commit(update)
+
+    def _check_outputs(self, update: dict[str, tuple], ids: np.ndarray, mask: np.ndarray,
+                       what: str) -> None:
+        """Refuse a step whose values, or whose embeddings of ``ids`` (the live weights plus
+        the step as sparse deltas, before anything is committed), are not finite."""
+        deltas = {}
+        for name, item in update.items():
+            if name not in self.shapes:
+                raise KeyError(f"no adapted matrix {name!r}")
+            if not isinstance(item, (tuple, list)) or len(item) not in (3, 4):
+                raise TypeError(f"update[{name!r}] must be (rows, cols, deltas[, reset]), got "
+                                f"{type(item).__name__}")
+            d = np.asarray(item[2], np.float32)
+            if not np.isfinite(d).all():
+                raise ValueError(f"{what}: the step's changes of {name!r} are not finite; "
+                                 "nothing was committed")
+            if len(item) == 4 and np.asarray(item[3]).any():
+                continue  # resets: the history's own checks judge the resulting values
+            if len(d):
+                deltas[name] = hj.SparseDelta.from_coo(item[0], item[1], d, self.shapes[name])
+        with self._lock.reading():
+            emb = self._forward(self.model.params, deltas, ids, mask)
+        if not np.isfinite(emb).all():
+            top = max((float(np.abs(np.asarray(u[2], np.float32)).max())
+                       for u in update.values() if len(u[2])), default=0.0)
+            raise ValueError(f"{what}: the step would make the model's embeddings non-finite "
+                             f"(its largest change is {top:.3g}); nothing was committed")
 
     def _commit(self, update: dict[str, tuple]) -> dict[str, Any]:
         with self._history_lock:

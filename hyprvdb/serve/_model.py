@@ -129,6 +129,12 @@ class MiniLM:
             raise TypeError(f"texts must be a list of str, got {type(texts).__name__}")
         if not texts:
             raise ValueError("texts must not be empty")
+        for i, t in enumerate(texts):
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ValueError(f"texts[{i}] is not valid Unicode text: {exc.reason} at "
+                                 f"position {exc.start} ({t[exc.start:exc.end]!r})") from None
         enc = self.tokenizer.encode_batch(list(texts))
         ids = [e.ids[:max_length] for e in enc]
         if any(len(e.ids) > max_length for e in enc):

@@ -373,8 +373,8 @@ def _check_step(step: Any) -> int | None:
         return None
     if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)):
         raise TypeError(f"step must be an int or None, got {type(step).__name__} {step!r}")
-    if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
+    if not 0 <= step < 2**63:
+        raise ValueError(f"step must be in 0..2**63 - 1 (it is kept as an int64), got {step}")
     return int(step)
 
 

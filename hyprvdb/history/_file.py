@@ -35,7 +35,9 @@ takes the valid superblock with the higher sequence number and checks the record
   its superblock, before the commit returned): it is dropped with a warning;
 - a chain that does not match means a record or the header was changed after it was written
   (a faulty writer, or a forged file whose record checksums were stamped again): the file is
-  refused with :class:`CorruptFileError`.
+  refused with :class:`CorruptFileError`;
+- a damaged superblock (written once, now failing its checksum) is reported with a warning:
+  the other one may be older, and the records after it may have been cut off with it.
 
 A commit writes its record in one ``write``, then its superblock, and returns: it survives a
 killed process. With ``sync=True`` each of the two is also fsynced (durable across power
@@ -339,6 +341,14 @@ class HistoryFile:
                                        f"committed is unknown")
             sb = max(valid)
             pos = header_end + 2 * SB_SIZE
+            for k, slot in enumerate(slots):
+                raw_slot = data[header_end + k * SB_SIZE:header_end + (k + 1) * SB_SIZE]
+                if slot is None and len(raw_slot) == SB_SIZE and any(raw_slot):
+                    # Written once, now damaged: what it said is unknown, so the other one
+                    # may be behind it (with the records after it cut off, too).
+                    _recover(f"{shown}: superblock {k} is damaged; read the other one "
+                             f"(sequence {sb[0]}, {sb[1]} committed records), which may be "
+                             f"older than the damaged one", strict)
         records: list[tuple[str, int, Any, int]] = []
         raw: list[bytes] = []
         damage = None

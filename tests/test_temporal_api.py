@@ -362,6 +362,24 @@ def test_tiers_merge_old_steps():
     assert h.change_count() == 4
 
 
+
+def test_rollback_to_a_tier_stamp_survives_a_reload(tmp_path):
+    # Merged steps are stamped with the end of their span, a step that was never committed
+    # (here 4): rolling back to it is recorded, and the file must load to the same history.
+    path = tmp_path / "h.hvz"
+    h = TemporalAdapter(1, 1, tiers=[(2, 1), (None, 2)], compact_every=1)
+    h.save(path, sync=False)
+    for t in (1, 3, 5, 7, 9, 11):
+        h.store_delta(t, [0], [0], [1.0])
+    assert h.steps == [0, 2, 4, 6, 8, 9, 11]
+    assert h.rollback(5) == 4
+    h.close()
+    back = TemporalAdapter.load(path)
+    assert (back.latest, back.current().get_weight(0, 0)) == (4, 2.0)
+    back.store_delta(6, [0], [0], [1.0])
+    back.close()
+    assert TemporalAdapter.load(path).current().get_weight(0, 0) == 3.0
+
 # ---------------------------------------------------------------------------- correlations
 def brute_force_pairs(changed: dict[int, set[tuple[int, int]]], steps: list[int], *,
                       min_score: float, min_together: int):

@@ -213,19 +213,12 @@ def _after(newest: int, kind: str, t: int, only_bases: bool) -> int:
 
 
 def _newest_step(records: list) -> int:
-    """The newest step the records leave, rollbacks and folds included."""
-    steps: list[int] = []
-    base = 0
+    """The newest step the records leave: :func:`_after` over each of them in turn."""
+    newest, only_bases = 0, True
     for kind, t, *_ in records:
-        if kind == "base":
-            base, steps = t, []
-        elif kind == "step":
-            steps.append(t)
-        elif kind == "rollback":
-            steps = [s for s in steps if s <= t]
-        elif kind == "fold":
-            base, steps = t, [s for s in steps if s > t]
-    return steps[-1] if steps else base
+        newest = _after(newest, kind, t, only_bases)
+        only_bases &= kind == "base"
+    return newest
 
 
 _MEMBER_KEYS = {"rows": int, "cols": int, "name": str, "compact_every": int}

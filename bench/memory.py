@@ -1,23 +1,40 @@
-"""Bytes per active weight: hyprvdb against a Python dict, scipy.sparse CSR and dense numpy.
+"""Bytes per active weight: hyprvdb against Python dicts, scipy.sparse CSR and dense numpy.
 
-Every contender holds the same data: a 4096 x 4096 float32 matrix with 1% of its entries
-active (167,772 unique positions drawn uniformly at random, seeded). Tile mode holds 327 whole
-8 x 64 blocks (167,424 weights, as near to 1% as whole blocks allow).
+Workloads (every contender of a workload holds the same data, seeded):
+
+* ``4096-1%``    one 4096 x 4096 float32 matrix, 167,772 unique uniform positions (1%);
+                 tile mode holds 327 whole 8 x 64 blocks (167,424 weights).
+* ``4096-0.1%``  the same matrix with 16,777 positions (0.1%).
+* ``minilm``     the adapters of ``hyprvdb demo``'s model: the 36 matrices of MiniLM-L6 (per
+                 layer query, key, value, attention output 384 x 384, intermediate
+                 1536 x 384, output 384 x 1536), 21,885 weights in all (the demo's count at
+                 its final step, 0.21%), spread over the matrices in proportion to their size,
+                 uniform positions.
+* ``minilm-0.05%`` the same shapes at 0.05% (5,308 weights): one online step's size.
+
+Contenders: ``hyprvdb`` (a SparseAdapter; for the MiniLM workloads an AdapterSet, all 36
+matrices in one OpenVDB tree), ``separate`` (MiniLM: 36 SparseAdapters, one tree each),
+``tile`` (4096-1%: block_shape (8, 64)), ``dict`` ({(row, col): value} per matrix), ``csr``
+(scipy CSR per matrix, int32 indices), ``dense`` (float32 per matrix).
 
 Two figures per contender:
 
 * reported -- what the structure says it holds: ``memory_usage()`` for hyprvdb;
   ``sys.getsizeof`` of the dict, its key tuples, the int objects inside them (small ints that
-  CPython caches are not counted; each object is counted once) and the float values for the
-  dict; ``data + indices + indptr`` nbytes for CSR; ``nbytes`` for dense.
+  CPython caches are not counted; each object is counted once) and the float values;
+  ``data + indices + indptr`` nbytes for CSR; ``nbytes`` for dense.
 * RSS -- measured: each contender is built in a fresh child process
-  (``python bench/memory.py --child NAME``) that generates its inputs, makes a small warm-up
-  structure of the same kind (so that libraries are loaded), records VmRSS, builds the
+  (``python bench/memory.py --child WORKLOAD:NAME``) that generates its inputs, makes a small
+  warm-up structure of the same kind (so that libraries are loaded), records VmRSS, builds the
   structure, runs the garbage collector and records VmRSS again. The difference, divided by
-  the number of active weights, is the measured figure (median over the repeats). Before
-  each reading glibc's ``malloc_trim(0)`` hands freed chunks back to the OS: without it the
-  delta also holds the build's freed temporaries that malloc keeps for reuse (shown too, as
-  "raw RSS", but that is the allocator's cache, not the structure).
+  the number of active weights, is the measured figure (median over the repeats). Small
+  structures are built several times over in the child (``COPIES``: 16 or 32 copies of the
+  0.1% and MiniLM workloads, one of everything else and of dense arrays), and the RSS growth
+  divided by the copies, so that 4 KiB pages and malloc's top chunk do not decide a figure of
+  a hundred kilobytes. Before each
+  reading glibc's ``malloc_trim(0)`` hands freed chunks back to the OS: without it the delta
+  also holds the build's freed temporaries that malloc keeps for reuse (shown too, as "raw
+  RSS", but that is the allocator's cache, not the structure).
 
 Run:  python bench/memory.py [--repeats 5] [--seed 0] [--json PATH]
 """
@@ -41,31 +58,55 @@ ROWS = COLS = 4096
 ACTIVE = 167_772                  # 1% of 4096 * 4096, rounded down
 TILE = (8, 64)
 TILE_BLOCKS = 327                 # 327 * 512 = 167,424 weights
-TARGET_UNSTRUCTURED = 24.0
-STRETCH_UNSTRUCTURED = 12.0
-TARGET_TILE = 4.5
+DEMO_WEIGHTS = 21_885             # hyprvdb demo's active weights at its final step
 RSS_TOLERANCE = 0.20              # reported must be confirmed by RSS within 20%
+COPIES = {"4096-1%": 1, "4096-0.1%": 16, "minilm": 16, "minilm-0.05%": 32}
 
-CONTENDERS = ("hyprvdb", "hyprvdb_tile", "dict", "csr", "dense")
-LABELS = {
-    "hyprvdb": "hyprvdb SparseAdapter (unstructured)",
-    "hyprvdb_tile": "hyprvdb tile mode, block_shape=(8, 64)",
-    "dict": "Python dict {(row, col): float}",
-    "csr": "scipy.sparse CSR (int32 idx, float32)",
-    "dense": "dense numpy float32",
+LAYERS, HIDDEN, INTERMEDIATE = 6, 384, 1536
+LINEARS = {"query": (HIDDEN, HIDDEN), "key": (HIDDEN, HIDDEN), "value": (HIDDEN, HIDDEN),
+           "attention_output": (HIDDEN, HIDDEN), "intermediate": (INTERMEDIATE, HIDDEN),
+           "output": (HIDDEN, INTERMEDIATE)}
+MINILM = {f"layer.{i}.{n}": s for i in range(LAYERS) for n, s in LINEARS.items()}
+MINILM_SIZE = sum(r * c for r, c in MINILM.values())
+
+# workload -> (description, contenders, {contender: target B/weight})
+WORKLOADS = {
+    "4096-1%": ("4096x4096, 1% uniform", ("hyprvdb", "tile", "dict", "csr", "dense"),
+                {"hyprvdb": 10.0, "tile": 4.5}),
+    "4096-0.1%": ("4096x4096, 0.1% uniform", ("hyprvdb", "dict", "csr", "dense"),
+                  {"hyprvdb": 14.0}),
+    "minilm": (f"MiniLM-L6 adapters, 36 matrices, {DEMO_WEIGHTS:,} weights (0.21%)",
+               ("hyprvdb", "separate", "dict", "csr", "dense"), {"hyprvdb": 16.0}),
+    "minilm-0.05%": ("MiniLM-L6 adapters, 36 matrices, 0.05%",
+                     ("hyprvdb", "separate", "dict", "csr", "dense"), {"hyprvdb": 24.0}),
 }
+LABELS = {
+    "hyprvdb": "hyprvdb (SparseAdapter / AdapterSet: one tree)",
+    "separate": "hyprvdb, one SparseAdapter (tree) per matrix",
+    "tile": "hyprvdb tile mode, block_shape=(8, 64)",
+    "dict": "Python dict {(row, col): float} per matrix",
+    "csr": "scipy.sparse CSR per matrix (int32 idx, float32)",
+    "dense": "dense numpy float32 per matrix",
+}
+
+Matrices = list  # [(name, rows, cols, r int64, c int64, v float32)]
 
 
 # ------------------------------------------------------------------------------ data
-def make_unstructured(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """167,772 unique uniform positions of the 4096 x 4096 matrix, float32 values."""
-    rng = np.random.default_rng(seed)
-    flat = rng.choice(ROWS * COLS, size=ACTIVE, replace=False)
-    rows = (flat // COLS).astype(np.int64)
-    cols = (flat % COLS).astype(np.int64)
-    values = rng.standard_normal(ACTIVE).astype(np.float32)
+def _uniform(rng: np.random.Generator, rows: int, cols: int, n: int):
+    flat = np.sort(rng.choice(rows * cols, size=n, replace=False))
+    values = rng.standard_normal(n).astype(np.float32)
     values[values == 0] = 1.0     # every value non-zero, so dense/CSR agree on what is active
-    return rows, cols, values
+    return (flat // cols).astype(np.int64), (flat % cols).astype(np.int64), values
+
+
+def make_unstructured(seed: int, n: int = ACTIVE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` unique uniform positions of the 4096 x 4096 matrix, float32 values."""
+    rng = np.random.default_rng(seed)
+    flat = rng.choice(ROWS * COLS, size=n, replace=False)
+    values = rng.standard_normal(n).astype(np.float32)
+    values[values == 0] = 1.0
+    return (flat // COLS).astype(np.int64), (flat % COLS).astype(np.int64), values
 
 
 def make_tiles(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -83,107 +124,138 @@ def make_tiles(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return rows, cols, values
 
 
+def make_minilm(seed: int, total: int) -> Matrices:
+    """``total`` weights over the 36 MiniLM matrices, in proportion to their size."""
+    rng = np.random.default_rng(seed + 2)
+    out = []
+    for name, (r, c) in MINILM.items():
+        n = round(total * r * c / MINILM_SIZE)
+        out.append((name, r, c, *_uniform(rng, r, c, n)))
+    return out
+
+
+def workload_data(workload: str, contender: str, seed: int) -> Matrices:
+    if workload == "4096-1%":
+        data = make_tiles(seed) if contender == "tile" else make_unstructured(seed)
+        return [("m", ROWS, COLS, *data)]
+    if workload == "4096-0.1%":
+        return [("m", ROWS, COLS, *make_unstructured(seed, ACTIVE // 10))]
+    if workload == "minilm":
+        return make_minilm(seed, DEMO_WEIGHTS)
+    if workload == "minilm-0.05%":
+        return make_minilm(seed, round(MINILM_SIZE * 0.0005))
+    raise ValueError(workload)
+
+
 # ------------------------------------------------------------------------------ builders
-def build(name: str, rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
-          shape: tuple[int, int]):
-    if name in ("hyprvdb", "hyprvdb_tile"):
+def build(name: str, mats: Matrices, set_workload: bool):
+    """The contender's structure for the matrices: a list of per-matrix objects, or one
+    AdapterSet."""
+    if name == "hyprvdb" and set_workload:
         import hyprvdb
-        a = hyprvdb.SparseAdapter(*shape, block_shape=TILE if name == "hyprvdb_tile" else (1, 1))
-        a.batch_update(rows, cols, values)
-        return a
-    if name == "dict":
-        return dict(zip(zip(rows.tolist(), cols.tolist()), values.tolist()))
-    if name == "csr":
-        import scipy.sparse as sp
-        m = sp.coo_array((values, (rows.astype(np.int32), cols.astype(np.int32))),
-                         shape=shape).tocsr()
-        return m
-    if name == "dense":
-        d = np.empty(shape, dtype=np.float32)
-        d.fill(0.0)                # touch every page: np.zeros would be mapped lazily
-        d[rows, cols] = values
-        return d
-    raise ValueError(name)
+        s = hyprvdb.AdapterSet({m[0]: (m[1], m[2]) for m in mats})
+        for mname, _, _, r, c, v in mats:
+            s[mname].batch_update(r, c, v)
+        return s
+    out = []
+    for mname, rows, cols, r, c, v in mats:
+        if name in ("hyprvdb", "separate", "tile"):
+            import hyprvdb
+            a = hyprvdb.SparseAdapter(rows, cols, block_shape=TILE if name == "tile" else (1, 1))
+            a.batch_update(r, c, v)
+        elif name == "dict":
+            a = dict(zip(zip(r.tolist(), c.tolist()), v.tolist()))
+        elif name == "csr":
+            import scipy.sparse as sp
+            a = sp.coo_array((v, (r.astype(np.int32), c.astype(np.int32))),
+                             shape=(rows, cols)).tocsr()
+        elif name == "dense":
+            a = np.empty((rows, cols), dtype=np.float32)
+            a.fill(0.0)                # touch every page: np.zeros would be mapped lazily
+            a[r, c] = v
+        else:
+            raise ValueError(name)
+        out.append(a)
+    return out
 
 
 def reported_bytes(name: str, obj) -> int:
-    if name in ("hyprvdb", "hyprvdb_tile"):
-        return obj.memory_usage()
+    if not isinstance(obj, list):
+        return obj.memory_usage()          # AdapterSet
+    if name in ("hyprvdb", "separate", "tile"):
+        return sum(a.memory_usage() for a in obj)
     if name == "dict":
-        return C.dict_bytes(obj)
+        return sum(C.dict_bytes(d) for d in obj)
     if name == "csr":
-        return obj.data.nbytes + obj.indices.nbytes + obj.indptr.nbytes
+        return sum(m.data.nbytes + m.indices.nbytes + m.indptr.nbytes for m in obj)
     if name == "dense":
-        return obj.nbytes
+        return sum(d.nbytes for d in obj)
     raise ValueError(name)
 
 
-def active_of(name: str, obj) -> int:
-    if name in ("hyprvdb", "hyprvdb_tile"):
-        return obj.active_count()
-    if name == "dict":
-        return len(obj)
-    if name == "csr":
-        return obj.nnz
-    if name == "dense":
-        return int(np.count_nonzero(obj))
-    raise ValueError(name)
-
-
-def check(name: str, obj, rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> None:
-    """The structure holds exactly the input (checked after the RSS reading)."""
-    assert active_of(name, obj) == rows.size, (name, active_of(name, obj), rows.size)
-    if name in ("hyprvdb", "hyprvdb_tile"):
-        got = obj.get_weights(rows, cols)
-    elif name == "dict":
-        got = np.array([obj[k] for k in zip(rows.tolist(), cols.tolist())], dtype=np.float32)
-    elif name == "csr":
-        got = np.asarray(obj[rows, cols]).ravel()
-    else:
-        got = obj[rows, cols]
-    assert np.array_equal(got, values), f"{name}: values differ from the input"
+def check(name: str, obj, mats: Matrices) -> int:
+    """The structure holds exactly the input (checked after the RSS reading); returns the
+    number of active weights."""
+    items = list(obj.values()) if not isinstance(obj, list) else obj
+    total = 0
+    for a, (_, _, _, r, c, v) in zip(items, mats):
+        if name in ("hyprvdb", "separate", "tile"):
+            assert a.active_count() == r.size
+            got = a.get_weights(r, c)
+        elif name == "dict":
+            assert len(a) == r.size
+            got = np.array([a[k] for k in zip(r.tolist(), c.tolist())], dtype=np.float32)
+        elif name == "csr":
+            assert a.nnz == r.size
+            got = np.asarray(a[r, c]).ravel()
+        else:
+            assert np.count_nonzero(a) == r.size
+            got = a[r, c]
+        assert np.array_equal(got, v), f"{name}: values differ from the input"
+        total += r.size
+    return total
 
 
 # ------------------------------------------------------------------------------ child
-def child(name: str, seed: int) -> dict:
-    """Build one contender in this (fresh) process and measure its resident memory."""
-    if name in ("hyprvdb", "hyprvdb_tile"):
+def child(spec: str, seed: int) -> dict:
+    """Build one contender of one workload in this (fresh) process and measure its RSS."""
+    workload, name = spec.split(":")
+    set_workload = workload.startswith("minilm")
+    if name in ("hyprvdb", "separate", "tile"):
         import hyprvdb  # noqa: F401
     if name == "csr":
         import scipy.sparse  # noqa: F401
-    data = make_tiles(seed) if name == "hyprvdb_tile" else make_unstructured(seed)
-    rows, cols, values = data
+    mats = workload_data(workload, name, seed)
     # Warm-up: a small structure of the same kind loads every library and initialises it
     # (the OpenVDB core is loaded on the first SparseAdapter) before the baseline is read.
-    warm = build(name, rows[:512], cols[:512], values[:512], (ROWS, COLS))
+    warm = build(name, [(m[0], m[1], m[2], m[3][:64], m[4][:64], m[5][:64]) for m in mats[:2]],
+                 set_workload)
     reported_bytes(name, warm)
     del warm
     gc.collect()
+    copies = 1 if name == "dense" else COPIES[workload]
     trimmed = C.malloc_trim()
     rss0 = C.rss_bytes()
-    heap0 = C.malloc_in_use_bytes()
     t0 = time.perf_counter()
-    obj = build(name, rows, cols, values, (ROWS, COLS))
+    objs = [build(name, mats, set_workload) for _ in range(copies)]
     t1 = time.perf_counter()
     gc.collect()
     rss_raw = C.rss_bytes()
-    heap1 = C.malloc_in_use_bytes()
     C.malloc_trim()
     rss1 = C.rss_bytes()
-    rep = reported_bytes(name, obj)
-    active = active_of(name, obj)
-    check(name, obj, rows, cols, values)
-    return {"name": name, "active": active, "reported_bytes": rep, "rss_before": rss0,
-            "rss_after": rss1, "rss_delta": rss1 - rss0, "rss_delta_raw": rss_raw - rss0,
-            "malloc_in_use_delta": None if heap0 is None else heap1 - heap0,
-            "malloc_trim": trimmed, "build_s": t1 - t0, "peak_rss": C.peak_rss_bytes()}
+    rep = reported_bytes(name, objs[0])
+    active = check(name, objs[-1], mats)
+    return {"workload": workload, "name": name, "active": active, "reported_bytes": rep,
+            "copies": copies, "rss_delta": (rss1 - rss0) / copies,
+            "rss_delta_raw": (rss_raw - rss0) / copies,
+            "malloc_trim": trimmed, "build_s": (t1 - t0) / copies}
 
 
-def run_child(name: str, seed: int) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--seed", str(seed)]
+def run_child(spec: str, seed: int) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", spec, "--seed", str(seed)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"child {name} failed ({proc.returncode}):\n{proc.stderr}")
+        raise RuntimeError(f"child {spec} failed ({proc.returncode}):\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -193,112 +265,98 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5,
                     help="fresh child processes per contender (median is reported)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workloads", default=",".join(WORKLOADS),
+                    help=f"comma-separated subset of {', '.join(WORKLOADS)}")
     ap.add_argument("--json", metavar="PATH", help="write every number to PATH")
-    ap.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.child:
         print(json.dumps(child(args.child, args.seed)))
         return 0
+    chosen = args.workloads.split(",")
+    for w in chosen:
+        if w not in WORKLOADS:
+            ap.error(f"--workloads: unknown workload {w!r}; choose from {', '.join(WORKLOADS)}")
 
     wall0 = time.perf_counter()
     load0 = os.getloadavg()[0]
-    run_child("hyprvdb", args.seed)                 # warm-up run (file cache, imports)
-    results = {}
-    for name in CONTENDERS:
-        runs = [run_child(name, args.seed) for _ in range(args.repeats)]
-        # hyprvdb reports malloc's usable size of each value block, which can differ by a few
-        # bytes between runs with the allocator's state: take the median, keep every run.
-        reps = [r["reported_bytes"] for r in runs]
-        assert max(reps) - min(reps) <= 0.001 * max(reps), f"{name}: reported bytes {reps}"
-        active = runs[0]["active"]
-        rep = C.median(reps)
-        rss = C.median([r["rss_delta"] for r in runs])
-        results[name] = {
-            "label": LABELS[name], "active_weights": active,
-            "reported_bytes": rep, "reported_bytes_per_weight": rep / active,
-            "rss_delta_bytes_median": rss, "rss_bytes_per_weight": rss / active,
-            "rss_over_reported": rss / rep,
-            "rss_delta_bytes_runs": [r["rss_delta"] for r in runs],
-            "reported_bytes_runs": reps,
-            "raw_rss_bytes_per_weight": C.median([r["rss_delta_raw"] for r in runs]) / active,
-            "raw_rss_delta_bytes_runs": [r["rss_delta_raw"] for r in runs],
-            "malloc_in_use_delta_bytes_runs": [r["malloc_in_use_delta"] for r in runs],
-            "malloc_trim_used": all(r["malloc_trim"] for r in runs),
-            "build_s_median": C.median([r["build_s"] for r in runs]),
-            "build_s_runs": [r["build_s"] for r in runs],
-            "child_peak_rss_bytes_runs": [r["peak_rss"] for r in runs],
-        }
-
-    def within(name: str) -> bool:
-        return abs(results[name]["rss_over_reported"] - 1.0) <= RSS_TOLERANCE
-
-    hv, tl = results["hyprvdb"], results["hyprvdb_tile"]
-    checks = {
-        "hyprvdb_reported_le_24": hv["reported_bytes_per_weight"] <= TARGET_UNSTRUCTURED,
-        "hyprvdb_stretch_le_12": hv["reported_bytes_per_weight"] <= STRETCH_UNSTRUCTURED,
-        "hyprvdb_rss_within_20pct": within("hyprvdb"),
-        "tile_reported_le_4_5": tl["reported_bytes_per_weight"] <= TARGET_TILE,
-        "tile_rss_within_20pct": within("hyprvdb_tile"),
-    }
-    targets = {
-        "hyprvdb": (f"<= {TARGET_UNSTRUCTURED:g} (stretch <= {STRETCH_UNSTRUCTURED:g})",
-                    checks["hyprvdb_reported_le_24"] and checks["hyprvdb_rss_within_20pct"]),
-        "hyprvdb_tile": (f"<= {TARGET_TILE:g}",
-                         checks["tile_reported_le_4_5"] and checks["tile_rss_within_20pct"]),
-    }
-
-    rows = []
-    for name in CONTENDERS:
-        r = results[name]
-        tgt, ok = targets.get(name, ("-", None))
-        status = "-" if ok is None else C.verdict(ok)
-        if name == "hyprvdb":
-            status += " (stretch " + ("met" if checks["hyprvdb_stretch_le_12"] else "not met") + ")"
-        rows.append([r["label"], f"{r['active_weights']:,}", C.fmt_bytes(r["reported_bytes"]),
-                     f"{r['reported_bytes_per_weight']:.2f}", f"{r['rss_bytes_per_weight']:.2f}",
-                     f"{r['rss_over_reported']:.3f}", f"{r['raw_rss_bytes_per_weight']:.2f}",
-                     C.fmt_time(r["build_s_median"]), tgt,
-                     status])
-    wall = time.perf_counter() - wall0
-    print(f"Memory per active weight, 4096x4096 float32, 1% active "
-          f"({ACTIVE:,} uniform unique positions; tile: {TILE_BLOCKS} whole 8x64 blocks), "
-          f"seed {args.seed}")
-    print(f"RSS = median VmRSS growth over {args.repeats} fresh child processes, read after "
-          f"gc + malloc_trim(0); raw RSS = same without malloc_trim after the build")
-    print(f"{os.cpu_count()} CPUs, load average {load0:.2f} at start; "
-          f"status = reported <= target and RSS/reported within 1 +/- {RSS_TOLERANCE:g}")
-    print()
-    C.print_table(["contender", "active", "reported", "reported B/w", "RSS B/w",
-                   "RSS/reported", "raw RSS B/w", "build", "target B/w", "status"], rows)
+    run_child("4096-1%:hyprvdb", args.seed)          # warm-up run (file cache, imports)
+    results: dict = {}
+    checks: dict = {}
+    print(f"Memory per active weight (seed {args.seed}); RSS = median VmRSS growth over "
+          f"{args.repeats} fresh child processes, read after gc + malloc_trim(0), per copy "
+          f"(copies per child: {', '.join(f'{k} {v}' for k, v in COPIES.items())}; dense 1)")
+    print(f"{os.cpu_count()} CPUs, load average {load0:.2f} at start; status = reported <= "
+          f"target and RSS/reported within 1 +/- {RSS_TOLERANCE:g}")
+    for workload in chosen:
+        desc, contenders, targets = WORKLOADS[workload]
+        res = results[workload] = {}
+        rows = []
+        for name in contenders:
+            runs = [run_child(f"{workload}:{name}", args.seed) for _ in range(args.repeats)]
+            # hyprvdb reports malloc's usable size of each payload, which can differ by a few
+            # bytes between runs with the allocator's state: take the median, keep every run.
+            reps = [r["reported_bytes"] for r in runs]
+            assert max(reps) - min(reps) <= 0.001 * max(reps), f"{name}: reported {reps}"
+            active = runs[0]["active"]
+            rep = C.median(reps)
+            rss = C.median([r["rss_delta"] for r in runs])
+            r = res[name] = {
+                "label": LABELS[name], "active_weights": active,
+                "reported_bytes": rep, "reported_bytes_per_weight": rep / active,
+                "rss_delta_bytes_median": rss, "rss_bytes_per_weight": rss / active,
+                "rss_over_reported": rss / rep,
+                "rss_delta_bytes_runs": [x["rss_delta"] for x in runs],
+                "reported_bytes_runs": reps,
+                "raw_rss_bytes_per_weight": C.median([x["rss_delta_raw"] for x in runs]) / active,
+                "malloc_trim_used": all(x["malloc_trim"] for x in runs),
+                "build_s_median": C.median([x["build_s"] for x in runs]),
+            }
+            target = targets.get(name)
+            status = "-"
+            if target is not None:
+                ok = (r["reported_bytes_per_weight"] <= target
+                      and abs(r["rss_over_reported"] - 1.0) <= RSS_TOLERANCE)
+                checks[f"{workload}:{name}"] = ok
+                status = C.verdict(ok)
+            rows.append([r["label"], f"{active:,}", C.fmt_bytes(rep),
+                         f"{r['reported_bytes_per_weight']:.2f}",
+                         f"{r['rss_bytes_per_weight']:.2f}", f"{r['rss_over_reported']:.3f}",
+                         f"{r['raw_rss_bytes_per_weight']:.2f}",
+                         C.fmt_time(r["build_s_median"]),
+                         "-" if target is None else f"<= {target:g}", status])
+        print(f"\n{workload}: {desc}")
+        C.print_table(["contender", "active", "reported", "reported B/w", "RSS B/w",
+                       "RSS/reported", "raw RSS B/w", "build", "target B/w", "status"], rows)
     print()
     print("dict reported = getsizeof(dict) + key tuples + int objects (CPython's cached small "
           "ints not counted, each object once) + float values;")
-    print("  its RSS is higher because pymalloc rounds every object up to 16 bytes "
-          "(tuple 56->64, int 28->32, float 24->32) and keeps pool/arena slack")
-    print("raw RSS also counts the build's freed temporaries that glibc malloc keeps "
-          "for reuse (not part of the structure; varies with allocator state)")
+    print("  its RSS is higher because pymalloc rounds every object up to 16 bytes and keeps "
+          "pool/arena slack")
+    print("raw RSS also counts the build's freed temporaries that glibc malloc keeps for reuse")
+    wall = time.perf_counter() - wall0
     print(f"wall time {wall:.1f} s")
-    all_ok = all(v for k, v in checks.items() if k != "hyprvdb_stretch_le_12")
-    summary = (f"summary: hyprvdb {hv['reported_bytes_per_weight']:.1f} B/weight "
-               f"(RSS {hv['rss_bytes_per_weight']:.1f}) vs dict "
-               f"{results['dict']['reported_bytes_per_weight']:.0f}, CSR "
-               f"{results['csr']['reported_bytes_per_weight']:.1f}, dense "
-               f"{results['dense']['reported_bytes_per_weight']:.0f}; tile "
-               f"{tl['reported_bytes_per_weight']:.2f} B/weight "
-               f"(RSS {tl['rss_bytes_per_weight']:.2f}); targets <={TARGET_UNSTRUCTURED:g} / "
-               f"<={TARGET_TILE:g}, RSS within {RSS_TOLERANCE:.0%}: {C.verdict(all_ok)}"
-               f" (stretch <={STRETCH_UNSTRUCTURED:g}: "
-               f"{'met' if checks['hyprvdb_stretch_le_12'] else 'not met'})")
+    all_ok = all(checks.values())
+    parts = []
+    for workload in chosen:
+        for name, target in WORKLOADS[workload][2].items():
+            r = results[workload][name]
+            parts.append(f"{workload} {name} {r['reported_bytes_per_weight']:.1f} "
+                         f"(RSS {r['rss_bytes_per_weight']:.1f}, target <= {target:g})")
+        peers = [f"{n} {results[workload][n]['reported_bytes_per_weight']:.1f}"
+                 for n in ("csr", "dict") if n in results[workload]]
+        parts[-1] += f" vs {', '.join(peers)}"
+    summary = f"summary: {'; '.join(parts)}: {C.verdict(all_ok)}"
     if args.json:
         import hyprvdb  # noqa: F401  (so that machine info records its version)
         import scipy  # noqa: F401
-        C.write_json(args.json, "memory", {"contenders": results, "checks": checks,
+        C.write_json(args.json, "memory", {"workloads": results, "checks": checks,
                                            "all_pass": all_ok, "wall_s": wall,
                                            "summary": summary},
-                     config={"rows": ROWS, "cols": COLS, "active": ACTIVE, "tile": TILE,
-                             "tile_blocks": TILE_BLOCKS, "repeats": args.repeats,
-                             "seed": args.seed, "rss_tolerance": RSS_TOLERANCE})
+                     config={"repeats": args.repeats, "seed": args.seed,
+                             "workloads": chosen, "rss_tolerance": RSS_TOLERANCE,
+                             "demo_weights": DEMO_WEIGHTS})
         print(f"wrote {args.json}")
     print(summary)
     return 0

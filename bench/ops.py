@@ -9,7 +9,11 @@ On a 4096 x 4096 float32 matrix (seeded):
 (b) get_weights of 1,000,000 random coordinates on that filled adapter, against dict lookups
     ``[d.get((r, c), 0.0) ...]`` and scipy CSR fancy indexing ``csr[rows, cols]``.
     Target: >= 10x faster than the dict. Results of all contenders are asserted equal.
-(c) save + load of that adapter (about 970k active weights): median time of each, file size,
+(c) add_weights of 1,000,000 random entries into that adapter, remove_weights of 100,000
+    random coordinates of it, and active_weights (every weight, row-major): hyprvdb's times,
+    beside the dict loops doing the same (informational; bench/compare_builds.py compares
+    these times between two builds of hyprvdb).
+(d) save + load of that adapter (about 970k active weights): median time of each, file size,
     file size / memory_usage(). Targets: <= 1 s each, ratio <= 1.5. Peers: scipy save_npz /
     load_npz (uncompressed) of the same CSR and pickle of the dict. The file ratio of the
     1%-density adapter of bench/memory.py is printed too (informational).
@@ -40,6 +44,7 @@ from memory import make_unstructured  # noqa: E402  (the 1%-density data of benc
 ROWS = COLS = 4096
 N_UPDATES = 1_000_000
 N_QUERIES = 1_000_000
+N_REMOVE = 100_000
 TARGET_UPDATE_SPEEDUP = 5.0
 TARGET_GET_SPEEDUP = 10.0
 TARGET_IO_S = 1.0
@@ -150,7 +155,57 @@ def main() -> int:
     }
     del g_hv, g_dict, g_csr, t_dict_get, t_csr_get, t_hv_get
 
-    # ------------------------------------------------------------------ (c) save / load
+    # ------------------------------------------------------------------ (c) more operations
+    ar_ = rng.integers(0, ROWS, N_UPDATES, dtype=np.int64)
+    ac_ = rng.integers(0, COLS, N_UPDATES, dtype=np.int64)
+    av_ = rng.standard_normal(N_UPDATES).astype(np.float32)
+    rr_ = rng.integers(0, ROWS, N_REMOVE, dtype=np.int64)
+    rc_ = rng.integers(0, COLS, N_REMOVE, dtype=np.int64)
+    arl, acl, avl = ar_.tolist(), ac_.tolist(), av_.tolist()
+    rrl, rcl = rr_.tolist(), rc_.tolist()
+
+    def hv_add(a):
+        a.add_weights(ar_, ac_, av_)
+        return a
+
+    def dict_add(dd):
+        for r, c, v in zip(arl, acl, avl):
+            dd[(r, c)] = dd.get((r, c), 0.0) + v
+        return dd
+
+    def hv_remove(a):
+        return a.remove_weights(rr_, rc_)
+
+    def dict_remove(dd):
+        n = 0
+        for r, c in zip(rrl, rcl):
+            n += dd.pop((r, c), None) is not None
+        return n
+
+    t_hv_add = tc(hv_add, setup=adapter.copy)
+    t_dict_add = tc(dict_add, setup=d.copy, slow=True)
+    t_hv_rm = tc(hv_remove, setup=adapter.copy)
+    t_dict_rm = tc(dict_remove, setup=d.copy, slow=True)
+    assert t_hv_rm["result"] == t_dict_rm["result"], "remove counts differ"
+    t_hv_export = tc(adapter.active_weights)
+    t_dict_export = tc(lambda: sorted(d.items()), slow=True)
+    # float32 sums in input order, as add_weights does them (the dict sums in float64)
+    dense = adapter.to_dense()
+    np.add.at(dense, (ar_, ac_), av_)
+    assert np.array_equal(t_hv_add["result"].get_weights(ar_, ac_), dense[ar_, ac_]), \
+        "add_weights differs from float32 sums in input order"
+    del dense
+    t_hv_add["result"] = t_dict_add["result"] = t_hv_export["result"] = None
+    t_dict_export["result"] = None
+    res["more"] = {
+        "n_add": N_UPDATES, "n_remove": N_REMOVE, "removed": t_hv_rm["result"],
+        "add_weights": C.strip_result(t_hv_add), "dict_add": C.strip_result(t_dict_add),
+        "remove_weights": C.strip_result(t_hv_rm), "dict_remove": C.strip_result(t_dict_rm),
+        "active_weights": C.strip_result(t_hv_export),
+        "dict_sorted_items": C.strip_result(t_dict_export),
+    }
+
+    # ------------------------------------------------------------------ (d) save / load
     tmp = tempfile.mkdtemp(prefix="hyprvdb-bench-")
     try:
         p_vdb = os.path.join(tmp, "adapter.vdb")
@@ -270,8 +325,25 @@ def main() -> int:
     print(f"  {hit_rate:.1%} of the queried coordinates are active; results of all three "
           f"asserted equal")
     print()
+    mo = res["more"]
     C.print_table(
-        ["(c) save / load", "active", "save", "load", "file", "file B/w", "file/memory",
+        ["(c) more operations", "hyprvdb median", "min", "dict loop median", "dict / hyprvdb"],
+        [[f"add_weights, {N_UPDATES:,} entries", ft(mo["add_weights"]["median_s"]),
+          ft(mo["add_weights"]["min_s"]), ft(mo["dict_add"]["median_s"]),
+          f"{mo['dict_add']['median_s'] / mo['add_weights']['median_s']:.1f}x"],
+         [f"remove_weights, {N_REMOVE:,} coordinates ({mo['removed']:,} active)",
+          ft(mo["remove_weights"]["median_s"]), ft(mo["remove_weights"]["min_s"]),
+          ft(mo["dict_remove"]["median_s"]),
+          f"{mo['dict_remove']['median_s'] / mo['remove_weights']['median_s']:.1f}x"],
+         [f"active_weights, {n_unique:,} weights (dict: sorted(items()))",
+          ft(mo["active_weights"]["median_s"]), ft(mo["active_weights"]["min_s"]),
+          ft(mo["dict_sorted_items"]["median_s"]),
+          f"{mo['dict_sorted_items']['median_s'] / mo['active_weights']['median_s']:.1f}x"]])
+    print("  each hyprvdb call works on a fresh copy of the filled adapter (copy untimed); "
+          "add_weights asserted equal to numpy's float32 sums in input order, remove counts to the dict's")
+    print()
+    C.print_table(
+        ["(d) save / load", "active", "save", "load", "file", "file B/w", "file/memory",
          "target", "status"],
         [["hyprvdb .vdb", f"{n_unique:,}", ft(t_hv_save["median_s"]), ft(t_hv_load["median_s"]),
           C.fmt_bytes(size_vdb), f"{size_vdb / n_unique:.2f}", f"{ratio:.3f}",

@@ -3,7 +3,8 @@
 The package is laid out by tier:
 
 - :mod:`hyprvdb.adapter` — the write path: :class:`SparseAdapter` on an OpenVDB tree
-  (``hyprvdb._core``, built where OpenVDB is found);
+  (``hyprvdb._core``, built where OpenVDB is found) and :class:`AdapterSet`, a model's
+  adapters in one tree;
 - :mod:`hyprvdb.history` — :class:`TemporalGroup` / :class:`TemporalAdapter`: time as the Z
   axis; reading needs no OpenVDB;
 - :mod:`hyprvdb.snapshot` — :class:`Snapshot`, NanoVDB grids written and read with numpy;
@@ -16,7 +17,7 @@ the first time a write-path object (such as :class:`SparseAdapter`) is created.
 """
 
 from ._errors import CorruptFileError, ForeignFileError, HyprVDBError, MissingExtensionError
-from .adapter import SparseAdapter, enforce_sparsity, fuse_adapters
+from .adapter import AdapterSet, SparseAdapter, enforce_sparsity, fuse_adapters
 from .history import (CorrelatedPair, DeltaDetector, HistoryRecoveryWarning, TemporalAdapter,
                       TemporalGroup)
 from .snapshot import Snapshot
@@ -24,6 +25,7 @@ from .snapshot import Snapshot
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdapterSet",
     "CorrelatedPair",
     "CorruptFileError",
     "DeltaDetector",

@@ -355,9 +355,54 @@ def t_adapter(rng, env):
         raise Wrong("adapter state")
 
 
+def t_adapter_set(rng, env):
+    """Random writes to the members of one AdapterSet (one shared tree); every member must
+    hold exactly its own writes, and the set must survive its file."""
+    shapes = {"a": (5, 9), "b": (3, 130), "c": (70, 65)}
+    if rng.random() < 0.1:
+        shapes["d"] = [(0, 3), (2**31, 1), (3, -1), (2.5, 3)][rng.integers(0, 4)]
+    s = hyprvdb.AdapterSet(shapes)
+    models = {name: {} for name in s}
+    for _ in range(int(rng.integers(1, 8))):
+        name = list(s)[int(rng.integers(0, len(s)))]
+        a, model, shape = s[name], models[name], s[name].shape
+        n = int(rng.integers(0, 40))
+        r, c, v = coords(rng, n, shape[0]), coords(rng, n, shape[1]), values(rng, n)
+        op = int(rng.integers(0, 4))
+        try:
+            if op == 3:
+                tol = float(abs(rng.standard_normal()))
+                a.optimize(tol)
+                for k in [k for k, x in model.items() if abs(np.float32(x)) <= tol]:
+                    del model[k]
+                continue
+            [a.batch_update, a.add_weights, lambda r, c, v: a.remove_weights(r, c)][op](r, c, v)
+        except REFUSALS:
+            continue
+        rr, cc = np.asarray(r).ravel().tolist(), np.asarray(c).ravel().tolist()
+        vv = np.asarray(v, np.float32).tolist()
+        for i in range(len(rr)):
+            if op == 0:
+                model[(rr[i], cc[i])] = vv[i]
+            elif op == 1:
+                model[(rr[i], cc[i])] = float(np.float32(model.get((rr[i], cc[i]), 0.0))
+                                              + np.float32(vv[i]))
+            else:
+                model.pop((rr[i], cc[i]), None)
+    if rng.random() < 0.2:
+        p = env.tmp / "set.vdb"
+        s.save(p)
+        s = hyprvdb.AdapterSet.load(p)
+    for name, model in models.items():
+        r, c, v = s[name].active_weights()
+        got = {(int(x), int(y)): np.float32(z) for x, y, z in zip(r, c, v)}
+        if got != {k: np.float32(x) for k, x in model.items()}:
+            raise Wrong(f"AdapterSet member {name!r} state")
+
+
 TARGETS = [t_delta_matmul, t_fused_linear, t_gather, t_merge, t_from_csr, t_window,
            t_snapshot, t_nvdb_bytes, t_history, t_history_bytes]
-WRITE_PATH = [t_adapter]
+WRITE_PATH = [t_adapter, t_adapter_set]
 
 
 def main(n: int, seed: int) -> dict:

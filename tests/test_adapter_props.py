@@ -2,8 +2,10 @@
 
 The reference holds a float32 value and an active flag per weight and does all arithmetic in
 float32, so every comparison is exact (bit for bit). Shapes are small (up to 70 rows) but
-reach several OpenVDB leaves, and some are wide enough (more than 512 columns) to exercise
-every column fold (zbits 4 to 7).
+reach several OpenVDB leaves, and some are wide enough (more than 512 columns of cells) to
+exercise every column fold of tile mode (zbits 4 to 7). Unstructured adapters' leaves are
+checked to keep the form their cost says (sparse in-block offsets or dense per-cell masks)
+as they grow and shrink, alone and as members of an AdapterSet beside other members.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -312,8 +314,46 @@ class AdapterMachine(RuleBasedStateMachine):
             assert self.a.memory_usage() > 0
 
 
+def check_leaf_forms(adapter) -> None:
+    """Every leaf holds weights, in the form its cost allows: a dense leaf (per-cell masks)
+    holds more than 8 weights per active cell, a sparse one (in-block offsets) fewer than 12;
+    in between a leaf keeps the form it had."""
+    n, k, dense = (np.asarray(x) for x in adapter._c.leaf_stats())
+    assert (n > 0).all() and (k > 0).all() and (n >= k).all() and (n <= 64 * k).all()
+    dense = dense.astype(bool)
+    assert (n[dense] > 8 * k[dense]).all(), (n[dense], k[dense])
+    assert (n[~dense] < 12 * k[~dense]).all(), (n[~dense], k[~dense])
+    if dense.any():
+        event("a dense leaf")
+    if dense.any() and (~dense).any():
+        event("dense and sparse leaves together")
+
+
 class UnstructuredMachine(AdapterMachine):
     block_shapes = [(1, 1)]
+
+    @rule(data=st.data())
+    def fill_then_thin(self, data):
+        # Whole 64-column blocks of some rows: their leaf turns dense; then most of the
+        # weights go, and it turns sparse again.
+        b = data.draw(st.integers(0, (self.cols - 1) // 64))
+        r0 = data.draw(st.integers(0, self.rows - 1))
+        h = data.draw(st.integers(1, min(8, self.rows - r0)))
+        rr, cc = (x.ravel() for x in np.indices((h, min(64, self.cols - 64 * b))))
+        rr, cc = rr + r0, cc + 64 * b
+        vals = np.arange(1, rr.size + 1, dtype=F32)
+        self.a.batch_update(rr, cc, vals)
+        self.ref.set(rr.tolist(), cc.tolist(), vals.tolist())
+        check_leaf_forms(self.a)
+        keep = data.draw(st.integers(1, 64), label="keep one weight in")
+        gone = np.arange(rr.size) % keep != 0
+        assert self.a.remove_weights(rr[gone], cc[gone]) == self.ref.remove(
+            rr[gone].tolist(), cc[gone].tolist())
+
+    @invariant()
+    def leaves_keep_their_forms(self):
+        if self.a is not None:
+            check_leaf_forms(self.a)
 
     @rule(k=st.integers(0, 30))
     def top_k(self, k):
@@ -333,6 +373,38 @@ class UnstructuredMachine(AdapterMachine):
             np.testing.assert_array_equal(x, y)
 
 
+class SetMemberMachine(UnstructuredMachine):
+    """The adapter is the middle member of an AdapterSet: every operation on it must leave
+    the members before and after it (sharing its tree) as they were."""
+
+    @initialize(data=st.data())
+    def create(self, data):
+        rows = data.draw(st.integers(1, 70), label="rows")
+        cols = data.draw(st.sampled_from([1, 63, 64, 65, 130, 300, 1100]), label="cols")
+        self.set = hyprvdb.AdapterSet({"before": (37, 100), "it": (rows, cols),
+                                       "after": (5, 4100)})
+        self.neighbours = {}
+        for i, name in enumerate(("before", "after")):
+            m = self.set[name]
+            rng = np.random.default_rng(i)
+            r = rng.integers(0, m.shape[0], 300)
+            c = rng.integers(0, m.shape[1], 300)
+            m.batch_update(r, c, rng.standard_normal(300).astype(F32))
+            self.neighbours[name] = m.active_weights()
+        self.a = self.set["it"]
+        self.ref = Reference(rows, cols)
+
+    @invariant()
+    def neighbours_unchanged(self):
+        if self.a is None:
+            return
+        for name, before in self.neighbours.items():
+            for x, y in zip(before, self.set[name].active_weights()):
+                np.testing.assert_array_equal(x, y)
+        total = sum(m.memory_usage() for m in self.set.values())
+        assert abs(total - self.set.memory_usage()) <= len(self.set)  # shares are rounded
+
+
 class TileMachine(AdapterMachine):
     block_shapes = [(2, 4), (8, 64), (1, 8), (4, 1), (3, 5)]
 
@@ -341,6 +413,9 @@ class TileMachine(AdapterMachine):
 TestUnstructuredMachine = UnstructuredMachine.TestCase
 TestUnstructuredMachine.settings = settings(
     settings.default, max_examples=3 * settings.default.max_examples, stateful_step_count=25)
+TestSetMemberMachine = SetMemberMachine.TestCase
+TestSetMemberMachine.settings = settings(
+    settings.default, max_examples=2 * settings.default.max_examples, stateful_step_count=25)
 TestTileMachine = TileMachine.TestCase
 TestTileMachine.settings = settings(
     settings.default, max_examples=3 * settings.default.max_examples, stateful_step_count=20)

@@ -327,7 +327,7 @@ def test_demo_runs_end_to_end():
     for needle in ("step 0: MRR", "step 2: MRR", "time travel: serving step 1",
                    "step 1: MRR learned pairs", "rollback(1): serving step 1",
                    "history steps now 0..1", "= pretrained + weights_at_time(1), bit for bit: True",
-                   "memory at step 1", "hyprvdb SparseAdapters (OpenVDB)", "python dict",
+                   "memory at step 1", "hyprvdb AdapterSet (one OpenVDB tree)", "python dict",
                    "scipy CSR", "dense float32 deltas", "full checkpoints",
                    f"past steps' corrections ran on {hj.kernel_path()}",
                    "demo finished in"):

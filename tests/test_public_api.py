@@ -13,6 +13,7 @@ import hyprvdb
 from hyprvdb import SparseAdapter
 
 EXPECTED_ALL = [
+    "AdapterSet",
     "CorrelatedPair",
     "CorruptFileError",
     "DeltaDetector",
@@ -70,6 +71,25 @@ EXPECTED_MEMBERS = {
     "from_scipy": ("classmethod", "(matrix, **kwargs)"),
     "to_scipy": ("function", "(self, format='csr')"),
     "from_lora": ("classmethod", "(A, B, alpha, density, **kwargs)"),
+}
+
+SET_MEMBERS = {
+    "__init__": ("function", "(self, shapes=None, *, allow_nonfinite=False)"),
+    "add": ("function", "(self, name, rows, cols)"),
+    "active_count": ("function", "(self)"),
+    "memory_usage": ("function", "(self)"),
+    "nbytes": ("property", None),
+    "copy": ("function", "(self)"),
+    "save": ("function", "(self, path)"),
+    "load": ("classmethod", "(path, *, allow_nonfinite=False)"),
+    "from_adapters": ("classmethod", "(adapters, *, allow_nonfinite=False)"),
+    # the Mapping protocol
+    "__getitem__": ("function", "(self, name)"),
+    "__len__": ("function", "(self)"),
+    "__iter__": ("function", "(self)"),
+    "__repr__": ("function", "(self)"),
+    "get": ("inherited", None), "items": ("inherited", None), "keys": ("inherited", None),
+    "values": ("inherited", None),
 }
 
 EXPECTED_FUNCTIONS = {
@@ -133,6 +153,21 @@ def test_sparse_adapter_member_signature(name):
                if p.name != "self" and p.annotation is inspect.Parameter.empty]
     assert not untyped, f"{name}: parameters without annotations: {untyped}"
     assert sig.return_annotation is not inspect.Signature.empty, f"{name}: no return type"
+
+
+def test_adapter_set_members_are_pinned():
+    public = {n for n in dir(hyprvdb.AdapterSet) if not n.startswith("_")}
+    assert public == {n for n in SET_MEMBERS if not n.startswith("_")}
+    for name, (kind, expected) in SET_MEMBERS.items():
+        raw = inspect.getattr_static(hyprvdb.AdapterSet, name)
+        if kind == "property":
+            assert isinstance(raw, property), name
+        elif kind != "inherited":
+            assert isinstance(raw, classmethod) == (kind == "classmethod"), name
+            sig = inspect.signature(getattr(hyprvdb.AdapterSet, name))
+            assert plain(sig) == expected, name
+            if not name.startswith("__"):
+                assert getattr(hyprvdb.AdapterSet, name).__doc__, f"{name} has no docstring"
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_FUNCTIONS))

@@ -1,5 +1,6 @@
-// The live structure of a SparseAdapter: an OpenVDB mask tree that holds which cells of the
-// matrix are active, with each leaf's values packed in one small block beside it.
+// The live structure of a tile-mode SparseAdapter (block shape larger than 1x1): an OpenVDB
+// mask tree that holds which blocks of the matrix are active, with each leaf's values packed
+// in one small block beside it. Unstructured adapters live in a BlockTree (block_tree.h).
 //
 // Why this layout: a FloatGrid leaf stores every one of its 512 values, so at 1% density it
 // costs hundreds of bytes per active weight. A ValueMask leaf of 16^3 cells costs one bit per
@@ -7,8 +8,8 @@
 // the leaf's transient-data word, in the order of the leaf's mask bits. The rank of a cell
 // (popcount of the mask bits before it) is the position of its values in the block.
 //
-// Cells: a cell is one weight (block shape 1x1, unstructured sparsity) or a whole block of
-// weights (tile-structured sparsity, e.g. 8x64), whose values are stored densely.
+// Cells: a cell is a whole block of weights (tile-structured sparsity, e.g. 8x64), whose
+// values are stored densely; the code also handles 1x1 cells, one weight each.
 //
 // Coordinates: the matrix of cells (R, C) is folded into the tree as (x, y, z) =
 // (R, C >> zbits, C & (2^zbits - 1)), zbits chosen from the shape so that both the leaves and
@@ -23,29 +24,10 @@
 #include <string>
 #include <vector>
 
-#pragma GCC visibility push(default)
-#include <openvdb/openvdb.h>
-#include <openvdb/tree/Tree.h>
-#pragma GCC visibility pop
+#include "core/errors.h"
+#include "core/leaf_mask.h"
 
 namespace hyprvdb {
-
-using MaskTree = openvdb::tree::Tree4<openvdb::ValueMask, 3, 3, 4>::Type;
-using MaskLeaf = MaskTree::LeafNodeType;
-
-constexpr int kLeafLog2 = 4;
-constexpr int kLeafDim = 1 << kLeafLog2;
-constexpr int kLeafCells = kLeafDim * kLeafDim * kLeafDim;
-constexpr int kLeafWords = kLeafCells / 64;
-
-// Raised for coordinates outside the matrix; mapped to IndexError by the bindings.
-struct OutOfRange : std::runtime_error {
-    using std::runtime_error::runtime_error;
-};
-// Raised for bad values or shapes; mapped to ValueError.
-struct BadValue : std::invalid_argument {
-    using std::invalid_argument::invalid_argument;
-};
 
 struct ValueBlock {
     float* data = nullptr;
@@ -110,7 +92,8 @@ public:
     const MaskTree& tree() const { return tree_; }
 
     // Guards concurrent use from Python threads (the bindings release the GIL).
-    mutable std::shared_mutex mutex;
+    std::shared_mutex& mutex() const { return mutex_; }
+    AdapterCore* copy() const { return new AdapterCore(*this); }
 
 private:
     void group(const int64_t* r, const int64_t* c, size_t n, LeafGroups& g) const;
@@ -174,6 +157,7 @@ private:
     MaskTree tree_;
     std::vector<ValueBlock> blocks_;  // leaf transient data = index + 1
     std::vector<uint32_t> free_blocks_;
+    mutable std::shared_mutex mutex_;
 };
 
 int choose_zbits(int64_t cell_cols);

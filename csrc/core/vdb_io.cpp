@@ -10,6 +10,7 @@
 #include <string_view>
 
 #pragma GCC visibility push(default)
+#include <openvdb/openvdb.h>
 #include <openvdb/io/File.h>
 #include <openvdb/io/Stream.h>
 #pragma GCC visibility pop
@@ -84,8 +85,16 @@ class LayoutWalk {
         skip(4 + 4 + 1 + 36, "the file header");  // library version, offsets flag, UUID
         meta_map("file metadata");
         const int32_t grids = get<int32_t>("the grid count");
-        if (grids != 1)
-            foreign("it holds " + std::to_string(grids) + " grids; hyprvdb writes one");
+        if (grids < 1) foreign("it holds " + std::to_string(grids) + " grids");
+        for (int32_t g = 0; g < grids; ++g) grid();
+        if (pos_ != d_.size())
+            fail(std::to_string(d_.size() - pos_) + " bytes follow the grids");
+    }
+
+  private:
+    static constexpr uint32_t kFileVersion = 224;  // the layout walked here
+
+    void grid() {
         text("the grid name");
         expect_text("the grid type", "Tree_float_5_4_3");
         expect_text("the grid's instance parent", "");
@@ -99,13 +108,9 @@ class LayoutWalk {
         expect_text("the transform type", "UniformScaleMap");
         skip(5 * 3 * 8, "the transform");  // five Vec3d: scale, voxel size and inverses
         if (get<int32_t>("the tree's buffer count") != 1) fail("the tree claims several buffers");
+        leaves_.clear();
         tree();
-        if (pos_ != d_.size())
-            fail(std::to_string(d_.size() - pos_) + " bytes follow the grid");
     }
-
-  private:
-    static constexpr uint32_t kFileVersion = 224;  // the layout walked here
 
     std::string& d_;
     const std::string& shown_;
@@ -269,119 +274,117 @@ void put_meta(openvdb::MetaMap& m, const MetaPairs& pairs) {
 
 }  // namespace
 
-void save_vdb(const AdapterCore& core, const std::string& path, const std::string& grid_name,
-              const MetaPairs& grid_meta, const MetaPairs& file_meta) {
+void save_vdb(const std::vector<GridOut>& grids, const std::string& path,
+              const MetaPairs& file_meta) {
     openvdb::initialize();
-    auto grid = openvdb::FloatGrid::create(0.0f);
-    grid->setName(grid_name);
-    grid->setGridClass(openvdb::GRID_UNKNOWN);
-    put_meta(*grid, grid_meta);
-    grid->insertMeta(kMetaRows, openvdb::Int64Metadata(core.rows()));
-    grid->insertMeta(kMetaCols, openvdb::Int64Metadata(core.cols()));
-    grid->insertMeta(kMetaBlockRows, openvdb::Int64Metadata(core.block_rows()));
-    grid->insertMeta(kMetaBlockCols, openvdb::Int64Metadata(core.block_cols()));
-    grid->insertMeta(kMetaCoordMap, openvdb::StringMetadata(kCoordMap));
-
-    std::vector<int64_t> rows, cols;
-    std::vector<float> vals;
-    core.export_active(rows, cols, vals);
-    {
+    openvdb::GridPtrVec out;
+    for (const GridOut& g : grids) {
+        auto grid = openvdb::FloatGrid::create(0.0f);
+        grid->setName(g.name);
+        grid->setGridClass(openvdb::GRID_UNKNOWN);
+        put_meta(*grid, g.meta);
+        grid->insertMeta(kMetaRows, openvdb::Int64Metadata(g.rows));
+        grid->insertMeta(kMetaCols, openvdb::Int64Metadata(g.cols));
+        grid->insertMeta(kMetaBlockRows, openvdb::Int64Metadata(g.block_rows));
+        grid->insertMeta(kMetaBlockCols, openvdb::Int64Metadata(g.block_cols));
+        grid->insertMeta(kMetaCoordMap, openvdb::StringMetadata(kCoordMap));
         auto acc = grid->getAccessor();
-        for (size_t i = 0; i < vals.size(); ++i)
-            acc.setValueOn(file_coord(rows[i], cols[i]), vals[i]);
+        for (size_t i = 0; i < g.n; ++i) acc.setValueOn(file_coord(g.r[i], g.c[i]), g.v[i]);
+        out.push_back(grid);
     }
-
     openvdb::MetaMap fmeta;
     put_meta(fmeta, file_meta);
     openvdb::io::File file(path);
     // Values are written raw for active voxels only: random float32 values do not compress,
     // and the masks say where they go.
     file.setCompression(openvdb::io::COMPRESS_ACTIVE_MASK);
-    openvdb::GridPtrVec grids{grid};
     try {
-        file.write(grids, fmeta);
+        file.write(out, fmeta);
     } catch (const openvdb::Exception& e) {
         throw FileError(std::string("cannot write ") + path + ": " + e.what());
     }
     file.close();
 }
 
-std::unique_ptr<AdapterCore> load_vdb(const std::string& data, const std::string& shown,
-                                      std::string& grid_name) {
+namespace {
+
+GridIn read_grid(const openvdb::FloatGrid& grid, const std::string& shown) {
+    GridIn g;
+    g.name = grid.getName();
+    if (!valid_utf8(g.name)) throw CorruptFile(shown + ": a grid name is not UTF-8 text");
+    const std::string where = shown + ": grid '" + g.name + "'";
+    auto int_meta = [&](const char* key) -> int64_t {
+        if (auto m = grid.getMetadata<openvdb::Int64Metadata>(key)) return m->value();
+        // pyopenvdb writes Python ints as int32 metadata.
+        if (auto m = grid.getMetadata<openvdb::Int32Metadata>(key)) return m->value();
+        throw CorruptFile(where + ": metadata '" + key + "' is missing or not an integer");
+    };
+    g.rows = int_meta(kMetaRows);
+    g.cols = int_meta(kMetaCols);
+    g.block_rows = int_meta(kMetaBlockRows);
+    g.block_cols = int_meta(kMetaBlockCols);
+    auto map = grid.getMetadata<openvdb::StringMetadata>(kMetaCoordMap);
+    if (!map || map->value() != kCoordMap)
+        throw ForeignFile(shown + ": unknown coordinate mapping '" +
+                          printable(map ? map->value() : "") + "', expected '" + kCoordMap +
+                          "'");
+    constexpr int64_t kMaxDim = int64_t(1) << 31;
+    const bool ok = g.rows > 0 && g.rows < kMaxDim && g.cols > 0 && g.cols < kMaxDim &&
+                    g.block_rows > 0 && g.block_cols > 0 && g.rows % g.block_rows == 0 &&
+                    g.cols % g.block_cols == 0 && g.block_rows * g.block_cols <= (1 << 20);
+    if (!ok)
+        throw CorruptFile(where + ": bad shape in metadata: (" + std::to_string(g.rows) + ", " +
+                          std::to_string(g.cols) + ") in blocks of (" +
+                          std::to_string(g.block_rows) + ", " + std::to_string(g.block_cols) +
+                          ")");
+    const size_t n = size_t(grid.activeVoxelCount());
+    g.r.reserve(n);
+    g.c.reserve(n);
+    g.v.reserve(n);
+    for (auto it = grid.cbeginValueOn(); it; ++it) {
+        if (!it.isVoxelValue())
+            throw CorruptFile(where + ": active tiles are not part of the adapter format");
+        const openvdb::Coord xyz = it.getCoord();
+        const int64_t row = xyz.x(), col = (int64_t(xyz.y()) << 3) | xyz.z();
+        if (xyz.z() < 0 || xyz.z() > 7 || row < 0 || row >= g.rows || xyz.y() < 0 || col >= g.cols)
+            throw CorruptFile(where + ": voxel " + std::to_string(xyz.x()) + "," +
+                              std::to_string(xyz.y()) + "," + std::to_string(xyz.z()) +
+                              " lies outside the matrix");
+        g.r.push_back(row);
+        g.c.push_back(col);
+        g.v.push_back(*it);
+    }
+    return g;
+}
+
+}  // namespace
+
+std::vector<GridIn> load_vdb(const std::string& data, const std::string& shown) {
     openvdb::initialize();
     std::string checked = data;
     LayoutWalk(checked, shown).run();
-    openvdb::FloatGrid::Ptr grid;
+    std::vector<openvdb::FloatGrid::Ptr> found;
     try {
         // After the walk no read should fail; should one, a stream that throws at its end stops
         // OpenVDB from reading on past it.
         std::istringstream is(checked);
         is.exceptions(std::ios::failbit | std::ios::badbit);
         openvdb::io::Stream stream(is, /*delayLoad=*/false);
-        for (const auto& g : *stream.getGrids()) {
-            if (g->isType<openvdb::FloatGrid>() && (*g)[kMetaRows]) {  // a hyprvdb grid
-                grid = openvdb::gridPtrCast<openvdb::FloatGrid>(g);
-                break;
-            }
-        }
+        for (const auto& g : *stream.getGrids())
+            if (g->isType<openvdb::FloatGrid>() && (*g)[kMetaRows])  // a hyprvdb grid
+                found.push_back(openvdb::gridPtrCast<openvdb::FloatGrid>(g));
     } catch (const std::ios_base::failure&) {
         throw CorruptFile(shown + " is damaged: a count or length in its OpenVDB data runs past "
                           "the end of the file");
     } catch (const std::exception& e) {
         throw CorruptFile(shown + " is not a readable OpenVDB file: " + printable(e.what()));
     }
-    if (!grid)
+    if (found.empty())
         throw ForeignFile(shown + " holds no hyprvdb adapter grid (a float grid with '" +
                           std::string(kMetaRows) + "' metadata)");
-    auto int_meta = [&](const char* key) -> int64_t {
-        if (auto m = grid->getMetadata<openvdb::Int64Metadata>(key)) return m->value();
-        // pyopenvdb writes Python ints as int32 metadata.
-        if (auto m = grid->getMetadata<openvdb::Int32Metadata>(key)) return m->value();
-        throw CorruptFile(shown + ": grid metadata '" + key + "' is missing or not an integer");
-    };
-    const int64_t rows = int_meta(kMetaRows), cols = int_meta(kMetaCols);
-    const int64_t bh = int_meta(kMetaBlockRows), bw = int_meta(kMetaBlockCols);
-    auto map = grid->getMetadata<openvdb::StringMetadata>(kMetaCoordMap);
-    if (!map || map->value() != kCoordMap)
-        throw ForeignFile(shown + ": unknown coordinate mapping '" +
-                          printable(map ? map->value() : "") + "', expected '" + kCoordMap +
-                          "'");
-
-    std::unique_ptr<AdapterCore> core;
-    try {
-        core = std::make_unique<AdapterCore>(rows, cols, bh, bw);
-    } catch (const BadValue& e) {
-        throw CorruptFile(shown + ": bad shape in metadata: " + e.what());
-    }
-    const size_t n = size_t(grid->activeVoxelCount());
-    std::vector<int64_t> r, c;
-    std::vector<float> v;
-    r.reserve(n);
-    c.reserve(n);
-    v.reserve(n);
-    for (auto it = grid->cbeginValueOn(); it; ++it) {
-        if (!it.isVoxelValue())
-            throw CorruptFile(shown + ": active tiles are not part of the adapter format");
-        const openvdb::Coord xyz = it.getCoord();
-        if (xyz.z() < 0 || xyz.z() > 7)
-            throw CorruptFile(shown + ": voxel " + std::to_string(xyz.x()) + "," +
-                              std::to_string(xyz.y()) + "," + std::to_string(xyz.z()) +
-                              " is outside the coordinate map");
-        r.push_back(xyz.x());
-        c.push_back((int64_t(xyz.y()) << 3) | xyz.z());
-        v.push_back(*it);
-    }
-    try {
-        core->set(r.data(), c.data(), v.data(), r.size(), false);
-    } catch (const OutOfRange& e) {
-        throw CorruptFile(shown + ": a voxel lies outside the matrix: " + e.what());
-    }
-    if (core->active_count() != n)
-        throw CorruptFile(shown + ": " + std::to_string(n) + " active voxels do not fill whole " +
-                        std::to_string(bh) + "x" + std::to_string(bw) + " blocks");
-    grid_name = grid->getName();
-    if (!valid_utf8(grid_name)) throw CorruptFile(shown + ": the grid name is not UTF-8 text");
-    return core;
+    std::vector<GridIn> out;
+    for (const auto& grid : found) out.push_back(read_grid(*grid, shown));
+    return out;
 }
 
 }  // namespace hyprvdb

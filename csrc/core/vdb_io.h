@@ -7,7 +7,7 @@
 #include <utility>
 #include <vector>
 
-#include "core/adapter_core.h"
+#include "core/errors.h"
 
 namespace hyprvdb {
 
@@ -36,13 +36,33 @@ inline constexpr const char* kMetaBlockCols = "hyprvdb_block_cols";
 inline constexpr const char* kMetaCoordMap = "hyprvdb_coord_map";
 inline constexpr const char* kCoordMap = "x=row y=col>>3 z=col&7";
 
-void save_vdb(const AdapterCore& core, const std::string& path, const std::string& grid_name,
-              const MetaPairs& grid_meta, const MetaPairs& file_meta);
+// One adapter's grid, to be written: its shape, block shape and active weights.
+struct GridOut {
+    std::string name;
+    int64_t rows, cols, block_rows, block_cols;
+    const int64_t* r;
+    const int64_t* c;
+    const float* v;
+    size_t n;
+    MetaPairs meta;
+};
 
-// Parse a whole .vdb file held in memory (``data``; ``shown`` names it in errors). Its layout
-// is walked and checked before OpenVDB reads it, so damaged counts cannot make the reader loop
-// or allocate beyond a constant factor of the file's size.
-std::unique_ptr<AdapterCore> load_vdb(const std::string& data, const std::string& shown,
-                                      std::string& grid_name);
+// One adapter's grid, as read: its shape is checked, its weights lie inside it.
+struct GridIn {
+    std::string name;
+    int64_t rows, cols, block_rows, block_cols;
+    std::vector<int64_t> r, c;
+    std::vector<float> v;
+};
+
+// Writes a standard .vdb file of one FloatGrid per adapter.
+void save_vdb(const std::vector<GridOut>& grids, const std::string& path,
+              const MetaPairs& file_meta);
+
+// Parse a whole .vdb file held in memory (``data``; ``shown`` names it in errors): every
+// hyprvdb grid in it, in file order. Its layout is walked and checked before OpenVDB reads it,
+// so damaged counts cannot make the reader loop or allocate beyond a constant factor of the
+// file's size.
+std::vector<GridIn> load_vdb(const std::string& data, const std::string& shown);
 
 }  // namespace hyprvdb

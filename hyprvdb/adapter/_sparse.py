@@ -1,8 +1,10 @@
 """SparseAdapter: a sparse LoRA delta whose live structure is an OpenVDB tree.
 
-The tree (an OpenVDB ``ValueMask`` tree of 16^3-cell leaves) answers whether a weight is
-active; each leaf's values are packed, in mask order, in one block beside it. All work on many
-weights at once happens in C++ over whole numpy arrays.
+The tree is an OpenVDB ``ValueMask`` tree of 16^3-cell leaves. Unstructured adapters use
+cells of 64 consecutive columns of a row, each leaf keeping its weights (in-block offsets or
+per-cell bitmasks, and packed values) in one payload beside it; several adapters can share
+one tree (:class:`~hyprvdb.AdapterSet`). Tile-mode adapters use one cell per block, its values
+stored densely. All work on many weights at once happens in C++ over whole numpy arrays.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ class SparseAdapter:
             raise TypeError(f"name must be a str, got {type(name).__name__} {name!r}")
         if not name:
             raise ValueError(f"name must be a non-empty str, got {name!r}")
-        self._c = _core_module().Core(rows, cols, bh, bw)
+        self._c = _new_core(rows, cols, bh, bw)
         self._allow_nonfinite = bool(allow_nonfinite)
         self.name = name
 
@@ -112,7 +114,12 @@ class SparseAdapter:
         return int(self._c.active_count())
 
     def memory_usage(self) -> int:
-        """Bytes held: OpenVDB tree nodes, value blocks, tables, and malloc's per-chunk words."""
+        """Bytes held: OpenVDB tree nodes, leaf payloads, tables, and malloc's per-chunk words.
+
+        For a member of an :class:`~hyprvdb.AdapterSet`: its own leaves and payloads, and a
+        share of the tree's internal nodes and tables in proportion to its leaves (the
+        members' figures add up to the set's).
+        """
         return int(self._c.memory_usage())
 
     def density(self) -> float:
@@ -336,10 +343,15 @@ class SparseAdapter:
         of its bytes. The write is atomic.
         """
         path = _fspath("path", path)
-        grid_meta = [("hyprvdb_kind", "SparseAdapter")]
         file_meta = [(FORMAT_KEY, FORMAT), (CRC_KEY, CRC_PLACEHOLDER)]
-        atomic_write(path, lambda tmp: _core_module().save_vdb(
-            self._c, tmp, self.name, grid_meta, file_meta), stamp=stamp_checksum)
+        grids = [self._grid("SparseAdapter")]
+        atomic_write(path, lambda tmp: _core_module().save_vdb(grids, tmp, file_meta),
+                     stamp=stamp_checksum)
+
+    def _grid(self, kind: str) -> tuple:
+        """This adapter as one grid for ``_core.save_vdb``."""
+        r, c, v = self._c.export_active()
+        return (self.name, *self.shape, *self.block_shape, r, c, v, [("hyprvdb_kind", kind)])
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, allow_nonfinite: bool = False) -> SparseAdapter:
@@ -355,20 +367,26 @@ class SparseAdapter:
         if fmt != FORMAT:
             raise ForeignFileError(f"{path!r} holds format {fmt!r}; this hyprvdb reads "
                                    f"{FORMAT!r}")
-        mod = _core_module()
-        try:  # the bytes whose checksum passed, not a second read of the path
-            c, name = mod.load_vdb(data, repr(path))
-        except mod.ForeignFile as exc:
-            raise ForeignFileError(str(exc)) from None
-        except mod.CorruptFile as exc:
-            raise CorruptFileError(str(exc)) from None
-        out = cls._wrap(c, allow_nonfinite=allow_nonfinite, name=name)
-        if not allow_nonfinite:
-            v = out.active_weights()[2]
-            if not np.isfinite(v).all():
-                raise CorruptFileError(f"{path!r} holds non-finite values; "
-                                       "pass allow_nonfinite=True to load it")
+        grids = read_grids(data, path)
+        if len(grids) != 1:
+            raise CorruptFileError(f"{path!r} holds {len(grids)} adapter grids; a SparseAdapter "
+                                   f"file holds one")
+        name, rows, cols, bh, bw, r, c, v = grids[0]
+        out = cls._wrap(_new_core(rows, cols, bh, bw), allow_nonfinite=allow_nonfinite,
+                        name=name)
+        out._fill_from_file(r, c, v, path)
         return out
+
+    def _fill_from_file(self, r: np.ndarray, c: np.ndarray, v: np.ndarray, path: str) -> None:
+        """Load a grid's weights read from ``path`` into this empty adapter."""
+        if not self._allow_nonfinite and not np.isfinite(v).all():
+            raise CorruptFileError(f"{path!r} holds non-finite values; "
+                                   "pass allow_nonfinite=True to load it")
+        self._c.set(r, c, v, False)
+        if self.active_count() != len(v):
+            bh, bw = self.block_shape
+            raise CorruptFileError(f"{path!r}: {len(v)} active voxels of grid {self.name!r} do "
+                                   f"not fill whole {bh}x{bw} blocks")
 
     # ---------------------------------------------------------------- conversions
     @classmethod
@@ -558,6 +576,25 @@ def enforce_sparsity(adapter: SparseAdapter, threshold: float = 0.0, *,
 
 
 # -------------------------------------------------------------------- helpers
+def _new_core(rows: int, cols: int, bh: int, bw: int) -> Any:
+    """The live structure for a shape: a one-matrix tree of 64-column cells when unstructured,
+    a tree of whole blocks in tile mode."""
+    mod = _core_module()
+    return mod.View(rows, cols) if (bh, bw) == (1, 1) else mod.Core(rows, cols, bh, bw)
+
+
+def read_grids(data: bytes, path: str) -> list[tuple]:
+    """Every adapter grid of a ``.vdb`` file's bytes as (name, rows, cols, block_rows,
+    block_cols, rows[], cols[], values[]), with the core's errors as hyprvdb's."""
+    mod = _core_module()
+    try:
+        return mod.load_vdb(data, repr(path))
+    except mod.ForeignFile as exc:
+        raise ForeignFileError(str(exc)) from None
+    except mod.CorruptFile as exc:
+        raise CorruptFileError(str(exc)) from None
+
+
 def _block_shape(block_shape: Any) -> tuple[int, int]:
     try:
         bh, bw = block_shape

@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from .. import _coo
 from .. import _validate as V
+from ..adapter import AdapterSet
 from .._errors import CorruptFileError
 from ._changes import Changes, merge_groups
 from ._file import HistoryFile
@@ -85,6 +87,7 @@ class TemporalGroup:
             m.phase = 0 if self._tiers else i % self._compact_every
             self._matrices[name] = m
         self._views: dict[str, Any] = {}
+        self._open: AdapterSet | None = None  # every member's open step, in one tree
         self._steps: list[int] = [0]
         self._commits = 0
         self._file: HistoryFile | None = None
@@ -195,7 +198,7 @@ class TemporalGroup:
         staged = {name: m.open_changes() for name, m in self._matrices.items()}
         self._check_sums(staged)
         for m in self._matrices.values():
-            m.open = None
+            m.drop_open()
         self._commit(t, staged)
         return t
 
@@ -215,10 +218,25 @@ class TemporalGroup:
                 out[name] = _f32(self._matrices[name].values(c, step))
         return out
 
-    def weights_at_time(self, t: int) -> dict[str, Any]:
-        """Every member's weights at step ``t``, as SparseAdapters (needs OpenVDB; see
-        :meth:`TemporalAdapter.active_weights` for arrays)."""
-        return {name: view.weights_at_time(t) for name, view in self.items()}
+    def weights_at_time(self, t: int) -> AdapterSet:
+        """Every member's weights at step ``resolve(t)``, as one :class:`AdapterSet` (needs
+        OpenVDB; see :meth:`TemporalAdapter.active_weights` for arrays)."""
+        step = self.resolve(t)
+        out = AdapterSet(allow_nonfinite=self._allow_nonfinite)
+        for name, m in self._matrices.items():
+            idx, v32 = m.active(step)
+            out.add(name, m.rows, m.cols).batch_update(*_coo.split_linear(idx, m.cols), v32)
+        return out
+
+    def _open_member(self, name: str) -> Any:
+        """Member ``name``'s open step: its member of one AdapterSet that holds every
+        member's open step (created on the first accumulate)."""
+        if self._open is None:
+            self._open = AdapterSet(allow_nonfinite=self._allow_nonfinite)
+        if name not in self._open:
+            m = self._matrices[name]
+            self._open.add(name, m.rows, m.cols)
+        return self._open[name]
 
     def rollback(self, t: int) -> int:
         """Make the weights at ``t`` current for every member: every later slice is discarded

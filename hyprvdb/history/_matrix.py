@@ -47,7 +47,7 @@ class Matrix:
         self.runs = Runs()
         self._tail: list[Changes] = []
         self._tail_view: Tail | None = None  # the tail merged for queries, built on demand
-        self.open: Any = None       # SparseAdapter of the open step (OpenVDB), or None
+        self.open: Any = None       # the open step (an AdapterSet member, OpenVDB), or None
         self.phase = 0              # compaction phase: members compact on different commits
         self.bound = 0.0            # an upper bound on |value| of every weight, at any step
         self.snapshots = snapshots  # keep a snapshot of the newest step
@@ -82,6 +82,12 @@ class Matrix:
     def memory_usage(self) -> int:
         open_ = self.open.memory_usage() if self.open is not None else 0
         return self.base_idx.nbytes + self.base_val.nbytes + self.history_bytes() + open_
+
+    def drop_open(self) -> None:
+        """Forget the open step (its member of the group's set is emptied, not removed)."""
+        if self.open is not None:
+            self.open.clear()
+            self.open = None
 
     def has_open_changes(self) -> bool:
         return self.open is not None and self.open.active_count() > 0
@@ -252,7 +258,7 @@ class Matrix:
         c = self.changes()
         self.runs = Runs.encode(c.take(c.t <= step))
         self._set_tail([])
-        self.open = None
+        self.drop_open()
         self.snap = self.snap_idx = self.snap_val = None
 
     def refresh_snapshot(self, t: int, prev_step: int, changed: np.ndarray | None) -> None:

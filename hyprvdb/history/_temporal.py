@@ -216,7 +216,7 @@ class TemporalAdapter:
         V.check_range("rows", r, m.rows)  # before the open step exists: a refusal leaves none
         V.check_range("cols", c, m.cols)
         if m.open is None:
-            m.open = SparseAdapter(m.rows, m.cols, name=self.name, allow_nonfinite=allow)
+            m.open = self._group._open_member(self.name)
         m.open.add_weights(r, c, g)
 
     def commit(self, t: int | None = None) -> int:
@@ -225,7 +225,7 @@ class TemporalAdapter:
 
     def discard_open(self) -> None:
         """Drop what was accumulated since the last commit."""
-        self._m.open = None
+        self._m.drop_open()
 
     # ---------------------------------------------------------------- queries
     def resolve(self, t: int) -> int:

@@ -165,10 +165,10 @@ def run(steps: int = 12, seed: int = 0, batch: int = 16) -> dict:
     changes = enc.history.change_count()
     dense_bytes = 4 * sum(r * c for r, c in enc.shapes.values())
     n_steps = len(enc.history.steps) - 1
-    adapters = [enc.history[k].weights_at_time(enc.step) for k in enc.shapes]
+    adapters = enc.history.weights_at_time(enc.step)
     print(f"\nmemory at step {enc.step} ({active:,} active weights, {changes:,} stored changes "
           f"over {n_steps} steps):")
-    rows = [("hyprvdb SparseAdapters (OpenVDB)", sum(a.memory_usage() for a in adapters)),
+    rows = [("hyprvdb AdapterSet (one OpenVDB tree)", adapters.memory_usage()),
             ("python dict {(row, col): value}", 164 * active),
             ("scipy CSR (int32 + float32)", 8 * active + 4 * sum(r + 1 for r, _ in
                                                                  enc.shapes.values())),
@@ -179,9 +179,9 @@ def run(steps: int = 12, seed: int = 0, batch: int = 16) -> dict:
     print(f"  {'hyprvdb history (all steps)':36s} {hist / 1e6:9.3f} MB  "
           f"{hist / max(changes, 1):8.1f} B/change")
     print(f"  {'full checkpoints, one per step':36s} {dense_bytes * n_steps / 1e6:9.3f} MB")
-    print("  (dict: 164 B/weight as bench/memory.py measures it; the OpenVDB adapters cost more "
-          "per weight\n   here than at 1% density because these matrices hold a few weights per "
-          "16^3 leaf — see bench/memory.py)")
+    print("  (dict: 164 B/weight as bench/memory.py measures it; the set keeps all 36 matrices "
+          "in one tree\n   of 64-column cells, so internal nodes are shared — see "
+          "bench/memory.py)")
 
     print(f"\nserving: the live adapter merged into the weights (the plain forward pass); past "
           f"steps' corrections ran on {hj.kernel_path(model.impl)}; hyprvdb.ops device 'auto' "

@@ -18,6 +18,7 @@
 #                 the GPU (junit XML in OUTDIR/tests.xml)
 #   matmul        bench/matmul.py --json OUTDIR/matmul.json (its GPU section)
 #   serve         bench/serve.py --random-weights --json OUTDIR/serve.json
+#   snapshots     bench/memory.py --snapshots-only: a SetSnapshot's device memory (CuPy's pool)
 # On a machine without a usable GPU the tests run and skip their GPU cases with reasons, and
 # the two benchmarks are skipped, saying why (CI runs it that way). OUTDIR/summary.txt lists
 # every step's outcome; the exit status is that of the tests.
@@ -103,7 +104,8 @@ step tests 240 "$py" -m pytest -p no:cacheprovider -q -rs "${xdist[@]}" "${selec
   --junitxml="$out/tests.xml" \
   "$root/tests/test_ops.py" "$root/tests/test_jax.py" "$root/tests/test_snapshot.py" \
   "$root/tests/test_merged.py" "$root/tests/test_history_rule.py" \
-  "$root/tests/test_kernels_compile.py" "$root/tests/test_readpath_isolation.py"
+  "$root/tests/test_kernels_compile.py" "$root/tests/test_readpath_isolation.py" \
+  "$root/tests/test_set_snapshot.py"
 tests_rc=$?
 tail -n 25 "$out/tests.log"
 
@@ -113,9 +115,13 @@ if [ "$gpu" = 1 ]; then
   tail -n 3 "$out/matmul.log"
   step serve 240 "$py" bench/serve.py --random-weights --json "$out/serve.json"
   tail -n 3 "$out/serve.log"
+  step snapshots 60 "$py" bench/memory.py --snapshots-only --workloads minilm,minilm-0.05% \
+    --json "$out/snapshots.json"
+  tail -n 2 "$out/snapshots.log"
 else
   note "matmul: skipped, no usable GPU (bench/matmul.py measures the GPU kernels here; its CPU section runs in the CPU benchmarks)"
   note "serve: skipped, no usable GPU (bench/serve.py --random-weights measures the GPU targets here; the CPU figures come from bench/serve.py)"
+  note "snapshots: skipped, no usable GPU (bench/memory.py measures the grid and file bytes on the CPU)"
 fi
 cat "$summary"
 exit $tests_rc

@@ -36,6 +36,12 @@ Two figures per contender:
   also holds the build's freed temporaries that malloc keeps for reuse (shown too, as "raw
   RSS", but that is the allocator's cache, not the structure).
 
+Snapshots (the read path's copies, built in this process from the same seeded data):
+``SetSnapshot`` (every matrix of the workload in one NanoVDB grid of 64-column cells) against
+one ``Snapshot`` per matrix (a NanoVDB grid each, a voxel per weight), each as grid bytes (what
+a device upload holds: the buffer as is; on a machine with CuPy the device's memory-pool growth
+is measured too) and as ``.nvdb`` file size.
+
 Run:  python bench/memory.py [--repeats 5] [--seed 0] [--json PATH]
 """
 
@@ -259,6 +265,83 @@ def run_child(spec: str, seed: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+# ------------------------------------------------------------------------------ snapshots
+SNAPSHOT_TARGET = 24.0  # B/weight, device memory and .nvdb file, the demo's set (minilm)
+
+
+def snapshot_sizes(workload: str, seed: int, tmp: str) -> dict:
+    """Grid bytes, file bytes and (with CuPy) device bytes of the workload's snapshots."""
+    import hyprvdb
+    from hyprvdb import ops
+    mats = workload_data(workload, "csr", seed)
+    active = sum(len(m[3]) for m in mats)
+    entries = [(m[0], (m[1], m[2]), m[3], m[4], m[5]) for m in mats]
+    snap = hyprvdb.SetSnapshot.from_coo(entries)
+    path = os.path.join(tmp, "set.nvdb")
+    snap.save_nvdb(path)
+    set_file = os.path.getsize(path)
+    device = None
+    if ops.cuda_available():
+        import cupy
+        pool = cupy.get_default_memory_pool()
+        used0 = pool.used_bytes()
+        d = ops.DeviceSetSnapshot(snap, "cuda")
+        device = pool.used_bytes() - used0
+        del d
+    per_grid = per_file = 0
+    for name, shape, r, c, v in entries:
+        one = hyprvdb.Snapshot.from_coo(r, c, v, shape)
+        per_grid += one.nbytes
+        one.save_nvdb(path)
+        per_file += os.path.getsize(path)
+    os.unlink(path)
+    return {"active_weights": active, "set_grid_bytes": snap.nbytes, "set_file_bytes": set_file,
+            "set_device_bytes": device, "per_matrix_grid_bytes": per_grid,
+            "per_matrix_file_bytes": per_file}
+
+
+def snapshot_table(chosen: list, results: dict, checks: dict, seed: int) -> dict:
+    """Measure and print the snapshot table; adds its checks."""
+    import tempfile
+    snaps = {}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for workload in chosen:
+            z = snaps[workload] = snapshot_sizes(workload, seed, tmp)
+            n = z["active_weights"]
+            # the target is the demo's set; below ~40,000 weights the one upper (270,400 B) and
+            # one lower (33,856 B) node every NanoVDB 32.4 grid needs decide the figure
+            target = SNAPSHOT_TARGET if workload == "minilm" else None
+            dev = z["set_device_bytes"]
+            if target is not None:
+                ok = z["set_grid_bytes"] / n <= target and z["set_file_bytes"] / n <= target \
+                    and (dev is None or dev / n <= target)
+                checks[f"{workload}:snapshot"] = ok
+            csr = results[workload].get("csr", {}).get("reported_bytes_per_weight")
+            rows.append([workload, f"{n:,}", f"{z['set_grid_bytes'] / n:.2f}",
+                         f"{z['set_file_bytes'] / n:.2f}",
+                         "not measured (no GPU)" if dev is None else f"{dev / n:.2f}",
+                         f"{z['per_matrix_grid_bytes'] / n:.1f}",
+                         f"{z['per_matrix_file_bytes'] / n:.1f}",
+                         "-" if csr is None else f"{csr:.2f}",
+                         "-" if target is None else f"<= {target:g}",
+                         "-" if target is None else C.verdict(checks[f"{workload}:snapshot"])])
+    print("\nsnapshots: SetSnapshot (one NanoVDB grid of 64-column cells) vs one Snapshot per "
+          "matrix, B/weight")
+    C.print_table(["workload", "active", "set grid", "set .nvdb", "set on GPU",
+                   "per-matrix grids", "per-matrix .nvdb", "CSR", "target", "status"], rows)
+    return snaps
+
+
+def _snap_part(workload: str, z: dict) -> str:
+    n = z["active_weights"]
+    dev = z["set_device_bytes"]
+    return (f"{workload} snapshot {z['set_grid_bytes'] / n:.1f} (file "
+            f"{z['set_file_bytes'] / n:.1f}, GPU {'not measured' if dev is None else f'{dev / n:.1f}'}"
+            f"{', target <= %g' % SNAPSHOT_TARGET if workload == 'minilm' else ''}; per-matrix "
+            f"snapshots {z['per_matrix_grid_bytes'] / n:.0f})")
+
+
 # ------------------------------------------------------------------------------ parent
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -268,6 +351,8 @@ def main() -> int:
     ap.add_argument("--workloads", default=",".join(WORKLOADS),
                     help=f"comma-separated subset of {', '.join(WORKLOADS)}")
     ap.add_argument("--json", metavar="PATH", help="write every number to PATH")
+    ap.add_argument("--snapshots-only", action="store_true",
+                    help="only the snapshot table (needs numpy alone: no OpenVDB, no scipy)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -281,9 +366,19 @@ def main() -> int:
 
     wall0 = time.perf_counter()
     load0 = os.getloadavg()[0]
-    run_child("4096-1%:hyprvdb", args.seed)          # warm-up run (file cache, imports)
-    results: dict = {}
+    results: dict = {w: {} for w in chosen}
     checks: dict = {}
+    if args.snapshots_only:
+        snaps = snapshot_table(chosen, results, checks, args.seed)
+        ok = all(checks.values())
+        print(f"summary: snapshots {'; '.join(_snap_part(w, snaps[w]) for w in chosen)}: "
+              f"{C.verdict(ok)}")
+        if args.json:
+            C.write_json(args.json, "memory", {"snapshots": snaps, "checks": checks,
+                                               "all_pass": ok},
+                         config={"seed": args.seed, "workloads": chosen, "snapshots_only": True})
+        return 0
+    run_child("4096-1%:hyprvdb", args.seed)          # warm-up run (file cache, imports)
     print(f"Memory per active weight (seed {args.seed}); RSS = median VmRSS growth over "
           f"{args.repeats} fresh child processes, read after gc + malloc_trim(0), per copy "
           f"(copies per child: {', '.join(f'{k} {v}' for k, v in COPIES.items())}; dense 1)")
@@ -329,6 +424,7 @@ def main() -> int:
         print(f"\n{workload}: {desc}")
         C.print_table(["contender", "active", "reported", "reported B/w", "RSS B/w",
                        "RSS/reported", "raw RSS B/w", "build", "target B/w", "status"], rows)
+    snaps = snapshot_table(chosen, results, checks, args.seed)
     print()
     print("dict reported = getsizeof(dict) + key tuples + int objects (CPython's cached small "
           "ints not counted, each object once) + float values;")
@@ -347,11 +443,14 @@ def main() -> int:
         peers = [f"{n} {results[workload][n]['reported_bytes_per_weight']:.1f}"
                  for n in ("csr", "dict") if n in results[workload]]
         parts[-1] += f" vs {', '.join(peers)}"
+        if workload == "minilm":
+            parts.append(_snap_part(workload, snaps[workload]))
     summary = f"summary: {'; '.join(parts)}: {C.verdict(all_ok)}"
     if args.json:
         import hyprvdb  # noqa: F401  (so that machine info records its version)
         import scipy  # noqa: F401
-        C.write_json(args.json, "memory", {"workloads": results, "checks": checks,
+        C.write_json(args.json, "memory", {"workloads": results, "snapshots": snaps,
+                                           "checks": checks,
                                            "all_pass": all_ok, "wall_s": wall,
                                            "summary": summary},
                      config={"repeats": args.repeats, "seed": args.seed,

@@ -7,7 +7,8 @@ The package is laid out by tier:
   adapters in one tree;
 - :mod:`hyprvdb.history` — :class:`TemporalGroup` / :class:`TemporalAdapter`: time as the Z
   axis; reading needs no OpenVDB;
-- :mod:`hyprvdb.snapshot` — :class:`Snapshot`, NanoVDB grids written and read with numpy;
+- :mod:`hyprvdb.snapshot` — :class:`Snapshot` and :class:`SetSnapshot`, NanoVDB grids
+  written and read with numpy;
 - :mod:`hyprvdb.ops` — the delta inside the matmul on a GPU (CuPy) or the CPU
   (``hyprvdb._cpu``, no OpenVDB);
 - :mod:`hyprvdb.jax` and :mod:`hyprvdb.serve` — the JAX bridge and serving.
@@ -20,7 +21,7 @@ from ._errors import CorruptFileError, ForeignFileError, HyprVDBError, MissingEx
 from .adapter import AdapterSet, SparseAdapter, enforce_sparsity, fuse_adapters
 from .history import (CorrelatedPair, DeltaDetector, HistoryRecoveryWarning, TemporalAdapter,
                       TemporalGroup)
-from .snapshot import Snapshot
+from .snapshot import SetSnapshot, Snapshot
 
 __version__ = "0.1.0"
 
@@ -33,6 +34,7 @@ __all__ = [
     "HistoryRecoveryWarning",
     "HyprVDBError",
     "MissingExtensionError",
+    "SetSnapshot",
     "Snapshot",
     "SparseAdapter",
     "TemporalAdapter",

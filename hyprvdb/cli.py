@@ -43,15 +43,24 @@ def info(path: str) -> dict[str, Any]:
     kind = file_kind(path)
     out: dict[str, Any] = {"file": path, "kind": kind, "bytes": os.path.getsize(path)}
     if kind == "vdb":
-        from .adapter import SparseAdapter
-        a = SparseAdapter.load(path)
-        out.update(name=a.name, shape=list(a.shape), block_shape=list(a.block_shape),
-                   active=a.active_count(), density=a.density(), memory_bytes=a.memory_usage())
+        a = _load_vdb(path)
+        if hasattr(a, "add"):  # an AdapterSet
+            out.update(kind="vdb (adapter set)", matrices=len(a), active=a.active_count(),
+                       memory_bytes=a.memory_usage(),
+                       members={k: [list(m.shape), m.active_count()] for k, m in a.items()})
+        else:
+            out.update(name=a.name, shape=list(a.shape), block_shape=list(a.block_shape),
+                       active=a.active_count(), density=a.density(),
+                       memory_bytes=a.memory_usage())
     elif kind == "nvdb":
-        from .snapshot import Snapshot
-        s = Snapshot.load_nvdb(path)
-        out.update(name=s.name, shape=list(s.shape), step=s.step, active=s.nnz,
-                   grid_bytes=s.nbytes, checksum=f"{s.checksum:016x}")
+        s = _load_nvdb(path)
+        if hasattr(s, "cell_base"):
+            out.update(kind="nvdb (set snapshot)", matrices=len(s), step=s.step, active=s.nnz,
+                       grid_bytes=s.nbytes, bytes_per_weight=s.nbytes / max(s.nnz, 1),
+                       members={k: [list(s.shape(k)), s[k][1]] for k in s})
+        else:
+            out.update(name=s.name, shape=list(s.shape), step=s.step, active=s.nnz,
+                       grid_bytes=s.nbytes, checksum=f"{s.checksum:016x}")
     elif kind == "history":
         from .history import TemporalGroup
         g = TemporalGroup.load(path)
@@ -67,6 +76,32 @@ def info(path: str) -> dict[str, Any]:
         t = load_file(path)
         out.update(tensors={k: [list(v.shape), str(v.dtype)] for k, v in sorted(t.items())})
     return out
+
+
+def _load_vdb(path: str) -> Any:
+    """A SparseAdapter, or an AdapterSet where the file holds one."""
+    from ._errors import ForeignFileError
+    from .adapter import AdapterSet, SparseAdapter
+    try:
+        return SparseAdapter.load(path)
+    except ForeignFileError as first:
+        try:
+            return AdapterSet.load(path)
+        except ForeignFileError:
+            raise first from None
+
+
+def _load_nvdb(path: str) -> Any:
+    """A Snapshot, or a SetSnapshot where the file holds one."""
+    from ._errors import ForeignFileError
+    from .snapshot import SetSnapshot, Snapshot
+    try:
+        return Snapshot.load_nvdb(path)
+    except ForeignFileError as first:
+        try:
+            return SetSnapshot.load_nvdb(path)
+        except ForeignFileError:
+            raise first from None
 
 
 # -------------------------------------------------------------------- convert
@@ -124,14 +159,19 @@ def convert(src: str, dst: str, *, density: float = 0.01, alpha: float | None = 
     if kind == "safetensors":
         adapters = _adapters_from_safetensors(src, density, alpha)
     elif kind == "vdb":
-        a = SparseAdapter.load(src)
-        adapters = {a.name: a}
+        a = _load_vdb(src)
+        adapters = {k: m.copy() for k, m in a.items()} if hasattr(a, "add") else {a.name: a}
     elif kind == "nvdb":
-        from .snapshot import Snapshot
-        s = Snapshot.load_nvdb(src)
-        a = SparseAdapter(*s.shape, name=s.name)
-        a.batch_update(*s.active_weights())
-        adapters = {s.name: a}
+        s = _load_nvdb(src)
+        if hasattr(s, "cell_base"):
+            adapters = {}
+            for k in s:
+                adapters[k] = SparseAdapter(*s.shape(k), name=k)
+                adapters[k].batch_update(*s.active_weights(k))
+        else:
+            a = SparseAdapter(*s.shape, name=s.name)
+            a.batch_update(*s.active_weights())
+            adapters = {s.name: a}
     else:
         from .history import TemporalGroup
         g = TemporalGroup.load(src)
@@ -144,10 +184,15 @@ def convert(src: str, dst: str, *, density: float = 0.01, alpha: float | None = 
 def _write(adapters: dict[str, Any], dst: str, step: int | None) -> list[str]:
     d = Path(dst)
     suffix = d.suffix.lower()
+    if suffix == ".nvdb" and len(adapters) != 1:  # one grid of cells for every matrix
+        from .snapshot import SetSnapshot
+        SetSnapshot.from_matrices(adapters, step=step).save_nvdb(dst)
+        return [dst]
+    if suffix == ".vdb" and len(adapters) != 1:  # one file, a grid per matrix
+        from .adapter import AdapterSet
+        AdapterSet.from_adapters(adapters).save(dst)
+        return [dst]
     if suffix in (".vdb", ".nvdb"):
-        if len(adapters) != 1:
-            raise ValueError(f"{dst!r} holds one adapter but the source has {len(adapters)}; "
-                             "give a folder (one .vdb each), a .safetensors or a .hvh file")
         (a,) = adapters.values()
         if suffix == ".vdb":
             a.save(dst)

@@ -74,7 +74,7 @@ if [ "$what" = serve-test ]; then
   HYPRVDB_TIER_FIXTURES="$fixtures" HYPRVDB_EXPECT_NO_CORE=1 PYTHONSAFEPATH=1 \
     exec .venv-serve/bin/python -m pytest -p no:cacheprovider tests/test_tiers.py tests/test_readpath_isolation.py \
     tests/test_snapshot.py tests/test_ops.py tests/test_jax.py tests/test_serving.py \
-    tests/test_server.py tests/test_layers.py
+    tests/test_server.py tests/test_layers.py tests/test_set_snapshot.py
 fi
 
 apt_install libopenvdb-dev libnanovdb-dev libboost-dev libboost-iostreams-dev libtbb-dev \

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hyprvdb import Snapshot, SparseAdapter, TemporalGroup
+from hyprvdb import AdapterSet, SetSnapshot, Snapshot, SparseAdapter, TemporalGroup
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
@@ -298,10 +298,32 @@ def test_convert_unknown_destination_suffix(vdb_file, tmp_path, suffix):
     assert not dst.exists()
 
 
-def test_convert_two_adapters_into_one_vdb_is_refused(lora, tmp_path):
-    dst = tmp_path / "both.vdb"
-    assert_fails(hyprvdb_cmd("convert", lora["two"], dst), "convert", "has 2")
-    assert not dst.exists()
+def test_convert_two_adapters_into_set_files(lora, tmp_path):
+    """Several adapters into one .vdb (an AdapterSet: a grid per matrix) or one .nvdb (a
+    SetSnapshot: one grid of cells), each read back by info and by convert."""
+    per_matrix = tmp_path / "per"
+    ok("convert", lora["two"], per_matrix)
+    want = {SparseAdapter.load(f).name: SparseAdapter.load(f) for f in per_matrix.iterdir()}
+    vdb, nvdb = tmp_path / "both.vdb", tmp_path / "both.nvdb"
+    ok("convert", lora["two"], vdb)
+    ok("convert", vdb, nvdb, "--step", "4")
+    got = AdapterSet.load(vdb)
+    snap = SetSnapshot.load_nvdb(nvdb)
+    assert list(got) == list(snap) == sorted(want) and snap.step == 4
+    for name, a in want.items():
+        assert_same_adapter(got[name], a)
+        r, c, v = a.active_weights()
+        np.testing.assert_array_equal(snap.lookup(name, r, c), v)
+    d = info(vdb)
+    assert d["kind"] == "vdb (adapter set)" and d["matrices"] == 2
+    assert d["active"] == sum(a.active_count() for a in want.values())
+    d = info(nvdb)
+    assert d["kind"] == "nvdb (set snapshot)" and d["step"] == 4
+    assert d["members"] == {k: [list(a.shape), a.active_count()] for k, a in want.items()}
+    back = tmp_path / "back"
+    ok("convert", nvdb, back)
+    for f in back.iterdir():
+        assert_same_adapter(SparseAdapter.load(f), want[SparseAdapter.load(f).name])
 
 
 def test_convert_density_out_of_range_is_a_usage_error(lora, tmp_path):

@@ -21,6 +21,7 @@ EXPECTED_ALL = [
     "HistoryRecoveryWarning",
     "HyprVDBError",
     "MissingExtensionError",
+    "SetSnapshot",
     "Snapshot",
     "SparseAdapter",
     "TemporalAdapter",

@@ -211,6 +211,33 @@ NB_MODULE(_cpu, m) {
               }
           },
           "grid"_a, "values"_a, "rows"_a, "cols"_a, "out"_a);
+    // Values at (matrix, row, col) of a set snapshot's grid (nvdb_set_gather); the caller has
+    // checked the grid (SetSnapshot) and the coordinates against its matrix table.
+    m.def("gather_nanovdb_set",
+          [](In1<uint8_t> grid, In1<int64_t> mats, In1<int64_t> rows, In1<int64_t> cols,
+             Out1<float> out) {
+              const size_t n = rows.shape(0);
+              if (mats.shape(0) != n || cols.shape(0) != n || out.shape(0) != n)
+                  throw nb::value_error("mats, rows, cols and out must have the same length");
+              if (reinterpret_cast<uintptr_t>(grid.data()) % NANOVDB_DATA_ALIGNMENT)
+                  throw nb::value_error("grid must be 32-byte aligned");
+              const auto* g = reinterpret_cast<const hvdb_index_grid*>(grid.data());
+              if (g->blindDataCount() != 7)
+                  throw nb::value_error(("grid is not a set snapshot (it has " +
+                                         std::to_string(g->blindDataCount()) +
+                                         " blind channels, not 7)").c_str());
+              const hvdb_set_view s = hvdb_set_channels(g);
+              nb::gil_scoped_release nogil;
+#pragma omp parallel if (n > 100000)
+              {
+                  const auto acc = g->getAccessor();
+#pragma omp for schedule(static)
+                  for (long long i = 0; i < (long long)n; ++i)
+                      out.data()[i] = nvdb_set_gather(acc, s, mats.data()[i], rows.data()[i],
+                                                      cols.data()[i]);
+              }
+          },
+          "grid"_a, "mats"_a, "rows"_a, "cols"_a, "out"_a);
 #endif
 
     // Dense window rebuild from Z-runs (see kernels/window.cu).

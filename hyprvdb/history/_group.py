@@ -26,6 +26,7 @@ from .._errors import CorruptFileError
 from ._changes import Changes, merge_groups
 from ._file import HistoryFile
 from ._matrix import Matrix
+from ..snapshot import SetSnapshot
 
 __all__ = ["TemporalGroup"]
 
@@ -227,6 +228,18 @@ class TemporalGroup:
             idx, v32 = m.active(step)
             out.add(name, m.rows, m.cols).batch_update(*_coo.split_linear(idx, m.cols), v32)
         return out
+
+    def set_snapshot(self, t: int | None = None) -> SetSnapshot:
+        """Every member's weights at step ``resolve(t)`` (default: the newest) as one
+        :class:`hyprvdb.SetSnapshot`: one NanoVDB grid of 64-column cells for the whole group,
+        what serving uploads to a device. Needs no OpenVDB."""
+        step = self.latest if t is None else self.resolve(t)
+        entries = []
+        for name, m in self._matrices.items():
+            idx, v32 = m.active(step)
+            rows, cols = _coo.split_linear(idx, m.cols)
+            entries.append((name, (m.rows, m.cols), rows, cols, v32))
+        return SetSnapshot.from_coo(entries, step=step, allow_nonfinite=True)
 
     def _open_member(self, name: str) -> Any:
         """Member ``name``'s open step: its member of one AdapterSet that holds every

@@ -13,6 +13,8 @@ from .._native import cuda_available
 from ._delta import (DeviceDelta, delta_matmul, fused_linear, gather, merge,
                      merge_layers, resolve_device, unmerge)
 from ._history import DeviceHistory, window_weights
+from ._set import DeviceSetSnapshot, gather_set
 
-__all__ = ["DeviceDelta", "DeviceHistory", "cuda_available", "delta_matmul", "fused_linear",
-           "gather", "merge", "merge_layers", "resolve_device", "unmerge", "window_weights"]
+__all__ = ["DeviceDelta", "DeviceHistory", "DeviceSetSnapshot", "cuda_available",
+           "delta_matmul", "fused_linear", "gather", "gather_set", "merge", "merge_layers",
+           "resolve_device", "unmerge", "window_weights"]

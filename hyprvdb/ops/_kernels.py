@@ -40,7 +40,7 @@ NAME_EXPRESSIONS: dict[str, tuple[str, ...]] = {
     "matmul.cu": tuple(f"{k}<{t}>" for k in ("delta_matmul", "fused_linear") for t in _DTYPES),
     "merge.cu": tuple(f"merge_layers<{t}>" for t in _DTYPES),
     "window.cu": ("window_rebuild",),
-    "gather.cu": ("gather_index",),
+    "gather.cu": ("gather_index", "gather_set"),
 }
 
 

@@ -73,7 +73,10 @@ MAJOR, MINOR, PATCH = 32, 4, 2
 VERSION = (MAJOR << 21) | (MINOR << 10) | PATCH
 ALIGN = 32
 
+GRID_TYPE_UNKNOWN = 0
 GRID_TYPE_FLOAT = 1
+GRID_TYPE_INT16 = 3
+GRID_TYPE_INT32 = 4
 GRID_TYPE_INT64 = 5
 GRID_TYPE_INDEX = 19
 GRID_TYPE_END = 20
@@ -421,44 +424,126 @@ def _bbox_reduce(bbox: np.ndarray, starts: np.ndarray) -> np.ndarray:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class Channel:
+    """One blind-data channel: its record (name, class, NanoVDB type tag) and its elements.
+    ``data`` is a 1-D little-endian array; the record's element count is ``len(data)``."""
+
+    name: bytes
+    data_class: int
+    data_type: int
+    data: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class TreeLayout:
+    """Byte offsets of a grid's node arrays and blind channels, for grids of any channels.
+    ``channel_offsets[i]`` is where the data of record ``i`` starts."""
+
+    grid_size: int
+    tile_count: int
+    upper_offset: int
+    upper_count: int
+    lower_offset: int
+    lower_count: int
+    leaf_offset: int
+    leaf_count: int
+    blind_meta_offset: int
+    channel_offsets: tuple[int, ...]
+    voxel_count: int
+
+    @property
+    def head_end(self) -> int:
+        return TILES_OFF + TILE_SIZE * self.tile_count
+
+
+def index_key(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For voxels already in index order: (key, root) with ``root`` NanoVDB's root-tile key
+    of each voxel and ``key`` an int64 that spells out the walk, high to low: the rank of the
+    root tile among those present, the child slot in the upper node (15 bits), the child slot
+    in the lower node (12 bits) and the offset in the leaf (9 bits)."""
+    u = np.uint64
+    root = (x >> 12).astype(u) << u(42)
+    root |= (y >> 12).astype(u) << u(21)
+    root |= (z >> 12).astype(u)
+    key = np.zeros(len(x), dtype=np.int64)
+    if len(x) > 1:
+        np.cumsum(root[1:] != root[:-1], out=key[1:])
+    key <<= 15
+    key |= ((x >> 7) & 31) << 10 | ((y >> 7) & 31) << 5 | ((z >> 7) & 31)
+    key <<= 12
+    key |= ((x >> 3) & 15) << 8 | ((y >> 3) & 15) << 4 | ((z >> 3) & 15)
+    key <<= 9
+    key |= (x & 7) << 6 | (y & 7) << 3 | (z & 7)
+    return key, root
+
+
 def build(keys: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray, values: np.ndarray,
           *, name: bytes, meta: np.ndarray) -> tuple[np.ndarray, GridLayout]:
-    """Write one index grid for active voxels sorted by ``sort_key`` (unique keys).
+    """Write one weight grid for active voxels sorted by ``sort_key`` (unique keys).
 
     ``values[k]`` belongs to voxel k; ``meta`` is the int64[4] meta channel. Returns the buffer
     (64-byte aligned uint8) and its layout.
     """
-    nnz = len(keys)
+    vals = np.zeros(len(keys) + 1, dtype="<f4")
+    vals[1:] = values
+    channels = [Channel(VALUES_CHANNEL, BLIND_CLASS_CHANNEL, GRID_TYPE_FLOAT, vals),
+                Channel(META_CHANNEL, BLIND_CLASS_UNKNOWN, GRID_TYPE_INT64,
+                        np.asarray(meta, dtype="<i8"))]
+    buf, t = build_grid(x, y, z, channels, name=name, data_order=(1, 0))
+    lay = plan(t.tile_count, t.upper_count, t.lower_count, t.leaf_count, len(keys) + 1)
+    assert (lay.grid_size, lay.values_offset, lay.meta_offset) == (
+        t.grid_size, t.channel_offsets[0], t.channel_offsets[1])
+    return buf, lay
+
+
+def build_grid(x: np.ndarray, y: np.ndarray, z: np.ndarray, channels: list[Channel], *,
+               name: bytes, data_order: tuple[int, ...] | None = None
+               ) -> tuple[np.ndarray, TreeLayout]:
+    """Write one ``ValueIndex`` grid whose active voxels are ``(x, y, z)``, given unique and in
+    index order, with ``channels`` as its blind data (records in list order, data blocks in
+    ``data_order``, each 32-byte aligned). Leaf ``mValueOff`` and ``GridData::mData1`` follow
+    NanoVDB's active-only convention (index k + 1 for the k-th voxel, 0 the background)."""
+    nnz = len(x)
+    key, root_key = index_key(x, y, z)
     # leaves: voxels are sorted by (leaf, offset in leaf)
-    leaf_key_all = keys >> 9
-    new_leaf = np.concatenate(([True], leaf_key_all[1:] != leaf_key_all[:-1])) if nnz \
-        else np.zeros(0, dtype=bool)
-    leaf_start = np.flatnonzero(new_leaf)
-    n_leaf = len(leaf_start)
-    voxel_n = keys & 511
-    leaf_key = keys[leaf_start]
+    leaf_start = _starts(key >> 9)
+    n_leaf = len(leaf_start) if nnz else 0
+    voxel_n = key & 511
+    leaf_key = key[leaf_start]
     # lower nodes: leaves sorted by (lower, child slot)
-    lower_start = _starts(leaf_key >> 17)
+    lower_start = _starts(leaf_key >> 21)
     n_lower = len(lower_start)
     lower_of_leaf = _group_ids(lower_start, n_leaf)
-    # child slot in the lower node: ((x>>3)&15)<<8 | ((y>>3)&15)<<4 | (z>>3)&15, z>>3 = 0
-    leaf_slot = ((leaf_key >> 13) & 15) << 8 | ((leaf_key >> 9) & 15) << 4
+    leaf_slot = (leaf_key >> 9) & 4095
     lower_key = leaf_key[lower_start]
     # upper nodes: lowers sorted by (upper, child slot)
-    upper_start = _starts(lower_key >> 27)
+    upper_start = _starts(lower_key >> 36)
     n_upper = len(upper_start)
     upper_of_lower = _group_ids(upper_start, n_lower)
-    # child slot in the upper node: ((x>>7)&31)<<10 | ((y>>7)&31)<<5 | (z>>7)&31, z>>7 = 0
-    lower_slot = ((lower_key >> 22) & 31) << 10 | ((lower_key >> 17) & 31) << 5
+    lower_slot = (lower_key >> 21) & 32767
 
-    lay = plan(n_upper, n_upper, n_lower, n_leaf, nnz + 1)
+    order = range(len(channels)) if data_order is None else data_order
+    upper_off = TILES_OFF + TILE_SIZE * n_upper
+    lower_off = upper_off + UPPER_SIZE * n_upper
+    leaf_off = lower_off + LOWER_SIZE * n_lower
+    blind_off = leaf_off + LEAF_SIZE * n_leaf
+    at = blind_off + BLIND_META_SIZE * len(channels)
+    data_at = [0] * len(channels)
+    for i in order:
+        data_at[i] = at
+        at += _pad(channels[i].data.nbytes)
+    lay = TreeLayout(at, n_upper, upper_off, n_upper, lower_off, n_lower, leaf_off, n_leaf,
+                     blind_off, tuple(data_at), nnz)
     buf = aligned_empty(lay.grid_size)
     buf[:] = 0
 
     if n_leaf:
         # leaves: mask word w holds voxels with x & 7 == w, so a voxel's word is voxel_n >> 6
         masks = np.zeros(n_leaf * 8, dtype=np.uint64)
-        ws = _starts(keys >> 6)
+        ws = _starts(key >> 6)
+        new_leaf = np.zeros(nnz, dtype=np.int64)
+        new_leaf[leaf_start] = 1
         leaf_of_word = (np.cumsum(new_leaf) - 1)[ws]
         masks[leaf_of_word * 8 + (voxel_n[ws] >> 6)] = _segment_sums(
             np.left_shift(np.uint64(1), (voxel_n & 63).astype(np.uint64)), ws)
@@ -498,10 +583,7 @@ def build(keys: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray, values:
             lower_addr - (lay.upper_offset + UPPER_SIZE * upper_of_lower))
         # root tiles, one per upper node, in key order
         tiles = buf[TILES_OFF:lay.upper_offset].view(TILE_DT)
-        ukey = lower_key[upper_start]
-        ux, uy = (ukey >> 43), (ukey >> 27) & 0xFFFF
-        tiles["key"] = ((ux.astype(np.uint64) << np.uint64(42))
-                        | (uy.astype(np.uint64) << np.uint64(21)))
+        tiles["key"] = root_key[leaf_start[lower_start[upper_start]]]
         tiles["child"] = lay.upper_offset + UPPER_SIZE * np.arange(n_upper) - ROOT_OFF
         tiles["value"] = CHILD_TILE_VALUE
         index_bbox = tuple(int(v) for v in _bbox_reduce(upper_bbox, np.zeros(1, np.int64))[0])
@@ -538,20 +620,20 @@ def build(keys: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray, values:
     grid["grid_class"] = GRID_CLASS_INDEX
     grid["grid_type"] = GRID_TYPE_INDEX
     grid["blind_metadata_offset"] = lay.blind_meta_offset
-    grid["blind_metadata_count"] = 2
-    grid["data1"] = lay.value_count
+    grid["blind_metadata_count"] = len(channels)
+    grid["data1"] = nnz + 1
 
-    blind = buf[lay.blind_meta_offset:lay.meta_offset].view(BLIND_DT)
-    blind["byte_offset"] = [lay.values_offset - lay.blind_meta_offset,
-                            lay.meta_offset - (lay.blind_meta_offset + BLIND_META_SIZE)]
-    blind["element_count"] = [lay.value_count, len(meta)]
-    blind["semantic"] = BLIND_SEMANTIC_UNKNOWN
-    blind["data_class"] = [BLIND_CLASS_CHANNEL, BLIND_CLASS_UNKNOWN]
-    blind["data_type"] = [GRID_TYPE_FLOAT, GRID_TYPE_INT64]
-    blind["name"] = [VALUES_CHANNEL, META_CHANNEL]
-    buf[lay.meta_offset:lay.meta_offset + 8 * len(meta)].view("<i8")[:] = meta
-    vals = buf[lay.values_offset:lay.values_offset + 4 * lay.value_count].view("<f4")
-    vals[1:] = values
+    blind = buf[lay.blind_meta_offset:lay.blind_meta_offset
+                + BLIND_META_SIZE * len(channels)].view(BLIND_DT)
+    for i, ch in enumerate(channels):
+        blind[i]["byte_offset"] = data_at[i] - (lay.blind_meta_offset + BLIND_META_SIZE * i)
+        blind[i]["element_count"] = len(ch.data)
+        blind[i]["semantic"] = BLIND_SEMANTIC_UNKNOWN
+        blind[i]["data_class"] = ch.data_class
+        blind[i]["data_type"] = ch.data_type
+        blind[i]["name"] = ch.name
+        raw = np.ascontiguousarray(ch.data).view(np.uint8).reshape(-1)
+        buf[data_at[i]:data_at[i] + len(raw)] = raw
 
     grid["data2"] = blind_crc(buf, lay)
     leaf_bytes = buf[lay.leaf_offset:lay.blind_meta_offset].reshape(n_leaf, LEAF_SIZE)
@@ -659,6 +741,66 @@ def parse(buf: np.ndarray) -> GridLayout:
             or list(blind["data_type"]) != [GRID_TYPE_FLOAT, GRID_TYPE_INT64]:
         raise LayoutError("blind-data records do not describe hyprvdb's values and meta channels")
     return lay
+
+
+def parse_tree(buf: np.ndarray, names: tuple[bytes, ...], dtypes: tuple[str, ...]) -> TreeLayout:
+    """Locate the parts of a grid that :func:`build_grid` wrote with channels ``names`` of
+    element types ``dtypes`` (data blocks in record order), checking every offset and count
+    against the buffer. Raises :class:`LayoutError`; checksums are not verified here."""
+    size = len(buf)
+    if size < TILES_OFF:
+        raise LayoutError(f"a grid buffer needs at least {TILES_OFF} bytes, got {size}")
+    grid = grid_header(buf)
+    if int(grid["grid_size"]) != size:
+        raise LayoutError(f"the grid says it is {int(grid['grid_size'])} bytes, got {size}")
+    tree = buf[TREE_OFF:ROOT_OFF].view(TREE_DT)[0]
+    root = buf[ROOT_OFF:TILES_OFF].view(ROOT_DT)[0]
+    if int(tree["node_offset"][3]) != ROOT_OFF - TREE_OFF:
+        raise LayoutError("the root node does not follow the tree header")
+    n_leaf, n_lower, n_upper = (int(v) for v in tree["node_count"])
+    tiles, voxels = int(root["table_size"]), int(tree["voxel_count"])
+    if tiles != n_upper or int(grid["data1"]) != voxels + 1:
+        raise LayoutError(f"inconsistent counts: {tiles} root tiles, {n_upper} upper nodes, "
+                          f"{voxels} active voxels, {int(grid['data1'])} values")
+    upper = TILES_OFF + TILE_SIZE * tiles
+    lower = upper + UPPER_SIZE * n_upper
+    leaf = lower + LOWER_SIZE * n_lower
+    blind = leaf + LEAF_SIZE * n_leaf
+    offsets = [int(v) for v in tree["node_offset"][:3]]
+    expected = [leaf - TREE_OFF if n_leaf else 0, lower - TREE_OFF if n_lower else 0,
+                upper - TREE_OFF if n_upper else 0]
+    if offsets != expected:
+        raise LayoutError(f"node arrays are not packed breadth-first after the root "
+                          f"(tree offsets {offsets}, expected {expected})")
+    n_ch = len(names)
+    if (int(grid["blind_metadata_offset"]) != blind
+            or int(grid["blind_metadata_count"]) != n_ch
+            or blind + BLIND_META_SIZE * n_ch > size):
+        raise LayoutError(f"the grid does not have {n_ch} blind-data channels after the leaves")
+    recs = buf[blind:blind + BLIND_META_SIZE * n_ch].view(BLIND_DT)
+    got = [bytes(n) for n in recs["name"]]
+    if got != list(names):
+        raise LayoutError(f"blind-data channels are {got}, expected {list(names)}")
+    at = blind + BLIND_META_SIZE * n_ch
+    data_at = []
+    for i in range(n_ch):
+        where = int(recs["byte_offset"][i]) + blind + BLIND_META_SIZE * i
+        nbytes = int(recs["element_count"][i]) * np.dtype(dtypes[i]).itemsize
+        if where != at or at + nbytes > size:
+            raise LayoutError(f"channel {names[i].decode()} is not where it belongs")
+        data_at.append(at)
+        at += _pad(nbytes)
+    if at != size:
+        raise LayoutError(f"a grid with these counts is {at} bytes, the buffer is {size}")
+    return TreeLayout(size, tiles, upper, n_upper, lower, n_lower, leaf, n_leaf, blind,
+                      tuple(data_at), voxels)
+
+
+def channel_counts(buf: np.ndarray, lay: TreeLayout) -> list[int]:
+    """Element counts of the blind-data records of a grid :func:`parse_tree` accepted."""
+    n = len(lay.channel_offsets)
+    recs = buf[lay.blind_meta_offset:lay.blind_meta_offset + BLIND_META_SIZE * n].view(BLIND_DT)
+    return [int(c) for c in recs["element_count"]]
 
 
 def values_view(buf: np.ndarray, lay: GridLayout) -> np.ndarray:

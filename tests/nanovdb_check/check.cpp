@@ -2,11 +2,15 @@
 //
 //   g++ -std=c++17 -O1 -pthread -I/usr/include check.cpp -o check
 //   ./check FILE < coords        (coords: one "row col" pair per line)
+//   ./check --set FILE < coords  (a set snapshot; coords: one "matrix row col" per line)
 //
 // Reads the file with nanovdb::io::readGrid, runs nanovdb::isValid(grid, true, true), checks
 // what the validator leaves out (counts, bboxes, breadth-first order, value offsets), then for
 // every coordinate prints NanoVDB's ReadAccessor value (for an index grid: the index) and the
 // float of the values channel at that index. A weight (row, col) is voxel (row, col >> 3, col & 7).
+// In --set mode the voxels are 64-column cells (hyprvdb/snapshot/_set.py); the value of a
+// weight is found here from NanoVDB's accessor and the channels read through getBlindData,
+// written from the format's description, not from hyprvdb's kernels.
 // Exit status: 0 when everything holds, 1 when a check fails, 2 when the file cannot be read.
 
 #include <iostream>  // GridValidator.h uses std::cerr without including <iostream>
@@ -55,6 +59,14 @@ CoordBBox maskBBox(const LeafT& leaf) {
     for (auto it = leaf.beginValueOn(); it; ++it) b.expand(it.getCoord());
     return b;
 }
+
+bool setMode = false;
+const char* const kSetChannels[7] = {"hyprvdb_cell_start", "hyprvdb_cell_base",
+                                     "hyprvdb_offsets",    "hyprvdb_values",
+                                     "hyprvdb_matrices",   "hyprvdb_names", "hyprvdb_meta"};
+const GridType kSetTypes[7] = {GridType::Int16, GridType::Int32, GridType::Unknown,
+                               GridType::Float, GridType::Int64, GridType::Unknown,
+                               GridType::Int64};
 
 void checkStructure(const GridT& grid) {
     const auto& tree = grid.tree();
@@ -133,6 +145,17 @@ void checkStructure(const GridT& grid) {
         fail("empty grid with a non-empty bbox");
     }
     if (grid.voxelSize() != Vec3R(1.0)) fail("voxel size");
+    if (setMode) {
+        if (grid.blindDataCount() != 7) { fail("expected 7 blind-data channels"); return; }
+        for (uint32_t i = 0; i < 7; ++i) {
+            const auto& m = grid.blindMetaData(i);
+            if (std::strcmp(m.mName, kSetChannels[i]) || m.mDataType != kSetTypes[i])
+                fail(std::string("channel ") + kSetChannels[i]);
+        }
+        const auto& start = grid.blindMetaData(0);
+        if (start.mElementCount != grid.valueCount() + 1) fail("cell_start count");
+        return;
+    }
     if (grid.blindDataCount() != 2) { fail("expected 2 blind-data channels"); return; }
     const auto& m0 = grid.blindMetaData(0);
     if (std::strcmp(m0.mName, "hyprvdb_values") || m0.mDataType != GridType::Float ||
@@ -146,9 +169,36 @@ void checkStructure(const GridT& grid) {
 
 }  // namespace
 
+// The value of weight (row, col) of matrix m of a set snapshot, from the format's description.
+float setValue(const GridT& grid, int64_t m, int64_t row, int64_t col, uint64_t* cellIndex) {
+    const int16_t* rel = grid.blindMetaData(0).getBlindData<int16_t>();
+    const int32_t* base = grid.blindMetaData(1).getBlindData<int32_t>();
+    const uint8_t* offs = grid.blindMetaData(2).getBlindData<uint8_t>();
+    const float* vals = grid.blindMetaData(3).getBlindData<float>();
+    const int64_t* t = grid.blindMetaData(4).getBlindData<int64_t>() + 7 * m;
+    const int64_t perRow = (t[2] + 63) / 64;
+    const int64_t g = t[0] + row * perRow + col / 64;
+    // cell g: leaf offset in bits 0-8, lower slot 9-20, upper slot 21-35, root tile 36 up
+    auto bits = [g](int at, int n) { return (g >> at) & ((int64_t(1) << n) - 1); };
+    const Coord ijk(int((g >> 36) * 4096 + bits(31, 5) * 128 + bits(17, 4) * 8 + bits(6, 3)),
+                    int(bits(26, 5) * 128 + bits(13, 4) * 8 + bits(3, 3)),
+                    int(bits(21, 5) * 128 + bits(9, 4) * 8 + bits(0, 3)));
+    const uint64_t k = grid.tree().getValue(ijk);
+    *cellIndex = k;
+    const int64_t a = base[k / 16] + rel[k], b = base[(k + 1) / 16] + rel[k + 1];
+    for (int64_t j = a; j < b; ++j)
+        if (offs[j] == col % 64) return vals[j];
+    return 0.0f;
+}
+
 int main(int argc, char** argv) {
+    if (argc == 3 && std::string(argv[1]) == "--set") {
+        setMode = true;
+        argv[1] = argv[2];
+        argc = 2;
+    }
     if (argc != 2) {
-        std::cerr << "usage: check FILE < coords\n";
+        std::cerr << "usage: check [--set] FILE < coords\n";
         return 2;
     }
     GridHandle<HostBuffer> handle;
@@ -168,6 +218,27 @@ int main(int argc, char** argv) {
     const auto partial = checksum(*grid, ChecksumMode::Partial);
     checkStructure(*grid);
     const auto& tree = grid->tree();
+    if (setMode) {
+        std::printf("valid %d\n", int(valid));
+        std::printf("counts voxels %" PRIu64 " values %" PRIu64
+                    " leaves %u lowers %u uppers %u tiles %u\n",
+                    grid->activeVoxelCount(), grid->valueCount(), tree.nodeCount(0),
+                    tree.nodeCount(1), tree.nodeCount(2), tree.root().tileCount());
+        std::printf("checksum stored %016" PRIx64 " full %016" PRIx64 "\n", grid->checksum(),
+                    full);
+        std::printf("structure %s\n", failure.empty() ? "ok" : failure.c_str());
+        if (!failure.empty()) return 1;
+        long long m, row, col;
+        while (std::cin >> m >> row >> col) {
+            uint64_t k = 0;
+            const float v = setValue(*grid, m, row, col, &k);
+            uint32_t bits;
+            std::memcpy(&bits, &v, 4);
+            std::printf("at %lld %lld %" PRIu64 " %d %08x %.9g\n", row, col, k, int(k != 0),
+                        bits, v);
+        }
+        return valid && grid->checksum() == full ? 0 : 1;
+    }
     if (grid->blindDataCount() != 2) {
         std::printf("valid %d\nstructure %s\n", int(valid), failure.c_str());
         return 1;

@@ -14,7 +14,11 @@ Make a baseline from a git revision:
     pip install --no-build-isolation --no-deps --target /tmp/new-site .
 
 Run:  python bench/compare_builds.py --baseline /tmp/base-site --current /tmp/new-site
-      [--rounds 3] [--repeats 3] [--json PATH]
+      [--rounds 3] [--repeats 3] [--demo-rounds 4] [--json PATH]
+
+``--demo-rounds N`` also runs ``hyprvdb demo`` N times with each build, alternating which goes
+first, timing each call of ``AdaptiveEncoder.adapt`` (one online step: forward, loss, sparse
+update, commit, swap) and comparing the medians of the runs' median step times.
 """
 
 from __future__ import annotations
@@ -63,6 +67,35 @@ def run_ops(site: str, repeats: int, seed: int) -> dict:
             return json.load(f)["results"]
 
 
+_DEMO = """
+import json, sys, time
+import hyprvdb.serve._encoder as E
+adapt, times = E.AdaptiveEncoder.adapt, []
+def timed(self, *a, **k):
+    t = time.perf_counter()
+    out = adapt(self, *a, **k)
+    times.append(time.perf_counter() - t)
+    return out
+E.AdaptiveEncoder.adapt = timed
+from hyprvdb.serve._demo import run
+run()
+print("STEP_SECONDS " + json.dumps(times))
+"""
+
+
+def run_demo(site: str) -> list[float]:
+    """Seconds of each of the demo's adapt steps with this build."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([site, sysconfig.get_paths()["purelib"],
+                                         sysconfig.get_paths()["platlib"]])
+    proc = subprocess.run([sys.executable, "-S", "-c", _DEMO], capture_output=True, text=True,
+                          env=env, cwd=tempfile.gettempdir())
+    if proc.returncode != 0:
+        raise RuntimeError(f"the demo with {site} failed:\n{proc.stdout}\n{proc.stderr}")
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("STEP_SECONDS ")][-1]
+    return json.loads(line.split(" ", 1)[1])
+
+
 def pick(res: dict, path: tuple) -> float:
     x = res
     for k in path:
@@ -90,6 +123,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="alternating runs of each build")
     ap.add_argument("--repeats", type=int, default=3, help="ops.py --repeats")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--demo-rounds", type=int, default=0,
+                    help="hyprvdb demo runs per build (0: none)")
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args()
     builds = {"baseline": args.baseline, "current": args.current}
@@ -102,6 +137,12 @@ def main() -> int:
         for name in order:
             print(f"round {r + 1}/{args.rounds}: {name} ...", flush=True)
             runs[name].append(run_ops(builds[name], args.repeats, args.seed))
+    demo: dict[str, list[list[float]]] = {k: [] for k in builds}
+    for r in range(args.demo_rounds):
+        order = list(builds) if r % 2 == 0 else list(builds)[::-1]
+        for name in order:
+            print(f"demo round {r + 1}/{args.demo_rounds}: {name} ...", flush=True)
+            demo[name].append(run_demo(builds[name]))
     rows, table = [], {}
     all_ok = True
     for op, path in OPS.items():
@@ -115,6 +156,17 @@ def main() -> int:
                      "current_runs_s": [pick(x, path) for x in runs["current"]]}
         rows.append([op, C.fmt_time(base), C.fmt_time(cur), f"{ratio:.2f}",
                      f"<= {LIMIT:.2f}", C.verdict(ok)])
+    if args.demo_rounds:
+        base = C.median([C.median(x) for x in demo["baseline"]])
+        cur = C.median([C.median(x) for x in demo["current"]])
+        ratio = cur / base
+        ok = ratio <= LIMIT
+        all_ok &= ok
+        table["demo step"] = {"baseline_s": base, "current_s": cur, "ratio": ratio, "ok": ok,
+                              "baseline_runs_s": [C.median(x) for x in demo["baseline"]],
+                              "current_runs_s": [C.median(x) for x in demo["current"]]}
+        rows.append(["hyprvdb demo: one adapt step", C.fmt_time(base), C.fmt_time(cur),
+                     f"{ratio:.2f}", f"<= {LIMIT:.2f}", C.verdict(ok)])
     print()
     print(f"bench/ops.py, {args.rounds} alternating runs per build (each op: median of the "
           f"runs' medians); baseline {args.baseline}, current {args.current}")
@@ -130,6 +182,7 @@ def main() -> int:
                                                    "wall_s": wall, "summary": summary},
                      config={"baseline": args.baseline, "current": args.current,
                              "rounds": args.rounds, "repeats": args.repeats,
+                             "demo_rounds": args.demo_rounds,
                              "seed": args.seed})
         print(f"wrote {args.json}")
     print(summary)

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping
-from typing import Any
 
 import numpy as np
 
 from .. import _validate as V
 from .._atomic import atomic_write
-from .._errors import CorruptFileError, ForeignFileError
+from .._errors import CorruptFileError
 from .._native import core as _core_module
-from ._sparse import FORMAT_KEY, SparseAdapter, _fspath, read_grids
-from ._vdbfile import CRC_KEY, CRC_PLACEHOLDER, check_vdb_bytes, stamp_checksum
+from ._sparse import FORMAT_KEY, SparseAdapter, _fspath, read_vdb_file
+from ._vdbfile import CRC_KEY, CRC_PLACEHOLDER, stamp_checksum
 
 __all__ = ["AdapterSet"]
 
@@ -149,15 +148,9 @@ class AdapterSet(Mapping[str, SparseAdapter]):
         Raises ``FileNotFoundError`` for a missing file, :class:`CorruptFileError` for a
         truncated or damaged one, :class:`ForeignFileError` for a file hyprvdb did not write.
         """
-        path = _fspath("path", path)
-        with open(path, "rb") as f:
-            data = f.read()
-        fmt = check_vdb_bytes(data, path)
-        if fmt != SET_FORMAT:
-            raise ForeignFileError(f"{path!r} holds format {fmt!r}; AdapterSet.load reads "
-                                   f"{SET_FORMAT!r}")
+        path, grids = read_vdb_file(path, SET_FORMAT, "AdapterSet.load")
         out = cls(allow_nonfinite=allow_nonfinite)
-        for name, rows, cols, bh, bw, r, c, v in read_grids(data, path):
+        for name, rows, cols, bh, bw, r, c, v in grids:
             if (bh, bw) != (1, 1):
                 raise CorruptFileError(f"{path!r}: grid {name!r} has block shape {(bh, bw)}; "
                                        f"an AdapterSet's members are unstructured (1, 1)")

@@ -360,14 +360,7 @@ class SparseAdapter:
         Raises ``FileNotFoundError`` for a missing file, :class:`CorruptFileError` for a
         truncated or damaged one, :class:`ForeignFileError` for a file hyprvdb did not write.
         """
-        path = _fspath("path", path)
-        with open(path, "rb") as f:
-            data = f.read()
-        fmt = check_vdb_bytes(data, path)
-        if fmt != FORMAT:
-            raise ForeignFileError(f"{path!r} holds format {fmt!r}; this hyprvdb reads "
-                                   f"{FORMAT!r}")
-        grids = read_grids(data, path)
+        path, grids = read_vdb_file(path, FORMAT, "this hyprvdb")
         if len(grids) != 1:
             raise CorruptFileError(f"{path!r} holds {len(grids)} adapter grids; a SparseAdapter "
                                    f"file holds one")
@@ -581,6 +574,18 @@ def _new_core(rows: int, cols: int, bh: int, bw: int) -> Any:
     a tree of whole blocks in tile mode."""
     mod = _core_module()
     return mod.View(rows, cols) if (bh, bw) == (1, 1) else mod.Core(rows, cols, bh, bw)
+
+
+def read_vdb_file(path: Any, fmt: str, reader: str) -> tuple[str, list[tuple]]:
+    """(path as str, the grids) of a hyprvdb ``.vdb`` file whose format must be ``fmt``;
+    ``reader`` names who reads it in the error for another format."""
+    path = _fspath("path", path)
+    with open(path, "rb") as f:
+        data = f.read()
+    got = check_vdb_bytes(data, path)
+    if got != fmt:
+        raise ForeignFileError(f"{path!r} holds format {got!r}; {reader} reads {fmt!r}")
+    return path, read_grids(data, path)
 
 
 def read_grids(data: bytes, path: str) -> list[tuple]:

@@ -692,61 +692,31 @@ def grid_header(buf: np.ndarray) -> np.void:
 
 
 def parse(buf: np.ndarray) -> GridLayout:
-    """Locate the parts of an index grid buffer, checking that every offset stays inside it.
+    """Locate the parts of a weight grid (:func:`build`), checking that every offset stays
+    inside it.
 
     Raises :class:`LayoutError` for buffers that do not have the shape written by
     :func:`build` (node arrays in breadth-first order, two blind channels after the leaves).
     It does not verify checksums or node contents.
     """
-    size = len(buf)
-    if size < TILES_OFF:
-        raise LayoutError(f"a grid buffer needs at least {TILES_OFF} bytes, got {size}")
-    grid = grid_header(buf)
-    if int(grid["grid_size"]) != size:
-        raise LayoutError(f"the grid says it is {int(grid['grid_size'])} bytes, got {size}")
-    tree = buf[TREE_OFF:ROOT_OFF].view(TREE_DT)[0]
-    root = buf[ROOT_OFF:TILES_OFF].view(ROOT_DT)[0]
-    if int(tree["node_offset"][3]) != ROOT_OFF - TREE_OFF:
-        raise LayoutError("the root node does not follow the tree header")
-    n_leaf, n_lower, n_upper = (int(v) for v in tree["node_count"])
-    tiles = int(root["table_size"])
-    value_count = int(grid["data1"])
-    if tiles != n_upper or value_count < 1 or value_count != int(tree["voxel_count"]) + 1:
-        raise LayoutError(f"inconsistent counts: {tiles} root tiles, {n_upper} upper nodes, "
-                          f"{int(tree['voxel_count'])} active voxels, {value_count} values")
-    lay = plan(tiles, n_upper, n_lower, n_leaf, value_count)
-    offsets = [int(v) for v in tree["node_offset"][:3]]
-    expected = [lay.leaf_offset - TREE_OFF if n_leaf else 0,
-                lay.lower_offset - TREE_OFF if n_lower else 0,
-                lay.upper_offset - TREE_OFF if n_upper else 0]
-    if offsets != expected:
-        raise LayoutError(f"node arrays are not packed breadth-first after the root "
-                          f"(tree offsets {offsets}, expected {expected})")
-    if (int(grid["blind_metadata_offset"]) != lay.blind_meta_offset
-            or int(grid["blind_metadata_count"]) != 2):
-        raise LayoutError("the grid does not have hyprvdb's two blind-data channels after "
-                          "the leaves")
-    if lay.grid_size != size:
-        raise LayoutError(f"a grid with these counts is {lay.grid_size} bytes, the buffer "
-                          f"is {size}")
-    blind = buf[lay.blind_meta_offset:lay.meta_offset].view(BLIND_DT)
-    names = [bytes(n) for n in blind["name"]]
-    if names != [VALUES_CHANNEL, META_CHANNEL]:
-        raise LayoutError(f"blind-data channels are {names}, expected "
-                          f"{[VALUES_CHANNEL, META_CHANNEL]}")
-    where = [int(blind["byte_offset"][0]) + lay.blind_meta_offset,
-             int(blind["byte_offset"][1]) + lay.blind_meta_offset + BLIND_META_SIZE]
-    counts = [int(n) for n in blind["element_count"]]
-    if where != [lay.values_offset, lay.meta_offset] or counts != [value_count, 4] \
-            or list(blind["data_type"]) != [GRID_TYPE_FLOAT, GRID_TYPE_INT64]:
+    t = parse_tree(buf, (VALUES_CHANNEL, META_CHANNEL), ("<f4", "<i8"), data_order=(1, 0))
+    recs = buf[t.blind_meta_offset:t.blind_meta_offset + 2 * BLIND_META_SIZE].view(BLIND_DT)
+    value_count = t.voxel_count + 1
+    if [int(n) for n in recs["element_count"]] != [value_count, 4] \
+            or list(recs["data_type"]) != [GRID_TYPE_FLOAT, GRID_TYPE_INT64]:
         raise LayoutError("blind-data records do not describe hyprvdb's values and meta channels")
+    lay = plan(t.tile_count, t.upper_count, t.lower_count, t.leaf_count, value_count)
+    assert (lay.values_offset, lay.meta_offset, lay.grid_size) == (
+        t.channel_offsets[0], t.channel_offsets[1], t.grid_size)
     return lay
 
 
-def parse_tree(buf: np.ndarray, names: tuple[bytes, ...], dtypes: tuple[str, ...]) -> TreeLayout:
+def parse_tree(buf: np.ndarray, names: tuple[bytes, ...], dtypes: tuple[str, ...], *,
+               data_order: tuple[int, ...] | None = None) -> TreeLayout:
     """Locate the parts of a grid that :func:`build_grid` wrote with channels ``names`` of
-    element types ``dtypes`` (data blocks in record order), checking every offset and count
-    against the buffer. Raises :class:`LayoutError`; checksums are not verified here."""
+    element types ``dtypes`` (data blocks in ``data_order``, default record order), checking
+    every offset and count against the buffer. Raises :class:`LayoutError`; checksums are not
+    verified here."""
     size = len(buf)
     if size < TILES_OFF:
         raise LayoutError(f"a grid buffer needs at least {TILES_OFF} bytes, got {size}")
@@ -782,13 +752,13 @@ def parse_tree(buf: np.ndarray, names: tuple[bytes, ...], dtypes: tuple[str, ...
     if got != list(names):
         raise LayoutError(f"blind-data channels are {got}, expected {list(names)}")
     at = blind + BLIND_META_SIZE * n_ch
-    data_at = []
-    for i in range(n_ch):
+    data_at = [0] * n_ch
+    for i in (range(n_ch) if data_order is None else data_order):
         where = int(recs["byte_offset"][i]) + blind + BLIND_META_SIZE * i
         nbytes = int(recs["element_count"][i]) * np.dtype(dtypes[i]).itemsize
         if where != at or at + nbytes > size:
             raise LayoutError(f"channel {names[i].decode()} is not where it belongs")
-        data_at.append(at)
+        data_at[i] = at
         at += _pad(nbytes)
     if at != size:
         raise LayoutError(f"a grid with these counts is {at} bytes, the buffer is {size}")

@@ -1,4 +1,4 @@
-"""The ``hyprvdb`` command: ``demo``, ``serve``, ``info FILE``, ``convert SRC DST``."""
+"""The ``hyprvdb`` command: ``demo``, ``serve``, ``info PATH``, ``convert SRC DST``."""
 
 from __future__ import annotations
 
@@ -19,10 +19,19 @@ _HISTORY_MAGIC = b"HYPRVDBZ"
 
 
 def file_kind(path: str | os.PathLike) -> str:
-    """``"vdb"``, ``"nvdb"``, ``"history"`` or ``"safetensors"``, from the file's first bytes."""
+    """``"vdb"``, ``"nvdb"``, ``"history"`` or ``"safetensors"``, from the file's first bytes;
+    for a folder ``"peft"`` (``adapter_config.json`` + ``adapter_model.safetensors``) or
+    ``"vdb folder"`` (``.vdb`` files)."""
+    from . import _peft
     p = Path(path)
     if p.is_dir():
-        raise IsADirectoryError(f"{os.fspath(path)!r} is a folder, not a file")
+        if _peft.is_peft_folder(p):
+            return "peft"
+        if any(f.suffix == ".vdb" for f in p.iterdir()):
+            return "vdb folder"
+        raise IsADirectoryError(f"{os.fspath(path)!r} is a folder that is neither a PEFT "
+                                f"adapter folder ({_peft.CONFIG} + {_peft.WEIGHTS}) nor holds "
+                                f".vdb files")
     with open(p, "rb") as f:
         head = f.read(16)
     if head.startswith(_VDB_MAGIC):
@@ -41,6 +50,8 @@ def file_kind(path: str | os.PathLike) -> str:
 def info(path: str) -> dict[str, Any]:
     """A description of a hyprvdb file."""
     kind = file_kind(path)
+    if kind in ("peft", "vdb folder"):
+        return _folder_info(path, kind)
     out: dict[str, Any] = {"file": path, "kind": kind, "bytes": os.path.getsize(path)}
     if kind == "vdb":
         a = _load_vdb(path)
@@ -78,6 +89,42 @@ def info(path: str) -> dict[str, Any]:
     return out
 
 
+def _folder_info(path: str, kind: str) -> dict[str, Any]:
+    """Totals of a PEFT folder or a folder of .vdb files: matrices, active weights, density,
+    bytes on disk per weight."""
+    from . import _peft
+    files = sorted(f for f in Path(path).iterdir() if f.is_file())
+    out: dict[str, Any] = {"file": path, "kind": kind,
+                           "bytes": sum(f.stat().st_size for f in files)}
+    if kind == "peft":
+        ptype = _peft.peft_type(path)
+        out["kind"] = f"peft {ptype.lower()}"
+        conf = _peft.read_config(Path(path))
+        out["r"] = conf.get("r")
+        if ptype == "SHIRA":
+            members = {n: (shape, len(r)) for n, shape, r, _, _ in _peft.read_shira(path)}
+            out["shapes_note"] = ("SHiRA folders do not store layer shapes: each is the "
+                                  "smallest that holds its indices")
+        else:
+            _, pairs = _peft.read_lora(path)
+            members = {n: ((b.shape[0], a.shape[1]), a.shape[0] * (a.shape[1] + b.shape[0]))
+                       for n, (a, b) in sorted(pairs.items())}
+            out["weights_note"] = "LoRA: active = the parameters of A and B"
+    else:
+        members = {}
+        for f in files:
+            if f.suffix == ".vdb":
+                a = _load_vdb(str(f))
+                for k, m in (a.items() if hasattr(a, "add") else [(a.name, a)]):
+                    members[k] = (m.shape, m.active_count())
+    active = sum(n for _, n in members.values())
+    size = sum(s[0] * s[1] for s, _ in members.values())
+    out.update(matrices=len(members), active=active, density=active / size if size else 0.0,
+               bytes_per_weight=out["bytes"] / active if active else None,
+               members={k: [list(s), n] for k, (s, n) in members.items()})
+    return out
+
+
 def _load_vdb(path: str) -> Any:
     """A SparseAdapter, or an AdapterSet where the file holds one."""
     from ._errors import ForeignFileError
@@ -105,33 +152,22 @@ def _load_nvdb(path: str) -> Any:
 
 
 # -------------------------------------------------------------------- convert
-def _lora_pairs(tensors: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    pairs = {}
-    for k, a in tensors.items():
-        if k.endswith("lora_A.weight"):
-            base = k[: -len("lora_A.weight")].rstrip(".")
-            b = tensors.get(f"{base}.lora_B.weight")
-            if b is None:
-                raise ValueError(f"{k} has no matching {base}.lora_B.weight")
-            pairs[base] = (a, b)
-    return pairs
-
-
 def _adapters_from_safetensors(path: str, density: float, alpha: float | None
                                ) -> dict[str, Any]:
     """PEFT LoRA pairs (sparsified by ``from_lora``) or dense 2-D tensors (top entries)."""
     from safetensors.numpy import load_file
 
+    from . import _peft
     from .adapter import SparseAdapter
     tensors = load_file(path)
-    pairs = _lora_pairs(tensors)
+    pairs = _peft.lora_pairs(tensors)
     out = {}
     if pairs:
-        cfg = Path(path).with_name("adapter_config.json")
-        conf = json.loads(cfg.read_text()) if cfg.is_file() else {}
+        cfg = Path(path).with_name(_peft.CONFIG)
+        conf = _peft.read_config(cfg.parent) if cfg.is_file() else {}
         for name, (a, b) in sorted(pairs.items()):
             r = a.shape[0]
-            al = alpha if alpha is not None else float(conf.get("lora_alpha", r))
+            al = _peft.lora_scale(conf, name, r, alpha) * r
             out[name] = SparseAdapter.from_lora(a, b, alpha=al, density=density, name=name)
         return out
     for name, w in sorted(tensors.items()):
@@ -147,7 +183,8 @@ def _adapters_from_safetensors(path: str, density: float, alpha: float | None
 
 
 def convert(src: str, dst: str, *, density: float = 0.01, alpha: float | None = None,
-            step: int | None = None) -> list[str]:
+            step: int | None = None, shira: bool = False,
+            shapes: dict[str, tuple[int, int]] | None = None) -> list[str]:
     """Convert between PEFT LoRA / dense safetensors, .vdb, .nvdb and history files.
 
     The destination's kind follows its suffix: ``.vdb``, ``.nvdb``, ``.safetensors`` (dense
@@ -156,7 +193,17 @@ def convert(src: str, dst: str, *, density: float = 0.01, alpha: float | None = 
     """
     from .adapter import SparseAdapter
     kind = file_kind(src)
-    if kind == "safetensors":
+    if kind == "peft":
+        from .adapter import AdapterSet
+        got = AdapterSet.from_peft(src, density=density, alpha=alpha, shapes=shapes)
+        adapters = {k: m.copy() for k, m in got.items()}
+    elif kind == "vdb folder":
+        adapters = {}
+        for f in sorted(Path(src).glob("*.vdb")):
+            a = _load_vdb(str(f))
+            adapters.update({k: m.copy() for k, m in a.items()} if hasattr(a, "add")
+                            else {a.name: a})
+    elif kind == "safetensors":
         adapters = _adapters_from_safetensors(src, density, alpha)
     elif kind == "vdb":
         a = _load_vdb(src)
@@ -178,12 +225,17 @@ def convert(src: str, dst: str, *, density: float = 0.01, alpha: float | None = 
         t = g.latest if step is None else step
         adapters = {k: h.weights_at_time(t) for k, h in g.items()}
         g.close()
-    return _write(adapters, dst, step)
+    return _write(adapters, dst, step, shira)
 
 
-def _write(adapters: dict[str, Any], dst: str, step: int | None) -> list[str]:
+def _write(adapters: dict[str, Any], dst: str, step: int | None, shira: bool = False
+           ) -> list[str]:
     d = Path(dst)
     suffix = d.suffix.lower()
+    if shira:
+        from . import _peft
+        _peft.write_shira(d, [(k, a.shape, *a.active_weights()) for k, a in adapters.items()])
+        return [str(d / _peft.CONFIG), str(d / _peft.WEIGHTS)]
     if suffix == ".nvdb" and len(adapters) != 1:  # one grid of cells for every matrix
         from .snapshot import SetSnapshot
         SetSnapshot.from_matrices(adapters, step=step).save_nvdb(dst)
@@ -237,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--history", default="hyprvdb-history.hvh",
                    help="history file (created or appended to)")
     s.add_argument("--model", default=None, help="model folder (default: embedded MiniLM)")
-    i = sub.add_parser("info", help="describe a .vdb, .nvdb, history or safetensors file")
+    i = sub.add_parser("info", help="describe a .vdb, .nvdb, history or safetensors file, a "
+                                    "PEFT adapter folder or a folder of .vdb files")
     i.add_argument("file")
     c = sub.add_parser("convert", help="PEFT LoRA / dense safetensors <-> .vdb / .nvdb / .hvh")
     c.add_argument("src")
@@ -247,6 +300,12 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--alpha", type=float, default=None,
                    help="LoRA alpha (default: adapter_config.json beside the file, else r)")
     c.add_argument("--step", type=int, default=None, help="history step to export")
+    c.add_argument("--shape", action="append", default=[], metavar="MODULE=OUTxIN",
+                   help="a SHiRA layer's shape (the folder does not store it; default: the "
+                        "smallest that holds its indices); repeat for each layer")
+    c.add_argument("--shira", action="store_true",
+                   help="write DST as a PEFT SHiRA adapter folder (PeftModel.from_pretrained "
+                        "loads it)")
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
@@ -260,8 +319,17 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if not 0 < args.density <= 1:
                 parser.error(f"--density must be in (0, 1], got {args.density}")
+            shapes = {}
+            for item in args.shape:
+                name, _, dims = item.partition("=")
+                out_in = dims.lower().split("x")
+                if not name or len(out_in) != 2 or not all(d.isdigit() and int(d) > 0
+                                                            for d in out_in):
+                    parser.error(f"--shape must be MODULE=OUTxIN (such as q_proj=384x384), "
+                                 f"got {item!r}")
+                shapes[name] = (int(out_in[0]), int(out_in[1]))
             for p in convert(args.src, args.dst, density=args.density, alpha=args.alpha,
-                             step=args.step):
+                             step=args.step, shira=args.shira, shapes=shapes):
                 print(p)
     except (OSError, ValueError) as exc:
         print(f"hyprvdb {args.command}: {exc}", file=sys.stderr)

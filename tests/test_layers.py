@@ -5,7 +5,8 @@ Packages are the subpackages of hyprvdb (``adapter``, ``history``, ``snapshot``,
 ``serve``) and the top level (``hyprvdb``: the shared base modules, ``jax``, ``cli``). A private
 name is one with a single leading underscore. Inside a package, code may use the private names
 that package defines; across packages it uses public names only. The shared base modules of
-the top level (``_errors``, ``_validate``, ``_native``, ``_coo``, ``_zaxis``, ``_atomic``) are
+the top level (``_errors``, ``_validate``, ``_native``, ``_coo``, ``_zaxis``, ``_atomic``,
+``_peft``: PEFT folders with numpy and safetensors) are
 importable by every package: they are the floor the tiers stand on.
 """
 
@@ -18,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "hyprvdb"
 SUBPACKAGES = ("adapter", "history", "snapshot", "ops", "serve")
-BASE_MODULES = {"_errors", "_validate", "_native", "_coo", "_zaxis", "_atomic"}
+BASE_MODULES = {"_errors", "_validate", "_native", "_coo", "_zaxis", "_atomic", "_peft"}
 # What each tier may import from the others (the layers point down; serving needs no OpenVDB
 # module at import time, and the write path may use what reads need).
 ALLOWED = {

@@ -84,6 +84,9 @@ SET_MEMBERS = {
     "save": ("function", "(self, path)"),
     "load": ("classmethod", "(path, *, allow_nonfinite=False)"),
     "from_adapters": ("classmethod", "(adapters, *, allow_nonfinite=False)"),
+    "from_peft": ("classmethod", "(path, *, density=0.01, alpha=None, shapes=None, "
+                                 "allow_nonfinite=False)"),
+    "save_shira": ("function", "(self, path, *, r=None, base_model=None)"),
     # the Mapping protocol
     "__getitem__": ("function", "(self, name)"),
     "__len__": ("function", "(self)"),

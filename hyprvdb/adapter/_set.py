@@ -160,6 +160,50 @@ class AdapterSet(Mapping[str, SparseAdapter]):
         return out
 
     @classmethod
+    def from_peft(cls, path: str | os.PathLike, *, density: float = 0.01,
+                  alpha: float | None = None, shapes: Mapping[str, tuple[int, int]] | None = None,
+                  allow_nonfinite: bool = False) -> AdapterSet:
+        """A PEFT adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``) as a
+        set, members named by their modules' state-dict names.
+
+        SHiRA: its values and coordinates as they are (repeated coordinates summed, explicit
+        zeros kept), shapes from ``shapes`` (module name -> (out, in)) or, where not given,
+        the smallest that holds the indices. LoRA: each ``lora_alpha / r · B·A`` sparsified to
+        its ``density`` largest entries (``SparseAdapter.from_lora``), ``alpha`` overriding
+        the config's ``lora_alpha`` / ``alpha_pattern``.
+        """
+        from .. import _peft as P
+        path = _fspath("path", path)
+        if not P.is_peft_folder(path):
+            raise ValueError(f"path must be a PEFT adapter folder ({P.CONFIG} and {P.WEIGHTS}), "
+                             f"got {path!r}")
+        out = cls(allow_nonfinite=allow_nonfinite)
+        if P.peft_type(path) == "SHIRA":
+            for name, (n_rows, n_cols), r, c, v in P.read_shira(path, dict(shapes or {})):
+                out.add(name, n_rows, n_cols).batch_update(r, c, v)
+            return out
+        conf, pairs = P.read_lora(path)
+        for name in sorted(pairs):
+            a, b = pairs[name]
+            rank = a.shape[0]
+            lora = SparseAdapter.from_lora(a, b, alpha=P.lora_scale(conf, name, rank, alpha) * rank,
+                                           density=density)
+            out.add(name, *lora.shape).batch_update(*lora.active_weights())
+        return out
+
+    def save_shira(self, path: str | os.PathLike, *, r: int | None = None,
+                   base_model: str | None = None) -> None:
+        """Write the set as a PEFT SHiRA folder that ``PeftModel.from_pretrained`` loads: each
+        member a layer ``(out, in)`` = its shape, named by the member (``base_model.model.``
+        prepended where missing). PEFT gives every layer exactly ``r · (in + out)`` weights,
+        so members with fewer are padded with explicit zeros (outputs unchanged); ``r``
+        defaults to the smallest that holds every member."""
+        from .. import _peft as P
+        P.write_shira(_fspath("path", path),
+                      [(name, m.shape, *m.active_weights()) for name, m in self.items()],
+                      r=r, base_model=base_model)
+
+    @classmethod
     def from_adapters(cls, adapters: Mapping[str, SparseAdapter], *,
                       allow_nonfinite: bool = False) -> AdapterSet:
         """A set holding a copy of each unstructured adapter, under its key."""

@@ -241,6 +241,18 @@ class TemporalGroup:
             entries.append((name, (m.rows, m.cols), rows, cols, v32))
         return SetSnapshot.from_coo(entries, step=step, allow_nonfinite=True)
 
+    def save_shira(self, path: str | os.PathLike, t: int | None = None, *, r: int | None = None,
+                   base_model: str | None = None) -> None:
+        """Step ``resolve(t)`` (default: the newest) of every member as a PEFT SHiRA folder
+        (see :meth:`hyprvdb.AdapterSet.save_shira`). Needs no OpenVDB."""
+        from .. import _peft as P
+        step = self.latest if t is None else self.resolve(t)
+        entries = []
+        for name, m in self._matrices.items():
+            idx, v32 = m.active(step)
+            entries.append((name, (m.rows, m.cols), *_coo.split_linear(idx, m.cols), v32))
+        P.write_shira(os.fspath(path), entries, r=r, base_model=base_model)
+
     def _open_member(self, name: str) -> Any:
         """Member ``name``'s open step: its member of one AdapterSet that holds every
         member's open step (created on the first accumulate)."""

@@ -14,7 +14,7 @@ import subprocess
 import numpy as np
 import pytest
 from conftest import needs_core
-from test_snapshot import nanovdb_check  # noqa: F401  (the session fixture)
+from test_snapshot import nanovdb_check, nanovdb_current, run_current  # noqa: F401  (fixtures)
 
 from hyprvdb import CorruptFileError, ForeignFileError, SetSnapshot, Snapshot, TemporalGroup
 from hyprvdb import ops
@@ -128,8 +128,9 @@ def test_files_round_trip_and_nanovdb_reads_them(tmp_path, nanovdb_check):  # no
     entries = random_entries(rng, DEMO_SHAPES[:8] + SHAPE_SETS["odd"], 0.003, full_cell=True)
     snap = SetSnapshot.from_coo(entries, step=9, name="model")
     path = tmp_path / "set.nvdb"
-    snap.save_nvdb(path)
+    snap.save_nvdb(path, version="32.4")
     back = SetSnapshot.load_nvdb(path)
+    assert back.file_version == "32.4.2"
     np.testing.assert_array_equal(back.buffer, snap.buffer)
     assert back.step == 9 and list(back) == list(snap)
     lines, want = [], []
@@ -145,6 +146,34 @@ def test_files_round_trip_and_nanovdb_reads_them(tmp_path, nanovdb_check):  # no
     bits = np.array([int(ln.split()[5], 16) for ln in report if ln.startswith("at ")],
                     dtype=np.uint32)
     np.testing.assert_array_equal(bits, np.concatenate(want).view(np.uint32))
+
+
+def test_current_nanovdb_reads_set_files(tmp_path, nanovdb_current):  # noqa: F811
+    """NanoVDB 32.9.2 validates a set snapshot in its layout, its checksum included, and the
+    weights found through its accessor are ours."""
+    rng = np.random.default_rng(13)
+    entries = random_entries(rng, DEMO_SHAPES[:6] + SHAPE_SETS["odd"], 0.003, full_cell=True)
+    snap = SetSnapshot.from_coo(entries, step=3)
+    path = tmp_path / "set.nvdb"
+    snap.save_nvdb(path)  # current NanoVDB is the default
+    back = SetSnapshot.load_nvdb(path)
+    assert back.file_version == "32.9.2" and snap.file_version is None
+    np.testing.assert_array_equal(back.buffer, snap.buffer)
+    lines, want = [], []
+    for m, e in enumerate(entries):
+        qr, qc = probes(rng, e, 60)
+        lines += [f"{m} {r} {c}" for r, c in zip(qr.tolist(), qc.tolist())]
+        want.append(dense(e)[qr, qc])
+    rep = run_current(nanovdb_current, path, lines, set_snapshot=True)
+    assert rep["rc"] == 0 and rep["valid"] == "1" and rep["version"] == "32.9.2", rep
+    np.testing.assert_array_equal(rep["bits"], np.concatenate(want).view(np.uint32))
+    data = path.read_bytes()
+    for at in np.random.default_rng(14).integers(0, len(data), 200):
+        bad = bytearray(data)
+        bad[int(at)] ^= 0x08
+        path.write_bytes(bytes(bad))
+        with pytest.raises((CorruptFileError, ForeignFileError)):
+            SetSnapshot.load_nvdb(path)
 
 
 def test_damaged_and_foreign_files(tmp_path):

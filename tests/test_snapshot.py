@@ -127,6 +127,48 @@ def nanovdb_check(tmp_path_factory):
     return exe
 
 
+@pytest.fixture(scope="session")
+def nanovdb_current(tmp_path_factory):
+    """tests/nanovdb_check/check_current.cpp built against NanoVDB 32.9's headers
+    (../shared/third_party/nanovdb-32.9 beside the checkout, or $NANOVDB_CURRENT_INCLUDE)."""
+    cands = [os.environ.get("NANOVDB_CURRENT_INCLUDE"),
+             HERE.parent.parent / "shared" / "third_party" / "nanovdb-32.9",
+             "/work/shared/third_party/nanovdb-32.9"]
+    include = next((Path(c) for c in cands if c and (Path(c) / "nanovdb" / "NanoVDB.h").is_file()),
+                   None)
+    if include is None:
+        pytest.skip("NanoVDB 32.9 headers not found (../shared/third_party/nanovdb-32.9 or "
+                    "$NANOVDB_CURRENT_INCLUDE): current NanoVDB's reader is not checked here")
+    cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler to build the NanoVDB 32.9 checker")
+    exe = tmp_path_factory.mktemp("nanovdb_current") / "check_current"
+    done = subprocess.run([cxx, "-std=c++17", "-O1", "-pthread", f"-I{include}",
+                           str(CHECK_SRC.with_name("check_current.cpp")), "-o", str(exe)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, f"check_current.cpp does not compile:\n{done.stderr[-4000:]}"
+    return exe
+
+
+def run_current(exe: Path, path: Path, lines: list[str], *, set_snapshot: bool = False) -> dict:
+    """Run the 32.9 checker; its report, and index / active / bits arrays of its answers."""
+    args = [str(exe)] + (["--set"] if set_snapshot else []) + [str(path)]
+    done = subprocess.run(args, input="\n".join(lines) + "\n", capture_output=True, text=True,
+                          timeout=300)
+    out: dict = {"rc": done.returncode, "stderr": done.stderr[-2000:]}
+    at = []
+    for line in done.stdout.splitlines():
+        head, _, rest = line.partition(" ")
+        if head == "at":
+            at.append(rest.split())
+        elif head:
+            out[head] = rest
+    out["index"] = np.array([int(a[2]) for a in at], dtype=np.int64)
+    out["active"] = np.array([a[3] == "1" for a in at], dtype=bool)
+    out["bits"] = np.array([int(a[4], 16) for a in at], dtype=np.uint32)
+    return out
+
+
 def run_check(exe: Path, path: Path, rows=(), cols=()) -> dict:
     """Run the checker on a file; parse its report and its per-coordinate answers."""
     coords = "".join(f"{r} {c}\n" for r, c in zip(np.asarray(rows).tolist(),
@@ -148,7 +190,7 @@ def run_check(exe: Path, path: Path, rows=(), cols=()) -> dict:
 
 
 def assert_nanovdb_agrees(exe: Path, snap: Snapshot, path: Path, rows, cols) -> dict:
-    snap.save_nvdb(path)
+    snap.save_nvdb(path, version="32.4")
     rep = run_check(exe, path, rows, cols)
     assert rep.get("valid") == "1", rep
     assert rep.get("structure") == "ok", rep
@@ -446,19 +488,25 @@ def test_largest_coordinates():
 
 
 # ---------------------------------------------------------------------- .nvdb files
-def test_save_load_round_trip(tmp_path):
+@pytest.mark.parametrize("version", ["32.9", "32.4", None])
+def test_save_load_round_trip(tmp_path, version):
     rng = np.random.default_rng(5)
     shape = (4097, 300)
     rows, cols, values = random_coo(rng, shape, 5000)
     s = Snapshot.from_coo(rows, cols, values, shape, step=42, name="layers.3.mlp.up_proj")
     path = tmp_path / "s.nvdb"
-    s.save_nvdb(path)
+    s.save_nvdb(path) if version is None else s.save_nvdb(path, version=version)
     t = Snapshot.load_nvdb(path)
+    assert s.file_version is None and t.file_version == {"32.4": "32.4.2"}.get(version, "32.9.2")
     np.testing.assert_array_equal(t.buffer, s.buffer)
     assert (t.shape, t.step, t.name) == (shape, 42, "layers.3.mlp.up_proj")
     check_snapshot(t, shape, rows, cols, values)
     data = path.read_bytes()
-    assert data[:8] == b"NanoVDB0" and data.endswith(bytes(s.buffer))
+    if version == "32.4":
+        assert data[:8] == b"NanoVDB0" and data.endswith(bytes(s.buffer))
+    else:  # current NanoVDB: its file and grid magic numbers, and the grid converted
+        assert data[:8] == b"NanoVDB2" and data.endswith(bytes(N.to_current(s.buffer)))
+        assert data[-s.nbytes:][:8] == b"NanoVDB1"
     assert len(data) == 16 + 176 + len("layers.3.mlp.up_proj") + 1 + s.nbytes
     # overwrite in place, atomically, leaving no temporary files
     u = s.with_values(rows[:3], cols[:3], [7, 8, 9], step=43)
@@ -484,14 +532,25 @@ def test_empty_snapshot_file(tmp_path):
     assert t.nnz == 0 and t.step == 0 and t.lookup([2], [2]).tolist() == [0]
 
 
-@pytest.fixture()
-def saved(tmp_path):
+def _saved(tmp_path, version: str):
     rng = np.random.default_rng(6)
     rows, cols, values = random_coo(rng, (600, 700), 3000)
     s = Snapshot.from_coo(rows, cols, values, (600, 700), step=9)
     path = tmp_path / "s.nvdb"
-    s.save_nvdb(path)
+    s.save_nvdb(path, version=version)
     return s, path, path.read_bytes()
+
+
+@pytest.fixture()
+def saved(tmp_path):
+    """A snapshot file in NanoVDB 32.4's layout (the byte offsets below are that layout's)."""
+    return _saved(tmp_path, "32.4")
+
+
+@pytest.fixture()
+def saved_current(tmp_path):
+    """The same snapshot in current NanoVDB's layout (32.9)."""
+    return _saved(tmp_path, "32.9")
 
 
 def _grid_start(snap: Snapshot) -> int:
@@ -624,6 +683,76 @@ def test_partial_checksum_is_accepted(saved, nanovdb_check):
     assert rep["valid"] == "1" and rep["structure"] == "ok"
     u = t.with_values(*t.active_weights())
     assert u.checksum >> 32 == 0xFFFFFFFF
+
+
+@pytest.mark.parametrize("keep", [0, 5, 15, 100, 191, 200, -1000, -1])
+def test_truncated_current_files(saved_current, keep):
+    _, path, data = saved_current
+    path.write_bytes(data[:keep] if keep >= 0 else data[:len(data) + keep])
+    with pytest.raises(CorruptFileError, match="is empty|is truncated"):
+        Snapshot.load_nvdb(path)
+
+
+def test_every_single_byte_flip_of_a_current_file_is_detected(saved_current):
+    """As for 32.4 files: NanoVDB 32.9's checksum covers the whole grid, blind data too."""
+    s, path, data = saved_current
+    rng = np.random.default_rng(8)
+    g = _grid_start(s)
+    blind = g + s.layout.blind_meta_offset
+    leaves = g + s.layout.leaf_offset
+    spots = np.concatenate((np.arange(g + 900), rng.integers(0, len(data), 300),
+                            np.arange(leaves, leaves + 2 * 96),  # prefix sums, offsets, flags
+                            np.arange(blind, blind + 2 * 288 + 32 + 64),
+                            np.arange(len(data) - 64, len(data))))
+    foreign = []
+    for at in np.unique(spots):
+        path.write_bytes(_flip(data, int(at)))
+        with pytest.raises(HyprVDBError) as caught:
+            Snapshot.load_nvdb(path)
+        if not isinstance(caught.value, CorruptFileError):
+            foreign.append(int(at))
+    assert set(foreign) <= set(range(16)) | set(range(16 + 32, 16 + 40)), foreign
+
+
+def test_current_grids_restamped_after_an_edit_are_foreign(saved_current):
+    """A 32.9 grid whose checksums were computed again after a leaf's prefix sums changed
+    (a valid grid to NanoVDB's validator only if the sums are right): not what hyprvdb wrote."""
+    s, path, data = saved_current
+    g = _grid_start(s)
+    grid = N.aligned_empty(len(data) - g)
+    grid[:] = np.frombuffer(data[g:], np.uint8)
+    at = s.layout.leaf_offset + 96 * 2 + 88
+    grid[at] ^= 1
+    N.grid_header(grid)["checksum"] = N.checksum_current(grid)
+    path.write_bytes(data[:g] + grid.tobytes())
+    with pytest.raises(ForeignFileError, match="another layout than hyprvdb's"):
+        Snapshot.load_nvdb(path)
+    assert Snapshot.load_nvdb(_write(path, data)).file_version == "32.9.2"
+
+
+def _write(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("shape,n", [((1, 1), 1), ((9, 65), 30), ((384, 1536), 6000),
+                                     ((4097, 70), 2000), ((64, 64), 4096), ((5, 5), 0)])
+def test_current_nanovdb_reads_our_files(nanovdb_current, tmp_path, shape, n):
+    """NanoVDB 32.9.2's readGrid, isValid(Full) and evalChecksum accept the files, and its
+    accessor gives every probed voxel our index and value."""
+    rng = np.random.default_rng(n + 1)
+    rows, cols, values = random_coo(rng, shape, n)
+    s = Snapshot.from_coo(rows, cols, values, shape, step=n)
+    path = tmp_path / "s.nvdb"
+    s.save_nvdb(path)
+    qr, qc = probe_coords(rng, shape, rows, cols)
+    rep = run_current(nanovdb_current, path, [f"{r} {c}" for r, c in zip(qr, qc)])
+    assert rep["rc"] == 0 and rep["valid"] == "1" and rep["version"] == "32.9.2", rep
+    stored, evaluated = re.match(r"stored (\w+) eval (\w+)", rep["checksum"]).groups()
+    assert stored == evaluated
+    assert rep["counts"].startswith(f"voxels {n} values {n + 1} ")
+    np.testing.assert_array_equal(rep["index"], s.index_of(qr, qc))
+    np.testing.assert_array_equal(rep["bits"], s.lookup(qr, qc).view(np.uint32))
 
 
 # ------------------------------------------------------------------- NanoVDB agrees

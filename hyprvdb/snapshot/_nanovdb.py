@@ -72,6 +72,13 @@ MAGIC = 0x304244566F6E614E  # "NanoVDB0", little-endian uint64
 MAJOR, MINOR, PATCH = 32, 4, 2
 VERSION = (MAJOR << 21) | (MINOR << 10) | PATCH
 ALIGN = 32
+# NanoVDB 32.6+ (OpenVDB 11-13; tested with 32.9.2): files and grids this module also writes
+MAGIC_GRID = 0x314244566F6E614E  # "NanoVDB1": a grid buffer
+MAGIC_FILE = 0x324244566F6E614E  # "NanoVDB2": a file
+CURRENT_MINOR, CURRENT_PATCH = 9, 2
+VERSION_CURRENT = (MAJOR << 21) | (CURRENT_MINOR << 10) | CURRENT_PATCH
+GRID_TYPE_ON_INDEX = 20  # ValueOnIndex: what 32.4's active-only ValueIndex became
+CRC_BLOCK = 4096  # the tail checksum's block size (NANOVDB_CRC32_LOG2_BLOCK_SIZE 12)
 
 GRID_TYPE_UNKNOWN = 0
 GRID_TYPE_FLOAT = 1
@@ -877,13 +884,17 @@ def string_hash(name: bytes) -> int:
 
 def file_prefix(buf: np.ndarray, lay: GridLayout) -> bytes:
     """Segment header, the one grid's metadata record and its name, as ``io::writeGrid`` writes
-    them with ``Codec::NONE``; the grid buffer follows."""
+    them with ``Codec::NONE``, for NanoVDB 32.4 or 32.9 after the grid's own version; the grid
+    buffer follows."""
     grid = grid_header(buf)
     tree = buf[TREE_OFF:ROOT_OFF].view(TREE_DT)[0]
     root = buf[ROOT_OFF:TILES_OFF].view(ROOT_DT)[0]
     name = grid_name(buf)
+    current = int(grid["version"]) == VERSION_CURRENT
+    version = VERSION_CURRENT if current else VERSION
     header = np.zeros(1, FILE_HEADER_DT)
-    header["magic"], header["version"], header["grid_count"] = MAGIC, VERSION, 1
+    header["magic"] = MAGIC_FILE if current else MAGIC
+    header["version"], header["grid_count"] = version, 1
     header["codec"] = CODEC_NONE
     meta = np.zeros(1, FILE_META_DT)
     meta["grid_size"] = meta["file_size"] = lay.grid_size
@@ -897,8 +908,128 @@ def file_prefix(buf: np.ndarray, lay: GridLayout) -> bytes:
     meta["node_count"] = list(tree["node_count"]) + [1]
     meta["tile_count"] = tree["tile_count"]
     meta["codec"] = CODEC_NONE
-    meta["version"] = VERSION
+    if current:  # 32.4's padding became the blind-data count
+        meta["padding"] = grid["blind_metadata_count"]
+    meta["version"] = version
     return header.tobytes() + meta.tobytes() + name + b"\0"
+
+
+# ------------------------------------------------------------- current NanoVDB (32.6+)
+#
+# The same tree in NanoVDB 32.9's terms: grid magic "NanoVDB1", version 32.9.2, grid type
+# OnIndex (20); a leaf keeps mOffset (its first index, 32.4's mValueOff) at byte 80 and
+# mPrefixSum at 88 (seven 9-bit counts: bits 9(n-1).. hold the active voxels of mask words
+# 0..n-1), flags 2 (bit 4 now means "has stats"); each blind record's word at byte 16 is the
+# element's size (mValueSize). Checksum: the low word is the CRC32 of bytes [16, 736) (grid
+# and tree headers), the high word the CRC32 of the CRC32s of the rest in 4 KB blocks, the
+# last block taking the remainder (tools/GridChecksum.h, versions after 32.6.0), so it covers
+# the blind data too. In memory hyprvdb keeps the 32.4 form, which its kernels are compiled
+# against; these two functions convert whole buffers.
+
+_ELEMENT_SIZE = {GRID_TYPE_UNKNOWN: 1, GRID_TYPE_FLOAT: 4, GRID_TYPE_INT16: 2, GRID_TYPE_INT32: 4,
+                 GRID_TYPE_INT64: 8}
+HEAD_END_CURRENT = GRID_SIZE + TREE_SIZE
+
+
+def _prefix_sums(masks: np.ndarray) -> np.ndarray:
+    """mPrefixSum of leaves from their (n, 8) uint64 masks."""
+    counts = popcount64(masks).astype(np.uint64)
+    run = np.cumsum(counts[:, :7], axis=1)
+    out = np.zeros(len(masks), dtype=np.uint64)
+    for n in range(7):
+        out |= run[:, n] << np.uint64(9 * n)
+    return out
+
+
+def _blocked_crc(data: np.ndarray) -> int:
+    n = len(data) // CRC_BLOCK
+    if n == 0:
+        return 0
+    crcs = crc32_rows(data[:n * CRC_BLOCK].reshape(n, CRC_BLOCK)).astype("<u4")
+    if len(data) > n * CRC_BLOCK:
+        crcs[-1] = zlib.crc32(data[(n - 1) * CRC_BLOCK:])
+    return zlib.crc32(crcs.tobytes())
+
+
+def checksum_current(buf: np.ndarray) -> int:
+    """NanoVDB 32.9's full checksum of a buffer in its layout."""
+    head = zlib.crc32(buf[CHECKSUM_HEAD_START:HEAD_END_CURRENT])
+    return head | (_blocked_crc(buf[HEAD_END_CURRENT:]) << 32)
+
+
+def _leaves_and_blind(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(leaves as an (n, 96) uint8 view, blind-data records) of a grid buffer, from its
+    headers, checked to lie inside it."""
+    tree = buf[TREE_OFF:ROOT_OFF].view(TREE_DT)[0]
+    grid = grid_header(buf)
+    n_leaf = int(tree["node_count"][0])
+    leaf_at = int(tree["node_offset"][0]) + TREE_OFF if n_leaf else 0
+    blind_at, n_blind = int(grid["blind_metadata_offset"]), int(grid["blind_metadata_count"])
+    if not (0 <= leaf_at and leaf_at + LEAF_SIZE * n_leaf <= len(buf)
+            and 0 <= blind_at and blind_at + BLIND_META_SIZE * n_blind <= len(buf)) \
+            or leaf_at % 8 or blind_at % 8:
+        raise LayoutError("its leaves or blind-data records lie outside the grid")
+    leaves = buf[leaf_at:leaf_at + LEAF_SIZE * n_leaf].reshape(n_leaf, LEAF_SIZE)
+    return leaves, buf[blind_at:blind_at + BLIND_META_SIZE * n_blind].view(BLIND_DT)
+
+
+def _empty_levels(buf: np.ndarray, *, current: bool) -> None:
+    """Node offsets of empty levels: 0 in 32.4's form; in 32.9's, where the level's array
+    would start (its validator adds the grid size to the first leaf's address, which must
+    not be null)."""
+    tree = buf[TREE_OFF:ROOT_OFF].view(TREE_DT)[0]
+    n_leaf, n_lower, n_upper = (int(v) for v in tree["node_count"])
+    upper = TILES_OFF + TILE_SIZE * int(buf[ROOT_OFF:TILES_OFF].view(ROOT_DT)[0]["table_size"])
+    lower = upper + UPPER_SIZE * n_upper
+    leaf = lower + LOWER_SIZE * n_lower
+    for level, (count, at) in enumerate(((n_leaf, leaf), (n_lower, lower), (n_upper, upper))):
+        if count == 0:
+            tree["node_offset"][level] = at - TREE_OFF if current else 0
+
+
+def to_current(buf: np.ndarray) -> np.ndarray:
+    """A copy of a grid (32.4 form, as built here) in NanoVDB 32.9's layout and checksum."""
+    out = aligned_copy(buf)
+    grid = grid_header(out)
+    grid["magic"] = MAGIC_GRID
+    grid["version"] = VERSION_CURRENT
+    grid["grid_type"] = GRID_TYPE_ON_INDEX
+    leaves, blind = _leaves_and_blind(out)
+    _empty_levels(out, current=True)
+    if len(leaves):
+        words = leaves.view("<u8")
+        words[:, 10] = words[:, 11]                       # mOffset = 32.4's mValueOff
+        words[:, 11] = _prefix_sums(words[:, 2:10])       # mPrefixSum
+        leaves[:, 15] = LEAF_FLAG_HAS_BBOX
+    blind["flags"] = [_ELEMENT_SIZE[int(t)] for t in blind["data_type"]]
+    grid["checksum"] = checksum_current(out)
+    return out
+
+
+def from_current(buf: np.ndarray) -> np.ndarray:
+    """A copy of a grid in NanoVDB 32.9's layout (as :func:`to_current` writes it) in the
+    32.4 form, its 32.4 checksums not yet stamped. The caller verifies the 32.9 checksum
+    first and compares ``to_current`` of what it rebuilds with the original. Raises
+    :class:`LayoutError` where the conversion cannot be made."""
+    out = aligned_copy(buf)
+    grid = grid_header(out)
+    if int(grid["grid_type"]) != GRID_TYPE_ON_INDEX:
+        raise LayoutError(f"grid type {int(grid['grid_type'])}, not OnIndex "
+                          f"({GRID_TYPE_ON_INDEX})")
+    grid["magic"] = MAGIC
+    grid["version"] = VERSION
+    grid["grid_type"] = GRID_TYPE_INDEX
+    _empty_levels(out, current=False)
+    leaves, blind = _leaves_and_blind(out)
+    if len(leaves):
+        if (leaves[:, 15] & (1 << 4)).any():
+            raise LayoutError("a leaf has stats")
+        words = leaves.view("<u8")
+        words[:, 11] = words[:, 10]
+        words[:, 10] = 0
+        leaves[:, 15] = LEAF_FLAG_ACTIVE_ONLY | LEAF_FLAG_HAS_BBOX
+    blind["flags"] = 0
+    return out
 
 
 def grid_name(buf: np.ndarray) -> bytes:

@@ -46,7 +46,7 @@ from .._atomic import write_bytes
 from .._errors import CorruptFileError, ForeignFileError
 from . import _nanovdb as N
 from ._snapshot import _check_head, _check_name, _check_path, _check_shape, _check_step, \
-    _split_file
+    _file_parts, _read_grid, _same_as_current
 
 __all__ = ["SetSnapshot"]
 
@@ -172,6 +172,7 @@ class SetSnapshot(Mapping):
             self._names[bytes(blob[row[5]:row[5] + row[6]]).decode()] = i
         self._prefix = None
         self._cell_of_weight = None
+        self._file_version = None
         return self
 
     # ------------------------------------------------------------------- mapping
@@ -197,6 +198,11 @@ class SetSnapshot(Mapping):
     @property
     def nnz(self) -> int:
         return len(self._values)
+
+    @property
+    def file_version(self) -> str | None:
+        """The NanoVDB version of the file this was read from; None if built in memory."""
+        return self._file_version
 
     @property
     def nbytes(self) -> int:
@@ -267,10 +273,12 @@ class SetSnapshot(Mapping):
         return out
 
     # ------------------------------------------------------------------------ files
-    def save_nvdb(self, path: os.PathLike | str) -> None:
-        """Write the grid as a NanoVDB file (``io::writeGrid``, no compression), atomically."""
+    def save_nvdb(self, path: os.PathLike | str, *, version: str = "32.9") -> None:
+        """Write the grid as a NanoVDB file (``io::writeGrid``, no compression), atomically:
+        ``version="32.9"`` (default) for current NanoVDB (32.6 and later), ``"32.4"`` for
+        Debian 12's."""
         path = _check_path(path)
-        write_bytes(path, N.file_prefix(self._buf, self._lay), self._buf.data)
+        write_bytes(path, *_file_parts(self._buf, self._lay, version))
 
     @classmethod
     def load_nvdb(cls, path: os.PathLike | str) -> SetSnapshot:
@@ -381,9 +389,7 @@ def _build(names: list[str], shapes: list[tuple[int, int]], rows: list[np.ndarra
 
 # ---------------------------------------------------------------------------------- loading
 def _load(data: bytes, shown: str) -> SetSnapshot:
-    grid_bytes, prefix = _split_file(data, shown)
-    buf = N.aligned_empty(len(grid_bytes))
-    buf[:] = np.frombuffer(grid_bytes, dtype=np.uint8)
+    buf, prefix, original = _read_grid(data, shown)
     grid = N.grid_header(buf)
     stored = int(grid["checksum"])
     _check_head(buf, stored, shown)
@@ -414,10 +420,15 @@ def _load(data: bytes, shown: str) -> SetSnapshot:
         raise ForeignFileError(f"{shown} holds a valid NanoVDB index grid in another layout "
                                f"than hyprvdb's set snapshots (first difference at grid byte "
                                f"{at})")
-    if prefix != N.file_prefix(buf, lay):
+    if original is not None:
+        _same_as_current(rebuilt, original, lay, prefix, shown)
+        buf = snap._buf  # its 32.4 form, with full checksums
+    elif prefix != N.file_prefix(buf, lay):
         raise CorruptFileError(f"{shown} is damaged: its grid metadata record disagrees with "
                                f"the grid")
-    return SetSnapshot._wrap(buf, lay)
+    out = SetSnapshot._wrap(buf, lay)
+    out._file_version = N.version_str(N.VERSION if original is None else N.VERSION_CURRENT)
+    return out
 
 
 def _decode(buf: np.ndarray, lay: N.TreeLayout) -> SetSnapshot:

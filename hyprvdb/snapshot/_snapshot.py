@@ -111,7 +111,7 @@ class Snapshot:
     array([9.], dtype=float32)
     """
 
-    __slots__ = ("_buf", "_shape", "_step", "_topo")
+    __slots__ = ("_buf", "_shape", "_step", "_topo", "_file_version")
 
     def __init__(self) -> None:
         raise TypeError("build a Snapshot with Snapshot.from_coo, Snapshot.from_adapter or "
@@ -123,6 +123,7 @@ class Snapshot:
         self = object.__new__(cls)
         buf.flags.writeable = False
         self._buf, self._shape, self._step, self._topo = buf, shape, step, topo
+        self._file_version = None
         return self
 
     # ---------------------------------------------------------------- construction
@@ -316,16 +317,22 @@ class Snapshot:
         return Snapshot._wrap(buf, self._shape, new_step, self._topo)
 
     # ------------------------------------------------------------------------ files
-    def save_nvdb(self, path: os.PathLike | str) -> None:
-        """Write the grid as a NanoVDB file (``nanovdb::io::writeGrid`` format, no compression).
+    @property
+    def file_version(self) -> str | None:
+        """The NanoVDB version of the file this snapshot was read from ("32.4.2" or "32.9.2");
+        None for one built in memory."""
+        return self._file_version
+
+    def save_nvdb(self, path: os.PathLike | str, *, version: str = "32.9") -> None:
+        """Write the grid as a NanoVDB file (``nanovdb::io::writeGrid`` format, no compression):
+        ``version="32.9"`` (default) in the layout and checksum of current NanoVDB (32.6 and
+        later: OpenVDB 11-13), ``"32.4"`` in those of NanoVDB 32.4 (Debian 12's tools).
 
         The write is atomic: a temporary file in the same folder is flushed to disk and renamed
         over ``path``.
         """
         path = _check_path(path)
-        prefix = N.file_prefix(self._buf, self._topo.layout)
-
-        write_bytes(path, prefix, self._buf.data)
+        write_bytes(path, *_file_parts(self._buf, self._topo.layout, version))
 
     @classmethod
     def load_nvdb(cls, path: os.PathLike | str) -> Snapshot:
@@ -401,10 +408,73 @@ def _meta(n_rows: int, n_cols: int, step: int | None) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------- loading
-def _load(data: bytes, shown: str) -> Snapshot:
+def _file_parts(buf: np.ndarray, lay: Any, version: str) -> tuple[bytes, Any]:
+    """(file prefix, grid bytes) of a grid held in the 32.4 form, for NanoVDB ``version``."""
+    if version not in ("32.9", "32.4"):
+        raise ValueError(f"version must be '32.9' (current NanoVDB) or '32.4', got {version!r}")
+    if version == "32.9":
+        buf = N.to_current(buf)
+    return N.file_prefix(buf, lay), buf.data
+
+
+def _read_grid(data: bytes, shown: str) -> tuple[np.ndarray, bytes, np.ndarray | None]:
+    """(grid buffer in the 32.4 form, file bytes before the grid, the file's own grid buffer
+    when it is in NanoVDB 32.9's layout, else None). A 32.9 grid's checksums are verified
+    here, then it is converted and stamped with a 32.4 head checksum in "partial" mode: the
+    caller rebuilds it and compares ``N.to_current`` of the rebuild with the original."""
     grid_bytes, prefix = _split_file(data, shown)
     buf = N.aligned_empty(len(grid_bytes))
     buf[:] = np.frombuffer(grid_bytes, dtype=np.uint8)
+    if int(np.frombuffer(data, N.FILE_HEADER_DT, count=1)[0]["version"]) != N.VERSION_CURRENT:
+        return buf, prefix, None
+    grid = N.grid_header(buf)
+    if int(grid["magic"]) != N.MAGIC_GRID or int(grid["version"]) != N.VERSION_CURRENT:
+        raise CorruptFileError(f"{shown} is damaged: its header says NanoVDB 32.9.2, its grid "
+                               f"has magic {int(grid['magic']):016x} and version "
+                               f"{N.version_str(int(grid['version']))}")
+    stored = int(grid["checksum"])
+    if stored == (N.CRC_EMPTY << 32 | N.CRC_EMPTY):
+        raise ForeignFileError(f"{shown} holds a grid without a checksum; hyprvdb always "
+                               f"writes one")
+    actual = N.checksum_current(buf)
+    for word, what in ((0, "grid head"), (32, "grid's nodes and blind data")):
+        got, want = (actual >> word) & N.CRC_EMPTY, (stored >> word) & N.CRC_EMPTY
+        if got != want and not (word and want == N.CRC_EMPTY):
+            raise CorruptFileError(f"{shown} is damaged: the {what}'s checksum is {got:08x}, "
+                                   f"the grid says {want:08x}")
+    try:
+        old = N.from_current(buf)
+    except N.LayoutError as exc:
+        raise ForeignFileError(f"{shown} holds a NanoVDB index grid that hyprvdb did not "
+                               f"write: {exc}") from None
+    tiles = int(old[N.ROOT_OFF:N.TILES_OFF].view(N.ROOT_DT)[0]["table_size"])
+    end = N.TILES_OFF + N.TILE_SIZE * tiles
+    if end > len(old):
+        raise CorruptFileError(f"{shown} is damaged: its root has {tiles} tiles, more than fit "
+                               f"in the grid")
+    N.grid_header(old)["checksum"] = zlib.crc32(old[N.CHECKSUM_HEAD_START:end]) \
+        | (N.CRC_EMPTY << 32)
+    return old, prefix, buf
+
+
+def _same_as_current(rebuilt: np.ndarray, original: np.ndarray, lay: Any, prefix: bytes,
+                     shown: str) -> None:
+    """A 32.9 file must be exactly what hyprvdb writes for the grid it decoded to."""
+    current = N.to_current(rebuilt)
+    stored = int(N.grid_header(original)["checksum"])
+    if stored >> 32 == N.CRC_EMPTY:  # NanoVDB's partial checksum: the head was verified
+        N.grid_header(current)["checksum"] = stored
+    if not np.array_equal(current, original):
+        at = int(np.flatnonzero(current != original)[0])
+        raise ForeignFileError(f"{shown} holds a valid NanoVDB 32.9 index grid in another "
+                               f"layout than hyprvdb's (first difference at grid byte {at})")
+    if prefix != N.file_prefix(current, lay):
+        raise CorruptFileError(f"{shown} is damaged: its grid metadata record disagrees with "
+                               f"the grid")
+
+
+def _load(data: bytes, shown: str) -> Snapshot:
+    buf, prefix, original = _read_grid(data, shown)
     grid = N.grid_header(buf)
     if int(grid["magic"]) != N.MAGIC:
         raise CorruptFileError(f"{shown} is damaged: the grid's magic number is "
@@ -475,38 +545,46 @@ def _load(data: bytes, shown: str) -> Snapshot:
         raise ForeignFileError(f"{shown} holds a valid NanoVDB index grid in another layout "
                                f"than hyprvdb's (first difference at grid byte {at}, "
                                f"{_region(lay, at)})")
-    expected = N.file_prefix(rebuilt, lay)
-    if prefix != expected:
-        field = _file_field(prefix, expected)
-        raise CorruptFileError(f"{shown} is damaged: its grid metadata record disagrees with "
-                               f"the grid ({field})")
+    if original is not None:
+        _same_as_current(rebuilt, original, lay, prefix, shown)
+        N.grid_header(buf)["checksum"] = N.checksum(buf, lay)  # its 32.4 form, in full
+    else:
+        expected = N.file_prefix(rebuilt, lay)
+        if prefix != expected:
+            field = _file_field(prefix, expected)
+            raise CorruptFileError(f"{shown} is damaged: its grid metadata record disagrees "
+                                   f"with the grid ({field})")
     snap = Snapshot._wrap(buf, shape, step_, _Topology(lay))
+    snap._file_version = N.version_str(N.VERSION if original is None else N.VERSION_CURRENT)
     snap._topo._coords = (_frozen(rows), _frozen(cols))
     return snap
 
 
 def _split_file(data: bytes, shown: str) -> tuple[bytes, bytes]:
     """Check the segment header and the grid record; return (grid bytes, bytes before them)."""
-    magic = N.MAGIC.to_bytes(8, "little")
+    magics = [m.to_bytes(8, "little") for m in (N.MAGIC, N.MAGIC_FILE)]
     if len(data) == 0:
         raise CorruptFileError(f"{shown} is empty")
-    if data[:8] != magic:
-        if magic.startswith(data):
+    if data[:8] not in magics:
+        if any(m.startswith(data) for m in magics):
             raise CorruptFileError(f"{shown} is truncated: {len(data)} bytes")
-        if data[:8] == magic[::-1]:
+        if data[:8] in [m[::-1] for m in magics]:
             raise ForeignFileError(f"{shown} is a big-endian NanoVDB file")
         raise ForeignFileError(f"{shown} is not a NanoVDB file (magic number {data[:8].hex()}, "
-                               f"expected {magic.hex()})")
+                               f"expected {magics[0].hex()} or {magics[1].hex()})")
     head_size, meta_size = N.FILE_HEADER_DT.itemsize, N.FILE_META_DT.itemsize
     if len(data) < head_size:
         raise CorruptFileError(f"{shown} is truncated: {len(data)} bytes, its header alone "
                                f"needs {head_size}")
     header = np.frombuffer(data, N.FILE_HEADER_DT, count=1)[0]
     version = int(header["version"])
-    if version >> 10 != N.VERSION >> 10:
+    if version >> 10 != N.VERSION >> 10 and version != N.VERSION_CURRENT:
         raise ForeignFileError(f"{shown} was written by NanoVDB {N.version_str(version)}; "
-                               f"hyprvdb reads NanoVDB {N.MAJOR}.{N.MINOR} files (index grids of "
-                               f"other versions have another layout)")
+                               f"hyprvdb reads the files it writes, NanoVDB "
+                               f"{N.version_str(N.VERSION)} and {N.version_str(N.VERSION_CURRENT)}")
+    if data[:8] != magics[version == N.VERSION_CURRENT]:
+        raise CorruptFileError(f"{shown} is damaged: its magic number {data[:8].hex()} does not "
+                               f"go with NanoVDB {N.version_str(version)}")
     if int(header["codec"]) not in (N.CODEC_NONE, 1, 2):
         raise CorruptFileError(f"{shown} is damaged: unknown codec {int(header['codec'])}")
     if int(header["codec"]) != N.CODEC_NONE:
@@ -522,14 +600,16 @@ def _split_file(data: bytes, shown: str) -> tuple[bytes, bytes]:
         raise CorruptFileError(f"{shown} is truncated: {len(data)} bytes, its headers need "
                                f"{head_size + meta_size}")
     meta = np.frombuffer(data, N.FILE_META_DT, count=1, offset=head_size)[0]
-    if int(meta["grid_type"]) >= N.GRID_TYPE_END or int(meta["grid_class"]) >= N.GRID_CLASS_END:
+    current = version == N.VERSION_CURRENT
+    type_end, class_end = (27, 11) if current else (N.GRID_TYPE_END, N.GRID_CLASS_END)
+    want_type = N.GRID_TYPE_ON_INDEX if current else N.GRID_TYPE_INDEX
+    if int(meta["grid_type"]) >= type_end or int(meta["grid_class"]) >= class_end:
         raise CorruptFileError(f"{shown} is damaged: grid type {int(meta['grid_type'])}, grid "
                                f"class {int(meta['grid_class'])}")
-    if (int(meta["grid_type"]), int(meta["grid_class"])) != (N.GRID_TYPE_INDEX,
-                                                               N.GRID_CLASS_INDEX):
+    if (int(meta["grid_type"]), int(meta["grid_class"])) != (want_type, N.GRID_CLASS_INDEX):
         raise ForeignFileError(f"{shown} holds a NanoVDB grid of type {int(meta['grid_type'])} "
                                f"and class {int(meta['grid_class'])}, not an index grid "
-                               f"({N.GRID_TYPE_INDEX}, {N.GRID_CLASS_INDEX}) as hyprvdb writes")
+                               f"({want_type}, {N.GRID_CLASS_INDEX}) as hyprvdb writes")
     name_size = int(meta["name_size"])
     if not 1 <= name_size <= N.NAME_MAX + 1:
         raise CorruptFileError(f"{shown} is damaged: grid name size {name_size}")

@@ -103,6 +103,40 @@ def read_lora(folder: Any) -> tuple[dict, dict[str, tuple[np.ndarray, np.ndarray
     return read_config(folder), pairs
 
 
+def lora_topk(a: np.ndarray, b: np.ndarray, scale: float, density: float
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, cols, float64 values) of the ``max(1, round(density · out · in))`` entries of
+    largest magnitude of ``scale · B·A`` (computed in float64)."""
+    delta = scale * (b.astype(np.float64) @ a.astype(np.float64))
+    n_cols = delta.shape[1]
+    k = max(1, int(round(density * delta.size)))
+    flat = np.abs(delta).ravel()
+    keep = np.argpartition(flat, flat.size - k)[flat.size - k:] if k < flat.size \
+        else np.arange(flat.size)
+    return keep // n_cols, keep % n_cols, delta.ravel()[keep]
+
+
+def read_peft(folder: Any, *, density: float = 0.01, alpha: float | None = None,
+              shapes: dict[str, tuple[int, int]] | None = None) -> list[Entry]:
+    """A PEFT folder's layers as entries sorted by name: SHiRA as they are (see
+    :func:`read_shira`), LoRA sparsified by :func:`lora_topk`."""
+    if not is_peft_folder(folder):
+        raise ValueError(f"path must be a PEFT adapter folder ({CONFIG} and {WEIGHTS}), got "
+                         f"{os.fspath(folder)!r}")
+    if not 0.0 < density <= 1.0:
+        raise ValueError(f"density must be in (0, 1], got {density}")
+    if peft_type(folder) == "SHIRA":
+        return read_shira(folder, shapes)
+    conf, pairs = read_lora(folder)
+    out = []
+    for name in sorted(pairs):
+        a, b = pairs[name]
+        rank = a.shape[0]
+        rows, cols, vals = lora_topk(a, b, lora_scale(conf, name, rank, alpha), density)
+        out.append((name, (b.shape[0], a.shape[1]), rows, cols, vals.astype(np.float32)))
+    return out
+
+
 def read_shira(folder: Any, shapes: dict[str, tuple[int, int]] | None = None) -> list[Entry]:
     """The SHiRA layers of a folder as entries sorted by name, repeated coordinates summed."""
     folder = Path(folder)

@@ -244,3 +244,20 @@ def test_writing_needs_a_rank_that_fits(tmp_path):
     assert t["base_model.model.m.shira_weight"].shape == (8,)  # r (in + out), zero-padded
     assert t["base_model.model.m.shira_indices"].dtype == np.int32
     assert np.count_nonzero(t["base_model.model.m.shira_weight"]) == 4
+
+
+def test_a_history_starts_from_a_peft_folder(shira_folder, base_state, tmp_path):
+    """TemporalGroup.from_peft (no OpenVDB): the folder is step 0; exported again, PEFT gives
+    the same outputs."""
+    folder, x, want = shira_folder
+    g = TemporalGroup.from_peft(folder, shapes=SHAPES)
+    stored = safetensors_numpy.load_file(str(folder / P.WEIGHTS))
+    for name, m in g.items():
+        r, c, v = m.active_weights(0)
+        idx = stored[f"{name}.shira_indices"].astype(np.int64)
+        order = np.lexsort((idx[1], idx[0]))
+        np.testing.assert_array_equal(np.stack([r, c]), idx[:, order])
+        np.testing.assert_array_equal(v, stored[f"{name}.shira_weight"][order])
+    g.save_shira(tmp_path / "again", 0)
+    got = outputs(peft.PeftModel.from_pretrained(fresh(base_state), tmp_path / "again"), x)
+    np.testing.assert_array_equal(got, want)

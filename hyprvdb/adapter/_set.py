@@ -173,22 +173,12 @@ class AdapterSet(Mapping[str, SparseAdapter]):
         the config's ``lora_alpha`` / ``alpha_pattern``.
         """
         from .. import _peft as P
-        path = _fspath("path", path)
-        if not P.is_peft_folder(path):
-            raise ValueError(f"path must be a PEFT adapter folder ({P.CONFIG} and {P.WEIGHTS}), "
-                             f"got {path!r}")
         out = cls(allow_nonfinite=allow_nonfinite)
-        if P.peft_type(path) == "SHIRA":
-            for name, (n_rows, n_cols), r, c, v in P.read_shira(path, dict(shapes or {})):
-                out.add(name, n_rows, n_cols).batch_update(r, c, v)
-            return out
-        conf, pairs = P.read_lora(path)
-        for name in sorted(pairs):
-            a, b = pairs[name]
-            rank = a.shape[0]
-            lora = SparseAdapter.from_lora(a, b, alpha=P.lora_scale(conf, name, rank, alpha) * rank,
-                                           density=density)
-            out.add(name, *lora.shape).batch_update(*lora.active_weights())
+        for name, (n_rows, n_cols), r, c, v in P.read_peft(
+                _fspath("path", path), density=V.real_scalar("density", density),
+                alpha=None if alpha is None else V.real_scalar("alpha", alpha),
+                shapes=dict(shapes or {})):
+            out.add(name, n_rows, n_cols).batch_update(r, c, v)
         return out
 
     def save_shira(self, path: str | os.PathLike, *, r: int | None = None,

@@ -501,14 +501,9 @@ class SparseAdapter:
         density = V.real_scalar("density", density)
         if not 0.0 < density <= 1.0:
             raise ValueError(f"density must be in (0, 1], got {density}")
-        delta = (alpha / a.shape[0]) * (b @ a)
-        rows, cols = delta.shape
-        k = max(1, int(round(density * rows * cols)))
-        flat = np.abs(delta).ravel()
-        keep = np.argpartition(flat, flat.size - k)[flat.size - k:] if k < flat.size \
-            else np.arange(flat.size)
-        out = cls(rows, cols, **kwargs)
-        out.batch_update(keep // cols, keep % cols, delta.ravel()[keep])
+        from .. import _peft
+        out = cls(b.shape[0], a.shape[1], **kwargs)
+        out.batch_update(*_peft.lora_topk(a, b, alpha / a.shape[0], density))
         return out
 
 

@@ -241,6 +241,22 @@ class TemporalGroup:
             entries.append((name, (m.rows, m.cols), rows, cols, v32))
         return SetSnapshot.from_coo(entries, step=step, allow_nonfinite=True)
 
+    @classmethod
+    def from_peft(cls, path: str | os.PathLike, *, density: float = 0.01,
+                  alpha: float | None = None, shapes: Mapping[str, tuple[int, int]] | None = None,
+                  **kwargs: Any) -> TemporalGroup:
+        """A history whose base (step 0) is a PEFT folder's adapter, one member per layer
+        (read as :meth:`hyprvdb.AdapterSet.from_peft` reads it; needs no OpenVDB);
+        ``kwargs`` go to the constructor."""
+        from .. import _peft as P
+        entries = P.read_peft(os.fspath(path), density=V.real_scalar("density", density),
+                              alpha=None if alpha is None else V.real_scalar("alpha", alpha),
+                              shapes=dict(shapes or {}))
+        g = cls({name: shape for name, shape, _, _, _ in entries}, **kwargs)
+        for name, _, r, c, v in entries:
+            g[name].store_base(rows=r, cols=c, values=v)
+        return g
+
     def save_shira(self, path: str | os.PathLike, t: int | None = None, *, r: int | None = None,
                    base_model: str | None = None) -> None:
         """Step ``resolve(t)`` (default: the newest) of every member as a PEFT SHiRA folder

@@ -1,7 +1,9 @@
-"""Helpers shared by the scripts under bench/: timing, tables, JSON output, resident memory.
+"""Helpers shared by the scripts under bench/: timing, tables, charts, JSON output, resident
+memory.
 
-Only the standard library and numpy are used here, so that a benchmark's child processes can
-import this module without paying for anything else.
+Only the standard library and numpy are imported here, so that a benchmark's child processes
+can import this module without paying for anything else; matplotlib is imported by
+:func:`plot_bars` alone, when a script is given ``--plot``.
 """
 
 from __future__ import annotations
@@ -9,12 +11,13 @@ from __future__ import annotations
 import datetime as _dt
 import gc
 import json
+import math
 import os
 import platform
 import statistics
 import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -179,6 +182,100 @@ def _looks_numeric(s: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+# ------------------------------------------------------------------------------ charts
+PLOT_DPI = 100
+PLOT_WIDTH_PX = 1200
+PLOT_PANEL_PX = 400
+
+
+class BarPanel(NamedTuple):
+    """One panel of :func:`plot_bars`: ``groups`` maps an x label (a workload, an operation) to
+    ``{series: value}``, a bar per contender; a value of None (or a missing series) is a
+    contender not measured there and draws no bar."""
+
+    title: str
+    ylabel: str
+    groups: Mapping[str, Mapping[str, float | None]]
+    log: bool = False
+
+
+def check_plot_arg(ap: Any, path: str | None) -> None:
+    """Refuse ``--plot PATH`` before a run that would fail at its end: PATH must name a .png
+    file and matplotlib must import."""
+    if path is None:
+        return
+    if not path.lower().endswith(".png"):
+        ap.error(f"--plot must name a .png file, got {path!r}")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        ap.error(f"--plot needs matplotlib (pip install matplotlib): {exc}")
+
+
+def plot_bars(path: str, title: str, panels: Sequence[BarPanel]) -> None:
+    """Save grouped bar charts, one panel under the other, as a PNG of ``PLOT_WIDTH_PX`` by
+    ``PLOT_PANEL_PX`` per panel. A series (contender) keeps its colour in every panel; a
+    group's bars are drawn in the order of its mapping, each carrying its value."""
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    # Every contender once, in the order the groups give them: a new one goes after the one
+    # before it in its group, or last when it leads its group.
+    series: list[str] = []
+    for panel in panels:
+        for values in panel.groups.values():
+            before = None
+            for s in (s for s, v in values.items() if v is not None):
+                if s not in series:
+                    series.insert(len(series) if before is None else before + 1, s)
+                before = series.index(s)
+    cmap = colormaps["tab10"]
+    color = {s: cmap(i % 10) for i, s in enumerate(series)}
+    fig = Figure(figsize=(PLOT_WIDTH_PX / PLOT_DPI, len(panels) * PLOT_PANEL_PX / PLOT_DPI),
+                 dpi=PLOT_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
+    for ax, panel in zip(axes, panels):
+        names = list(panel.groups)
+        present = [[s for s, v in panel.groups[g].items() if _drawable(v, panel.log)]
+                   for g in names]
+        width = 0.8 / max([len(p) for p in present] + [1])
+        for x, (g, here) in enumerate(zip(names, present)):
+            for k, s in enumerate(here):
+                v = float(panel.groups[g][s])
+                bar = ax.bar(x + (k - (len(here) - 1) / 2) * width, v, width * 0.95,
+                             color=color[s])
+                ax.bar_label(bar, labels=[_short(v)], fontsize=7, padding=1)
+        ax.set_xticks(range(len(names)), names, rotation=20 if len(names) > 6 else 0,
+                      ha="right" if len(names) > 6 else "center", fontsize=8)
+        if panel.log:
+            ax.set_yscale("log")
+        ax.margins(y=0.15)
+        ax.set_title(panel.title, loc="left", fontsize=10)
+        ax.set_ylabel(panel.ylabel)
+    fig.legend([Patch(color=color[s]) for s in series], series, loc="outside right upper",
+               fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=11, x=0.01, ha="left")
+    fig.savefig(path, dpi=PLOT_DPI)
+
+
+def _drawable(v: float | None, log: bool) -> bool:
+    return v is not None and math.isfinite(v) and (v > 0 or not log)
+
+
+def _short(v: float) -> str:
+    """A bar's value in a few characters: 12,345 / 123 / 12.3 / 1.23 / 0.12 / 0.0012."""
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    if abs(v) >= 1:
+        return f"{v:.2f}"
+    return f"{v:.2g}"
 
 
 def machine_info() -> dict[str, Any]:

@@ -41,6 +41,9 @@ The GPU section needs neither scipy nor OpenVDB (hyprvdb._core): snapshots come 
 only. Every measurement that raises is reported with its error instead of stopping the run.
 
 Run:  python bench/matmul.py [--repeats N] [--no-cpu] [--no-gpu] [--seed S] [--json PATH]
+                            [--plot PATH]
+``--plot PATH`` draws the matmul tables (ours against scipy, cuBLAS and cuSPARSE, median ms,
+log scale) as bar charts into a PNG.
 """
 
 from __future__ import annotations
@@ -409,6 +412,43 @@ def print_gpu(g: dict) -> None:
     C.print_table(["what", "measured", "target", "verdict"], rows, title="GPU merge and window")
 
 
+# ------------------------------------------------------------------------------ charts
+def plot(path: str, results: dict) -> None:
+    """The matmul tables as bar charts, a panel per section that ran: ours against scipy on
+    the CPU, against cuBLAS (fused linear) and cuSPARSE (delta kernel) on a GPU."""
+    def case(r: dict) -> str:
+        return f"{r['shape'][0]}x{r['shape'][1]} {100 * r['density']:g}% b{r['batch']}"
+
+    def ms_(x: float | None) -> float | None:
+        return None if x is None else x * 1e3
+
+    panels = []
+    cpu, gpu = results.get("cpu", {}), results.get("gpu", {})
+    if "matmul" in cpu:
+        panels.append(C.BarPanel(
+            "CPU y = x @ dW.T, float32: median ms (log scale)", "ms",
+            {case(r): {"hyprvdb ops.delta_matmul": ms_(r.get("ours_s")),
+                       "scipy CSR (csr @ x.T).T": ms_(r.get("scipy_s"))}
+             for r in cpu["matmul"]}, log=True))
+    for key, peer, what in (("fused_linear", "cuBLAS x @ W.T (float16)",
+                             "GPU linear layer with its delta: ops.fused_linear"),
+                            ("delta_matmul", "cuSPARSE CSR (csr @ x.T).T",
+                             "GPU delta kernel, float32: ops.delta_matmul")):
+        rows = gpu.get(key)
+        if isinstance(rows, list):
+            peer_key = "cublas_s" if key == "fused_linear" else "cusparse_s"
+            panels.append(C.BarPanel(
+                f"{what}: median ms (log scale)", "ms",
+                {case(r): {f"hyprvdb ops.{key}": ms_(r.get("ours_s")),
+                           peer: ms_(r.get(peer_key))} for r in rows}, log=True))
+    if not panels:
+        print(f"--plot: nothing to draw (no matmul section ran), {path} not written")
+        return
+    C.plot_bars(path, "bench/matmul.py: the sparse delta in the matmul, hyprvdb against its "
+                      "peers", panels)
+    print(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=0)
@@ -416,7 +456,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-cpu", action="store_true", help="skip the CPU section")
     ap.add_argument("--no-gpu", action="store_true", help="skip the GPU section")
     ap.add_argument("--json", metavar="PATH")
+    ap.add_argument("--plot", metavar="PATH",
+                    help="draw the matmul tables as bar charts into the PNG file PATH "
+                         "(matplotlib)")
     a = ap.parse_args(argv)
+    C.check_plot_arg(ap, a.plot)
     wall0 = time.perf_counter()
     load0 = os.getloadavg()
     print(f"machine: {os.cpu_count()} cpus, load average {load0[0]:.2f} / {load0[1]:.2f} / "
@@ -489,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
                              "cpu_densities": CPU_DENSITIES, "cpu_batches": CPU_BATCHES,
                              "snap_density": SNAP_DENSITY, "merge_layers": MERGE_LAYERS,
                              "merge_shape": MERGE_SHAPE, "merge_density": MERGE_DENSITY})
+    if a.plot:
+        plot(a.plot, results)
     print()
     print(summary)
     return 0

@@ -42,7 +42,8 @@ one ``Snapshot`` per matrix (a NanoVDB grid each, a voxel per weight), each as g
 a device upload holds: the buffer as is; on a machine with CuPy the device's memory-pool growth
 is measured too) and as ``.nvdb`` file size.
 
-Run:  python bench/memory.py [--repeats 5] [--seed 0] [--json PATH]
+Run:  python bench/memory.py [--repeats 5] [--seed 0] [--json PATH] [--plot PATH]
+``--plot PATH`` draws the tables as bar charts (bytes per weight, log scale) into a PNG.
 """
 
 from __future__ import annotations
@@ -94,6 +95,11 @@ LABELS = {
     "csr": "scipy.sparse CSR per matrix (int32 idx, float32)",
     "dense": "dense numpy float32 per matrix",
 }
+
+# the contenders' names in the charts of --plot
+PLOT_NAMES = {"hyprvdb": "hyprvdb (AdapterSet / SparseAdapter)",
+              "separate": "hyprvdb, a tree per matrix", "tile": "hyprvdb tile (8, 64)",
+              "dict": "Python dict", "csr": "scipy CSR", "dense": "dense numpy"}
 
 Matrices = list  # [(name, rows, cols, r int64, c int64, v float32)]
 
@@ -342,6 +348,36 @@ def _snap_part(workload: str, z: dict) -> str:
             f"snapshots {z['per_matrix_grid_bytes'] / n:.0f})")
 
 
+# ------------------------------------------------------------------------------ charts
+def plot(path: str, chosen: list, results: dict, snaps: dict) -> None:
+    """The tables as bar charts: reported and RSS bytes per weight of every contender (when
+    measured), then the snapshots against CSR."""
+    panels = []
+    if any(results[w] for w in chosen):
+        for key, what in (("reported_bytes_per_weight", "reported by the structure"),
+                          ("rss_bytes_per_weight", "measured: RSS growth per weight")):
+            panels.append(C.BarPanel(
+                f"bytes per active weight, {what} (log scale)", "bytes / weight",
+                {w: {PLOT_NAMES[n]: r[key] for n, r in results[w].items()} for w in chosen},
+                log=True))
+    groups = {}
+    for w in chosen:
+        z = snaps[w]
+        n = z["active_weights"]
+        csr = results[w].get("csr", {}).get("reported_bytes_per_weight")
+        groups[w] = {"SetSnapshot grid": z["set_grid_bytes"] / n,
+                     "SetSnapshot .nvdb file": z["set_file_bytes"] / n,
+                     "SetSnapshot on the GPU": (None if z["set_device_bytes"] is None
+                                                else z["set_device_bytes"] / n),
+                     "a Snapshot per matrix": z["per_matrix_grid_bytes"] / n,
+                     PLOT_NAMES["csr"]: csr}
+    panels.append(C.BarPanel("snapshots (the read path's copies): bytes per active weight "
+                             "(log scale)", "bytes / weight", groups, log=True))
+    C.plot_bars(path, "bench/memory.py: memory per active weight, hyprvdb against its peers",
+                panels)
+    print(f"wrote {path}")
+
+
 # ------------------------------------------------------------------------------ parent
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -353,8 +389,11 @@ def main() -> int:
     ap.add_argument("--json", metavar="PATH", help="write every number to PATH")
     ap.add_argument("--snapshots-only", action="store_true",
                     help="only the snapshot table (needs numpy alone: no OpenVDB, no scipy)")
+    ap.add_argument("--plot", metavar="PATH",
+                    help="draw the tables as bar charts into the PNG file PATH (matplotlib)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    C.check_plot_arg(ap, args.plot)
 
     if args.child:
         print(json.dumps(child(args.child, args.seed)))
@@ -371,6 +410,8 @@ def main() -> int:
     if args.snapshots_only:
         snaps = snapshot_table(chosen, results, checks, args.seed)
         ok = all(checks.values())
+        if args.plot:
+            plot(args.plot, chosen, results, snaps)
         print(f"summary: snapshots {'; '.join(_snap_part(w, snaps[w]) for w in chosen)}: "
               f"{C.verdict(ok)}")
         if args.json:
@@ -457,6 +498,8 @@ def main() -> int:
                              "workloads": chosen, "rss_tolerance": RSS_TOLERANCE,
                              "demo_weights": DEMO_WEIGHTS})
         print(f"wrote {args.json}")
+    if args.plot:
+        plot(args.plot, chosen, results, snaps)
     print(summary)
     return 0
 

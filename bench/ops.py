@@ -18,7 +18,9 @@ On a 4096 x 4096 float32 matrix (seeded):
     load_npz (uncompressed) of the same CSR and pickle of the dict. The file ratio of the
     1%-density adapter of bench/memory.py is printed too (informational).
 
-Run:  python bench/ops.py [--repeats 5] [--seed 0] [--json PATH]
+Run:  python bench/ops.py [--repeats 5] [--seed 0] [--json PATH] [--plot PATH]
+``--plot PATH`` draws the tables as bar charts (median times and bytes per weight, log scale)
+into a PNG.
 """
 
 from __future__ import annotations
@@ -64,6 +66,49 @@ def csr_from_unique(rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> s
                         shape=(ROWS, COLS)).tocsr()
 
 
+def plot(path: str, res: dict) -> None:
+    """The tables as bar charts: the median time of each operation (hyprvdb, the dict, scipy)
+    and the bytes per weight in memory and on disk."""
+    up, get, mo, io = res["update"], res["get"], res["more"], res["io"]
+
+    def t(x: dict) -> float:
+        return x["median_s"] * 1e3
+
+    hv, sc, pk = io["hyprvdb"], io["scipy_npz_uncompressed"], io["pickle_dict"]
+    times = {
+        f"batch_update, {N_UPDATES:,} writes": {
+            "hyprvdb": t(up["hyprvdb"]), "Python dict": t(up["dict_loop"]),
+            "scipy CSR": t(up["scipy_dedupe_then_csr_reference"])},
+        f"get_weights, {N_QUERIES:,} reads": {
+            "hyprvdb": t(get["hyprvdb"]), "Python dict": t(get["dict_get"]),
+            "scipy CSR": t(get["scipy_csr_fancy_index"])},
+        f"add_weights, {N_UPDATES:,}": {"hyprvdb": t(mo["add_weights"]),
+                                        "Python dict": t(mo["dict_add"])},
+        f"remove_weights, {N_REMOVE:,}": {"hyprvdb": t(mo["remove_weights"]),
+                                          "Python dict": t(mo["dict_remove"])},
+        "active_weights (all, sorted)": {"hyprvdb": t(mo["active_weights"]),
+                                         "Python dict": t(mo["dict_sorted_items"])},
+        "save": {"hyprvdb": t(hv["save"]), "Python dict": t(pk["save"]),
+                 "scipy CSR": t(sc["save"])},
+        "load": {"hyprvdb": t(hv["load"]), "Python dict": t(pk["load"]),
+                 "scipy CSR": t(sc["load"])},
+    }
+    n = hv["active"]
+    sizes = {"in memory": {"hyprvdb": hv["memory_usage_bytes"] / n,
+                           "Python dict": pk["memory_bytes_getsizeof"] / n,
+                           "scipy CSR": sc["memory_bytes"] / n},
+             "on disk (.vdb, pickle, uncompressed .npz)": {
+                 "hyprvdb": hv["file_bytes"] / n, "Python dict": pk["file_bytes"] / n,
+                 "scipy CSR": sc["file_bytes"] / n}}
+    C.plot_bars(path, f"bench/ops.py: a {ROWS} x {COLS} float32 adapter, {n:,} active weights",
+                [C.BarPanel("median ms per call (log scale); scipy's batch_update is a dedupe + "
+                            "CSR build; save/load: .vdb (atomic, fsynced), save_npz/load_npz, "
+                            "the dict's pickle", "ms", times, log=True),
+                 C.BarPanel("bytes per active weight (log scale)", "bytes / weight", sizes,
+                            log=True)])
+    print(f"wrote {path}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=5,
@@ -73,7 +118,10 @@ def main() -> int:
                     help="untimed warm-up calls before those; the other calls get WARMUP + 1")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", metavar="PATH", help="write every number to PATH")
+    ap.add_argument("--plot", metavar="PATH",
+                    help="draw the tables as bar charts into the PNG file PATH (matplotlib)")
     args = ap.parse_args()
+    C.check_plot_arg(ap, args.plot)
     R, W = args.repeats, max(1, args.warmup)
 
     def tc(fn, slow=False, **kw):
@@ -381,6 +429,8 @@ def main() -> int:
                              "repeats_fast": 2 * R + 1, "warmup_fast": W + 1, "seed": args.seed,
                              "scipy": scipy.__version__})
         print(f"wrote {args.json}")
+    if args.plot:
+        plot(args.plot, res)
     print(summary)
     return 0
 

@@ -44,8 +44,9 @@ whole adapter into W after every step (what a user without hyprvdb does).
                 peer while learning.
 
 Run:  python bench/serve.py [--seed N] [--repeats N] [--seconds S] [--random-weights]
-                           [--json PATH]
-The last line printed is a one-line summary.
+                           [--json PATH] [--plot PATH]
+The last line printed is a one-line summary. ``--plot PATH`` draws the three tables as bar
+charts into a PNG.
 """
 
 from __future__ import annotations
@@ -469,6 +470,33 @@ def print_throughput(res: dict) -> None:
           f"{res['maxdiff']:.2g}")
 
 
+# ------------------------------------------------------------------------------ charts
+def plot(path: str, ov: dict, cm: dict, tp: dict, title: str) -> None:
+    """The three tables as bar charts: (a) encode times against the plain model, (b) commit ->
+    first request against the dense-merge peer, (c) throughput against that peer."""
+    ours, peer = "hyprvdb AdaptiveEncoder", "peer: dense merge of W"
+    encode = {f"batch {b['batch']}": {
+        "plain model": b["times"]["plain"]["median_s"] * 1e3,
+        ours: b["times"]["live"]["median_s"] * 1e3,
+        "hyprvdb, a past step": b["times"]["past"]["median_s"] * 1e3,
+        "hyprvdb, the adapter unmerged": b["times"]["unmerged"]["median_s"] * 1e3}
+        for b in ov["batches"]}
+    m = cm["median"]
+    commit = {"commit -> first request": {ours: m["commit_to_first_s"] * 1e3,
+                                          peer: m["peer_commit_to_first_s"] * 1e3},
+              "new weights written": {ours: m["swap_s"] * 1e3, peer: m["peer_merge_s"] * 1e3}}
+    served = {what: {ours: C.median([r["adaptive"]["texts_per_s"] for r in tp[kind]]),
+                     peer: C.median([r["merged"]["texts_per_s"] for r in tp[kind]])}
+              for kind, what in (("static", "no commits"), ("online", "a commit every second"))}
+    C.plot_bars(path, title, [
+        C.BarPanel("(a) encode, median ms (log scale)", "ms", encode, log=True),
+        C.BarPanel(f"(b) a committed step of {cm['changes_per_step']:,} changes: median ms "
+                   "(log scale)", "ms", commit, log=True),
+        C.BarPanel(f"(c) throughput of {tp['clients']} clients, texts/s (median of rounds)",
+                   "texts / s", served)])
+    print(f"wrote {path}")
+
+
 # ------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -481,7 +509,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--random-weights", action="store_true",
                     help="MiniLM-L6's architecture with random weights and a hashing tokenizer")
     ap.add_argument("--json", metavar="PATH")
+    ap.add_argument("--plot", metavar="PATH",
+                    help="draw the tables as bar charts into the PNG file PATH (matplotlib)")
     a = ap.parse_args(argv)
+    C.check_plot_arg(ap, a.plot)
 
     wall0 = time.perf_counter()
     load0 = os.getloadavg()
@@ -531,6 +562,10 @@ def main(argv: list[str] | None = None) -> int:
                              "random_weights": a.random_weights, "seconds": a.seconds,
                              "density": DENSITY, "batch": BATCH, "clients": CLIENTS,
                              "client_batch": CLIENT_BATCH, "adapt_pairs": ADAPT_PAIRS})
+    if a.plot:
+        plot(a.plot, ov, cm, tp, f"bench/serve.py: all-MiniLM-L6-v2 with a learning sparse "
+                                 f"adapter, JAX on {devices}"
+                                 f"{', random weights' if a.random_weights else ''}")
     print()
     print(summary)
     return 0

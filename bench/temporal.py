@@ -43,8 +43,9 @@ TileDB       one sparse 1-D array over the whole model: int64 dimension = global
              (matrix, row, col) array and one 2-D array per matrix were tried while writing this
              script: all were larger on disk and slower to write, none faster to read.
 
-Run:  python bench/temporal.py [--quick] [--no-tiledb] [--profile] [--json PATH]
-TileDB is skipped (and the output says why) when ``import tiledb`` fails.
+Run:  python bench/temporal.py [--quick] [--no-tiledb] [--profile] [--json PATH] [--plot PATH]
+TileDB is skipped (and the output says why) when ``import tiledb`` fails. ``--plot PATH`` draws
+the whole-model table as bar charts (log scale) into a PNG.
 """
 
 from __future__ import annotations
@@ -783,6 +784,60 @@ def bench_tiledb(tr: Trajectory, tmp: str, repeats: int, ts: list[int]) -> dict:
     }
 
 
+# ------------------------------------------------------------------------------ charts
+def plot(path: str, res: dict, ts: list[int], tr: Trajectory) -> None:
+    """The whole-model table as bar charts: bytes per stored change, the time of a commit and
+    of a weight's history, and the whole model's state at each t of the table."""
+    hv, ck, coo, td = res["hyprvdb"], res["checkpoints"], res["coo"], res["tiledb"]
+    nm = len(tr.shapes)
+    tiledb = None if "skipped" in td else td
+    group, files = "hyprvdb TemporalGroup", f"hyprvdb, {nm} TemporalAdapter files"
+    ckpt, npcoo, tdb = "full checkpoints", "numpy COO deltas", "TileDB"
+
+    def ms_(x: float | None) -> float | None:
+        return None if x is None else x * 1e3
+
+    pf = hv["per_file"]
+    sizes = {
+        "on disk": {group: hv["disk_bytes_per_change"], files: pf["disk_bytes_per_change"],
+                    ckpt: ck["disk_bytes_per_change"], npcoo: coo["disk_bytes_per_change"],
+                    tdb: tiledb and tiledb["disk_bytes_per_change"]},
+        "in memory": {group: hv["mem_bytes_per_change"],
+                      files: pf["mem_bytes_per_change"],
+                      npcoo: coo["mem_bytes_per_change"]},
+    }
+    calls = {
+        "commit one step": {group: ms_(hv["commit"]["median_s"]),
+                            files: ms_(pf["commit"]["median_s"]),
+                            ckpt: ms_(ck["commit_median_s"]),
+                            npcoo: ms_(coo["commit_median_s"]),
+                            tdb: tiledb and ms_(tiledb["commit_median_s"])},
+        "one weight's history": {group: ms_(hv["history"]["random"]["median_s"]),
+                                 ckpt: ms_(ck["history_estimated_s"]),
+                                 npcoo: ms_(coo["history_s"]["median_s"]),
+                                 tdb: tiledb and ms_(tiledb["history_s"]["median_s"])},
+    }
+    states = {}
+    for t in ts:
+        states[f"t = {t}"] = {
+            group: ms_(hv["state"].get(t, {}).get("whole_model_median_s")),
+            ckpt: ms_(ck["read_step_s"]["median_s"]),
+            npcoo: ms_(coo["state"].get(t, {}).get("median_s")),
+            tdb: tiledb and ms_(tiledb["state"].get(t, {}).get("median_s"))}
+    C.plot_bars(path, f"bench/temporal.py: weight history of {nm} matrices, "
+                      f"{tr.n_weights / 1e6:.1f}M weights, {len(tr.steps)} steps, "
+                      f"{tr.n_changes:,} changes",
+                [C.BarPanel("bytes per stored change (log scale; checkpoints' estimated from "
+                            f"{len(CKPT_WRITE_STEPS)} written steps)", "bytes / change", sizes,
+                            log=True),
+                 C.BarPanel("median ms per call (log scale): commit with sync=False, history "
+                            "of a random weight (checkpoints' estimated)", "ms", calls,
+                            log=True),
+                 C.BarPanel("the whole model's weights at step t, median ms (log scale)",
+                            "ms", states, log=True)])
+    print(f"wrote {path}")
+
+
 # ------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -803,7 +858,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", default=None, help="folder for the temporary files")
     ap.add_argument("--keep", action="store_true", help="keep the temporary files")
     ap.add_argument("--json", metavar="PATH")
+    ap.add_argument("--plot", metavar="PATH",
+                    help="draw the whole-model table as bar charts into the PNG file PATH "
+                         "(matplotlib)")
     a = ap.parse_args(argv)
+    C.check_plot_arg(ap, a.plot)
     if a.quick:
         a.repeats, a.tiledb_repeats = 2, 1
     if a.steps < max(CKPT_WRITE_STEPS):
@@ -1068,6 +1127,8 @@ def main(argv: list[str] | None = None) -> int:
                    "base_density": BASE_DENSITY, "delta_sigma": DELTA_SIGMA,
                    "base_sigma": BASE_SIGMA, "hyprvdb_version": hyprvdb.__version__,
                    "tiledb_version": td.get("version"), "tmp_dir": tmp})
+    if a.plot:
+        plot(a.plot, res, ts_table, tr)
     print(summary)
     return 0
 

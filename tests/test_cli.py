@@ -146,6 +146,9 @@ def test_info_nvdb(vdb_file, tmp_path):
     assert d["name"] == "layer.0.q" and d["shape"] == [24, 40]
     assert d["step"] == 7 and d["active"] == 50
     assert d["checksum"] == f"{snap.checksum:016x}" and d["grid_bytes"] == snap.nbytes
+    assert d["nanovdb_version"] == "32.9.2"
+    snap.save_nvdb(path, version="32.4")
+    assert info(path)["nanovdb_version"] == "32.4.2"
 
 
 def test_info_history(history_file):
@@ -235,6 +238,9 @@ def test_convert_vdb_to_nvdb(vdb_file, tmp_path):
     s = Snapshot.load_nvdb(dst)
     assert s.name == "layer.0.q" and s.shape == (24, 40) and s.step == 4
     assert_same_adapter(s, a)
+    assert s.file_version == "32.9.2"
+    ok("convert", src, dst, "--nvdb-version", "32.4")
+    assert Snapshot.load_nvdb(dst).file_version == "32.4.2"
 
 
 def test_convert_vdb_to_dense_safetensors(vdb_file, tmp_path):

@@ -2,12 +2,12 @@
 imports another package's private modules, and the layers point down.
 
 Packages are the subpackages of hyprvdb (``adapter``, ``history``, ``snapshot``, ``ops``,
-``serve``) and the top level (``hyprvdb``: the shared base modules, ``jax``, ``cli``). A private
-name is one with a single leading underscore. Inside a package, code may use the private names
-that package defines; across packages it uses public names only. The shared base modules of
-the top level (``_errors``, ``_validate``, ``_native``, ``_coo``, ``_zaxis``, ``_atomic``,
-``_peft``: PEFT folders with numpy and safetensors) are
-importable by every package: they are the floor the tiers stand on.
+``serve``) and the top level (``hyprvdb``: the shared base modules, ``jax``, ``plot``,
+``cli``). A private name is one with a single leading underscore. Inside a package, code may
+use the private names that package defines; across packages it uses public names only. The
+shared base modules of the top level (``_errors``, ``_validate``, ``_native``, ``_coo``,
+``_zaxis``, ``_atomic``, ``_peft``: PEFT folders with numpy and safetensors) are importable by
+every package: they are the floor the tiers stand on.
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ ALLOWED = {
     "hyprvdb.history": {"hyprvdb.snapshot", "hyprvdb.adapter"},
     "hyprvdb.ops": set(),
     "hyprvdb.jax": {"hyprvdb.ops"},
+    "hyprvdb.plot": {"hyprvdb.history"},
     "hyprvdb.serve": {"hyprvdb.jax", "hyprvdb.history", "hyprvdb.ops", "hyprvdb.snapshot"},
-    "hyprvdb.cli": {"hyprvdb.adapter", "hyprvdb.history", "hyprvdb.snapshot", "hyprvdb.serve"},
+    "hyprvdb.cli": {"hyprvdb.adapter", "hyprvdb.history", "hyprvdb.snapshot", "hyprvdb.serve",
+                    "hyprvdb.plot"},
 }
 
 

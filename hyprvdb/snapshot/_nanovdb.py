@@ -283,12 +283,10 @@ def leaf_crcs(leaf_bytes: np.ndarray, voxel_n: np.ndarray | None = None,
 
 # ------------------------------------------------------------------------------------- layout
 @dataclasses.dataclass(frozen=True)
-class GridLayout:
-    """Byte offsets (from the start of the grid buffer) and counts of one index grid.
-
-    Offsets of node arrays are valid only when the matching count is nonzero. ``values_offset``
-    is where the float32 values channel starts (``value_count`` floats, index 0 = background).
-    """
+class NodeLayout:
+    """Byte offsets (from the start of the grid buffer) and counts of a grid's node arrays and
+    blind-data records. Offsets of node arrays are valid only when the matching count is
+    nonzero."""
 
     grid_size: int
     tile_count: int
@@ -299,14 +297,21 @@ class GridLayout:
     leaf_offset: int
     leaf_count: int
     blind_meta_offset: int
-    meta_offset: int
-    values_offset: int
-    value_count: int
 
     @property
     def head_end(self) -> int:
-        """End of the bytes covered by the low word of NanoVDB's checksum."""
+        """End of the bytes covered by the low word of NanoVDB 32.4's checksum."""
         return TILES_OFF + TILE_SIZE * self.tile_count
+
+
+@dataclasses.dataclass(frozen=True)
+class GridLayout(NodeLayout):
+    """A weight grid's layout: ``values_offset`` is where the float32 values channel starts
+    (``value_count`` floats, index 0 = background), ``meta_offset`` the meta channel."""
+
+    meta_offset: int
+    values_offset: int
+    value_count: int
 
     @property
     def voxel_count(self) -> int:
@@ -443,25 +448,12 @@ class Channel:
 
 
 @dataclasses.dataclass(frozen=True)
-class TreeLayout:
-    """Byte offsets of a grid's node arrays and blind channels, for grids of any channels.
-    ``channel_offsets[i]`` is where the data of record ``i`` starts."""
+class TreeLayout(NodeLayout):
+    """The layout of a grid of any blind channels: ``channel_offsets[i]`` is where the data of
+    record ``i`` starts."""
 
-    grid_size: int
-    tile_count: int
-    upper_offset: int
-    upper_count: int
-    lower_offset: int
-    lower_count: int
-    leaf_offset: int
-    leaf_count: int
-    blind_meta_offset: int
     channel_offsets: tuple[int, ...]
     voxel_count: int
-
-    @property
-    def head_end(self) -> int:
-        return TILES_OFF + TILE_SIZE * self.tile_count
 
 
 def index_key(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -44,7 +44,8 @@ make_venv() {
 # What serving needs (and the tests of it); the full build adds OpenVDB's side and the peers.
 serve_deps=("numpy>=1.24" "scipy>=1.10" "pytest>=7" "hypothesis>=6.80" "tqdm>=4.60"
             "nanobind>=2.0" "scikit-build-core>=0.10" "cmake>=3.18" "ninja"
-            "jax>=0.4.30" "ml_dtypes" "safetensors" "tokenizers" "fastapi" "uvicorn" "httpx")
+            "jax>=0.4.30" "ml_dtypes" "safetensors" "tokenizers" "fastapi" "uvicorn" "httpx"
+            "fsspec")
 
 # NanoVDB's headers, copied where the GPU command finds them (the GPU machines have none: a
 # device run carries build/nanovdb-include; see bench/gpu.sh).
@@ -74,7 +75,7 @@ if [ "$what" = serve-test ]; then
   HYPRVDB_TIER_FIXTURES="$fixtures" HYPRVDB_EXPECT_NO_CORE=1 PYTHONSAFEPATH=1 \
     exec .venv-serve/bin/python -m pytest -p no:cacheprovider tests/test_tiers.py tests/test_readpath_isolation.py \
     tests/test_snapshot.py tests/test_ops.py tests/test_jax.py tests/test_serving.py \
-    tests/test_server.py tests/test_layers.py tests/test_set_snapshot.py
+    tests/test_server.py tests/test_layers.py tests/test_set_snapshot.py tests/test_remote_history.py
 fi
 
 apt_install libopenvdb-dev libnanovdb-dev libboost-dev libboost-iostreams-dev libtbb-dev \

@@ -246,6 +246,48 @@ def _check_header(header: Any, shown: str) -> None:
             raise bad(f"entry {i} has an invalid max_history {mh!r}")
 
 
+def parse_records(data: bytes, pos: int, base: int = 0
+                  ) -> tuple[list[tuple[str, int, Any, int]], list[bytes], int, str | None]:
+    """The complete, checksummed records of ``data`` from ``pos`` on: ``(kind, t, payload,
+    byte offset + base)`` each, their raw bytes, where reading stopped, and what stopped it
+    (None at the end of the data)."""
+    records: list[tuple[str, int, Any, int]] = []
+    raw: list[bytes] = []
+    damage = None
+    while pos < len(data):
+        at = pos + base
+        try:
+            magic, code, size, crc = _REC_HEAD.unpack_from(data, pos)
+        except struct.error:
+            damage = f"a torn record header at byte {at}"
+            break
+        body = data[pos + _REC_HEAD.size: pos + _REC_HEAD.size + size]
+        if magic != REC or code not in KINDS:
+            damage = f"an unreadable record at byte {at}"
+            break
+        if len(body) != size:
+            damage = f"a torn record at byte {at} ({len(body)} of {size} bytes)"
+            break
+        if zlib.crc32(bytes([code]) + body) & 0xFFFFFFFF != crc:
+            damage = f"a record failing its checksum at byte {at}"
+            break
+        kind = KINDS[code]
+        try:
+            if kind == "step":
+                t, payload = decode_step(body)
+            elif kind == "base":
+                t, payload = decode_base(body)
+            else:
+                (t,), payload = struct.unpack("<q", body), None
+        except (ValueError, zlib.error, struct.error, IndexError) as exc:
+            damage = f"a malformed {kind} record at byte {at} ({exc})"
+            break
+        records.append((kind, t, payload, at))
+        raw.append(data[pos:pos + _REC_HEAD.size + size])
+        pos += _REC_HEAD.size + size
+    return records, raw, pos, damage
+
+
 class HistoryFile:
     """An open history file that commits are appended to."""
 
@@ -295,8 +337,13 @@ class HistoryFile:
         """Read a history file: its header, its committed records as ``(kind, t, payload,
         byte offset)``, and the file opened for appending."""
         path = os.fspath(path)
-        data = Path(path).read_bytes()
-        shown = repr(path)
+        return cls.from_bytes(Path(path).read_bytes(), path, repr(path), strict=strict, sync=sync)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, path: str, shown: str, *, strict: bool = False,
+                   sync: bool = False) -> tuple[dict[str, Any], list[tuple[str, int, Any, int]],
+                                                HistoryFile]:
+        """:meth:`open` of a history's bytes; ``path`` is where commits will go."""
         if not data.startswith(MAGIC):
             if len(data) < len(MAGIC) and MAGIC.startswith(data):
                 raise CorruptFileError(f"{shown} is truncated inside its header")
@@ -342,39 +389,7 @@ class HistoryFile:
                     _recover(f"{shown}: superblock {k} is damaged; read the other one "
                              f"(sequence {sb[0]}, {sb[1]} committed records), which may be "
                              f"older than the damaged one", strict)
-        records: list[tuple[str, int, Any, int]] = []
-        raw: list[bytes] = []
-        damage = None
-        while pos < len(data):
-            try:
-                magic, code, size, crc = _REC_HEAD.unpack_from(data, pos)
-            except struct.error:
-                damage = f"a torn record header at byte {pos}"
-                break
-            body = data[pos + _REC_HEAD.size: pos + _REC_HEAD.size + size]
-            if magic != REC or code not in KINDS:
-                damage = f"an unreadable record at byte {pos}"
-                break
-            if len(body) != size:
-                damage = f"a torn record at byte {pos} ({len(body)} of {size} bytes)"
-                break
-            if zlib.crc32(bytes([code]) + body) & 0xFFFFFFFF != crc:
-                damage = f"a record failing its checksum at byte {pos}"
-                break
-            kind = KINDS[code]
-            try:
-                if kind == "step":
-                    t, payload = decode_step(body)
-                elif kind == "base":
-                    t, payload = decode_base(body)
-                else:
-                    (t,), payload = struct.unpack("<q", body), None
-            except (ValueError, zlib.error, struct.error, IndexError) as exc:
-                damage = f"a malformed {kind} record at byte {pos} ({exc})"
-                break
-            records.append((kind, t, payload, pos))
-            raw.append(data[pos:pos + _REC_HEAD.size + size])
-            pos += _REC_HEAD.size + size
+        records, raw, pos, damage = parse_records(data, pos)
         head = data[:header_end]
         if sb is None:  # version 1: every complete record counts
             return header, *cls._open_v1(path, shown, head, records, raw, pos, damage,
@@ -451,18 +466,67 @@ class HistoryFile:
         f.flush()
         if self.sync:
             os.fsync(f.fileno())
-        end = self._end + len(record)
-        chain = zlib.crc32(record, self._chain)
-        newest = _after(self._newest, kind, t, self._only_bases)
-        seq = self._seq + 1
-        f.seek(self._header_end + (seq % 2) * SB_SIZE)
-        f.write(_superblock(seq, self._records + 1, end, newest, chain))
+        sb, state = self._next(record, kind, t)
+        f.seek(self._header_end + (state[3] % 2) * SB_SIZE)
+        f.write(sb)
         f.flush()
         if self.sync:
             os.fsync(f.fileno())
-        self._end, self._chain, self._newest, self._seq = end, chain, newest, seq
-        self._records += 1
-        self._only_bases &= kind == "base"
+        self._take(state)
+
+    def _next(self, record: bytes, kind: str, t: int) -> tuple[bytes, tuple]:
+        """The superblock that commits ``record`` appended, and the state it commits (taken
+        by :meth:`_take` once the superblock is written)."""
+        end = self._end + len(record)
+        chain = zlib.crc32(record, self._chain)
+        newest = _after(self._newest, kind, t, self._only_bases)
+        seq, records = self._seq + 1, self._records + 1
+        return (_superblock(seq, records, end, newest, chain),
+                (end, chain, newest, seq, records, self._only_bases and kind == "base"))
+
+    def _take(self, state: tuple) -> None:
+        (self._end, self._chain, self._newest, self._seq, self._records,
+         self._only_bases) = state
+
+    def _continue(self, sb: tuple[int, int, int, int, int], new: bytes, shown: str
+                  ) -> list[tuple[str, int, Any, int]] | None:
+        """The records ``new`` (the bytes after this history's committed end) that the
+        superblock ``sb`` commits, validated as a continuation of what was read before; None
+        when ``sb`` does not continue it (the history was written anew): read it again."""
+        seq, count, end, newest, chain = sb
+        if count < self._records or end < self._end or seq < self._seq:
+            return None
+        records, raw, _, damage = parse_records(new, 0, self._end)
+        take = count - self._records
+        if len(records) < take:
+            raise CorruptFileError(f"{shown}: its superblock commits {take} new record(s), "
+                                   f"{len(records)} could be read ({damage or 'none more'})")
+        check = self._chain
+        for r in raw[:take]:
+            check = zlib.crc32(r, check)
+        at = self._end + sum(len(r) for r in raw[:take])
+        if check != chain or at != end:
+            return None
+        self._take((end, chain, newest, seq, count,
+                    self._only_bases and all(r[0] == "base" for r in records[:take])))
+        return records[:take]
+
+    def poll(self) -> list[tuple[str, int, Any, int]] | None:
+        """The records committed since this history was read or last polled (each checked
+        as on loading), [] if none; None when the file was written anew (by ``save``): load
+        it again."""
+        with open(self.path, "rb") as f:
+            f.seek(self._header_end)
+            slots = [_read_superblock(f.read(SB_SIZE)) for _ in (0, 1)]
+            valid = [x for x in slots if x is not None]
+            if not valid:
+                return None
+            sb = max(valid)
+            if sb[0] == self._seq:
+                return []
+            f.seek(self._end)
+            new = f.read(max(0, sb[2] - self._end))
+        return self._continue(sb, new, repr(self.path))
 
     def append_base(self, member: int, t: int, idx: np.ndarray, val: np.ndarray) -> None:
         self._append(_record("base", encode_base(member, t, idx, val)), "base", t)

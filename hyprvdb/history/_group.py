@@ -26,6 +26,7 @@ from .._errors import CorruptFileError
 from ._changes import Changes, merge_groups
 from ._file import HistoryFile
 from ._matrix import Matrix
+from ._objects import HistoryObjects, is_url
 from ..snapshot import SetSnapshot
 
 __all__ = ["TemporalGroup"]
@@ -92,6 +93,7 @@ class TemporalGroup:
         self._steps: list[int] = [0]
         self._commits = 0
         self._file: HistoryFile | None = None
+        self._read_only = False
 
     # ---------------------------------------------------------------- members
     def __getitem__(self, name: str) -> Any:
@@ -170,6 +172,7 @@ class TemporalGroup:
         """Commit step ``t`` for every member: ``deltas[name]`` is ``(rows, cols, values)``
         or ``(rows, cols, values, reset)``; members left out get an empty slice. Everything
         is checked before anything is stored."""
+        self._writable("store_deltas")
         if not isinstance(deltas, Mapping):
             raise TypeError(f"deltas must be a mapping of member name to (rows, cols, values), "
                             f"got {type(deltas).__name__}")
@@ -195,6 +198,7 @@ class TemporalGroup:
 
     def commit(self, t: int | None = None) -> int:
         """Close every member's open step as step ``t`` (default latest + 1); returns t."""
+        self._writable("commit")
         t = self.latest + 1 if t is None else self._check_new_step(t)
         staged = {name: m.open_changes() for name, m in self._matrices.items()}
         self._check_sums(staged)
@@ -272,6 +276,7 @@ class TemporalGroup:
     def _open_member(self, name: str) -> Any:
         """Member ``name``'s open step: its member of one AdapterSet that holds every
         member's open step (created on the first accumulate)."""
+        self._writable("accumulate")
         if self._open is None:
             self._open = AdapterSet(allow_nonfinite=self._allow_nonfinite)
         if name not in self._open:
@@ -283,6 +288,7 @@ class TemporalGroup:
         """Make the weights at ``t`` current for every member: every later slice is discarded
         (not kept on a branch; save the history first to keep it). Returns the step rolled
         back to."""
+        self._writable("rollback")
         self._no_open_changes("rollback", hint="commit() or discard_open() them before rollback")
         step = self.resolve(t)
         self._rollback(step)
@@ -293,6 +299,7 @@ class TemporalGroup:
     def prune_history(self, keep_last: int) -> int:
         """Fold all but the newest ``keep_last`` slices of every member into its base,
         exactly (float64). Returns the new base step."""
+        self._writable("prune_history")
         if isinstance(keep_last, (bool, np.bool_)) or not isinstance(keep_last, (int, np.integer)):
             raise TypeError(f"keep_last must be an int, got {type(keep_last).__name__}")
         if keep_last < 0:
@@ -314,7 +321,12 @@ class TemporalGroup:
         A commit is safe against a killed process as soon as it returns (its record is
         written in one ``write``); with ``sync=True`` it is also fsynced, which makes it
         durable across power loss at the price of a disk flush per commit.
+
+        ``path`` may be a URL of an fsspec filesystem (``memory://``, ``file://``, ``s3://``
+        with s3fs ...): the history is then a header object, one immutable object per commit
+        and a manifest written after it (see ``hyprvdb/history/_objects.py``).
         """
+        self._writable("save")
         if self._file:
             self._file.close()
         members = list(self._matrices.values())
@@ -324,21 +336,28 @@ class TemporalGroup:
         steps = sorted(set(self._steps[1:]).union(*per_member))
         records = [(t, [(i, *sl[t]) for i, sl in enumerate(per_member) if t in sl])
                    for t in steps]
-        self._file = HistoryFile.create(
+        self._file = _store(path).create(
             path, {"members": [self._settings(m) for m in members]},
             [(i, self.base_step, m.base_idx, m.base_val) for i, m in enumerate(members)],
             records, sync=sync)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, strict: bool = False,
-             sync: bool = False) -> TemporalGroup:
-        """Open a history file of one or more matrices; later commits append to it.
+             sync: bool = False, mode: str = "a") -> TemporalGroup:
+        """Open a history file (or fsspec URL, see :meth:`save`) of one or more matrices;
+        later commits append to it.
 
         A damaged or torn tail (a crash mid-commit) is dropped with a
         :class:`HistoryRecoveryWarning`, keeping every step before it; ``strict=True`` raises
         :class:`CorruptFileError` instead.
+
+        ``mode="r"`` opens it read-only, as a follower of another process that writes it:
+        every write is refused, and :meth:`refresh` applies the writer's new commits.
         """
-        header, records, file = HistoryFile.open(path, strict=strict, sync=sync)
+        if mode not in ("a", "r"):
+            raise ValueError(f"mode must be 'a' (read and append) or 'r' (read only), got "
+                             f"{mode!r}")
+        header, records, file = _store(path).open(path, strict=strict, sync=sync)
         try:
             g = cls._from_header(header, path)
             g._replay(records, repr(os.fspath(path)))
@@ -346,7 +365,36 @@ class TemporalGroup:
             file.close()
             raise
         g._file = file
+        g._read_only = mode == "r"
         return g
+
+    def refresh(self) -> list[int]:
+        """Apply the commits another process made to this history's file or URL since it was
+        loaded or last refreshed, reading only the new records (each checked as on loading);
+        returns the steps that became visible, oldest first ([] if none). Rollbacks and
+        prunes the writer made apply too.
+
+        Raises :class:`CorruptFileError` when the history was written anew (saved over) since
+        it was read: load it again.
+        """
+        if self._file is None:
+            raise ValueError("refresh needs a history loaded from a file or URL")
+        self._no_open_changes("refresh")
+        shown = repr(self._file.path)
+        records = self._file.poll()
+        if records is None:
+            raise CorruptFileError(f"{shown} was written anew (saved over) since it was read; "
+                                   f"load it again")
+        if any(r[0] == "base" for r in records) and len(self._steps) > 1:
+            raise CorruptFileError(f"{shown}: a base record after the first step")
+        before = set(self._steps)
+        self._replay(records, shown)
+        return [t for t in self._steps if t not in before]
+
+    def _writable(self, what: str) -> None:
+        if self._read_only:
+            raise ValueError(f"{what}: this history was loaded read-only (mode='r'); load it "
+                             f"with mode='a' to write to it")
 
     def close(self) -> None:
         """Stop appending commits to the file."""
@@ -623,3 +671,7 @@ def show_steps(steps: list[int]) -> str:
         return str(steps)
     return f"[{steps[0]}, {steps[1]}, ..., {steps[-1]}] ({len(steps)} steps)"
 
+
+def _store(path: Any) -> type[HistoryFile]:
+    """Where a history lives: a local file, or objects on an fsspec filesystem."""
+    return HistoryObjects if is_url(path) else HistoryFile

@@ -159,6 +159,7 @@ class TemporalAdapter:
         Only before the first delta; duplicated coordinates are summed.
         """
         g, m = self._group, self._m
+        g._writable("store_base")
         if len(g._steps) > 1 or g.base_step != 0 or m.open is not None:
             raise ValueError("store_base must come before the first delta "
                              f"(history already holds steps up to {self.latest})")

@@ -1,0 +1,212 @@
+"""Histories on fsspec filesystems (hyprvdb/history/_objects.py): a header object, one
+immutable object per commit and a manifest. Checked against the same operations on a local
+history file (every step's weights equal), for interrupted commits (a record object past the
+manifest), missing and damaged objects, and for saving over a longer history.
+"""
+
+from __future__ import annotations
+
+import uuid
+import warnings
+
+import numpy as np
+import pytest
+
+from hyprvdb import CorruptFileError, HistoryRecoveryWarning, TemporalAdapter, TemporalGroup
+
+fsspec = pytest.importorskip("fsspec")
+
+SHAPES = {"q": (24, 40), "ff": (64, 24)}
+
+
+def url() -> str:
+    return f"memory://hyprvdb-tests/{uuid.uuid4().hex}"
+
+
+def mem_path(u: str) -> str:
+    return u[len("memory://"):]
+
+
+def records_dir(u: str) -> str:
+    """The record objects' folder of the generation the manifest names."""
+    fs = fsspec.filesystem("memory")
+    gens = [p.rsplit("/", 1)[-1] for p in fs.ls(mem_path(u), detail=False)]
+    (gen,) = [g for g in gens if g.isdigit()]
+    return f"{mem_path(u)}/{gen}/records"
+
+
+def play(g: TemporalGroup, rng: np.random.Generator, steps: int, start: int = 1) -> None:
+    for t in range(start, start + steps):
+        deltas = {}
+        for name, (r, c) in SHAPES.items():
+            n = int(rng.integers(1, 30))
+            deltas[name] = (rng.integers(0, r, n), rng.integers(0, c, n),
+                            rng.standard_normal(n))
+        g.store_deltas(t, deltas)
+
+
+def assert_same(a: TemporalGroup, b: TemporalGroup) -> None:
+    assert a.steps == b.steps
+    for t in a.steps:
+        for name in SHAPES:
+            for x, y in zip(a[name].active_weights(t), b[name].active_weights(t)):
+                np.testing.assert_array_equal(x, y)
+
+
+def test_remote_history_matches_a_local_file(tmp_path):
+    rng_a, rng_b = np.random.default_rng(1), np.random.default_rng(1)
+    local, remote = TemporalGroup(SHAPES), TemporalGroup(SHAPES)
+    local.save(tmp_path / "h.hvh")
+    u = url()
+    remote.save(u)
+    assert remote.path == u
+    for g, rng in ((local, rng_a), (remote, rng_b)):
+        play(g, rng, 12)
+        g.rollback(9)
+        play(g, rng, 5, start=10)
+        g.prune_history(8)
+    assert_same(local, remote)
+    back = TemporalGroup.load(u)
+    assert_same(back, TemporalGroup.load(tmp_path / "h.hvh"))
+    play(back, np.random.default_rng(2), 3, start=back.latest + 1)  # commits go on
+    assert_same(back, TemporalGroup.load(u))
+
+
+def test_file_urls_and_single_adapters(tmp_path):
+    a = TemporalAdapter(10, 10)
+    a.save(f"file://{tmp_path}/one")
+    a.store_delta(1, [1, 2], [3, 4], [0.5, -0.5])
+    b = TemporalAdapter.load(f"file://{tmp_path}/one")
+    np.testing.assert_array_equal(b.get_weights([1, 2], [3, 4], t=1), [0.5, -0.5])
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["000000", "manifest"]
+    assert sorted(p.name for p in (tmp_path / "one" / "000000").iterdir()) == ["header",
+                                                                              "records"]
+
+
+def test_an_interrupted_commit_is_not_part_of_the_history():
+    u = url()
+    g = TemporalGroup(SHAPES)
+    g.save(u)
+    play(g, np.random.default_rng(3), 4)
+    fs = fsspec.filesystem("memory")
+    records = sorted(fs.ls(records_dir(u), detail=False))
+    fs.pipe(f"{records_dir(u)}/{len(records):012d}", fs.cat_file(records[-1]))
+    with pytest.warns(HistoryRecoveryWarning, match="1 record object"):
+        h = TemporalGroup.load(u)
+    assert h.latest == 4
+    with pytest.raises(CorruptFileError, match="record object"):
+        TemporalGroup.load(u, strict=True)
+    play(h, np.random.default_rng(4), 1, start=5)  # overwrites the stray object
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert TemporalGroup.load(u).latest == 5
+
+
+def test_missing_and_damaged_objects():
+    fs = fsspec.filesystem("memory")
+    with pytest.raises(FileNotFoundError, match="no hyprvdb history"):
+        TemporalGroup.load(url())
+    u = url()
+    g = TemporalGroup(SHAPES)
+    g.save(u)
+    play(g, np.random.default_rng(5), 3)
+    root = mem_path(u)
+    rec = f"{records_dir(u)}/{2:012d}"
+    kept = fs.cat_file(rec)
+    fs.rm(rec)
+    with pytest.raises(CorruptFileError, match="000000000002' is missing"):
+        TemporalGroup.load(u)
+    fs.pipe(rec, kept[:-1] + bytes([kept[-1] ^ 1]))
+    with pytest.raises(CorruptFileError):
+        TemporalGroup.load(u, strict=True)
+    fs.pipe(rec, kept)
+    manifest = fs.cat_file(f"{root}/manifest")
+    fs.pipe(f"{root}/manifest", manifest[:-1] + bytes([manifest[-1] ^ 1]))
+    with pytest.raises(CorruptFileError, match="manifest is damaged"):
+        TemporalGroup.load(u)
+    fs.pipe(f"{root}/manifest", manifest)
+    assert TemporalGroup.load(u).latest == 3
+
+
+def test_saving_over_a_longer_history_removes_its_extra_objects():
+    u = url()
+    g = TemporalGroup(SHAPES)
+    g.save(u)
+    play(g, np.random.default_rng(6), 10)
+    short = TemporalGroup(SHAPES)
+    play(short, np.random.default_rng(7), 2)
+    short.save(u)
+    fs = fsspec.filesystem("memory")
+    # a new generation; the old one's objects are gone
+    assert records_dir(u).endswith("/000001/records")
+    assert len(fs.ls(records_dir(u), detail=False)) == 2 + 2  # two bases, two steps
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_same(TemporalGroup.load(u), short)
+
+
+@pytest.mark.parametrize("where", ["url", "file"])
+def test_a_follower_applies_the_writers_new_commits(tmp_path, where):
+    """A reader loaded with mode='r' refreshes to the writer's state after every commit,
+    rollback and prune, reading only what is new; it refuses every write."""
+    path = url() if where == "url" else str(tmp_path / "h.hvh")
+    writer = TemporalGroup(SHAPES)
+    writer.save(path)
+    play(writer, np.random.default_rng(8), 3)
+    follower = TemporalGroup.load(path, mode="r")
+    rng = np.random.default_rng(9)
+    for round_ in range(6):
+        play(writer, rng, 4, start=writer.latest + 1)
+        if round_ == 2:
+            writer.rollback(writer.latest - 2)
+        if round_ == 4:
+            writer.prune_history(3)
+        before = follower.latest
+        new = follower.refresh()
+        assert new == [t for t in writer.steps if t > before] or round_ in (2, 4)
+        assert_same(follower, writer)
+    assert follower.refresh() == []
+    for write in (lambda: follower.store_deltas(follower.latest + 1, {}),
+                  lambda: follower.commit(), lambda: follower.rollback(follower.latest),
+                  lambda: follower.prune_history(1), lambda: follower.save(path),
+                  lambda: follower.accumulate("q", [0], [0], [1.0]),
+                  lambda: follower["q"].store_base(rows=[0], cols=[0], values=[1.0])):
+        with pytest.raises(ValueError, match="read-only"):
+            write()
+    writer.save(path)  # written anew: the follower must load it again
+    with pytest.raises(CorruptFileError, match="written anew"):
+        follower.refresh()
+
+
+@pytest.mark.parametrize("crash_after", [0, 1, 3, 5])
+def test_a_save_that_crashes_leaves_the_old_history(monkeypatch, crash_after):
+    """Saving over a history writes a new generation before the manifest names it: a crash
+    after any number of its PUTs leaves the old history whole."""
+    from hyprvdb.history import _objects
+    u = url()
+    g = TemporalGroup(SHAPES)
+    g.save(u)
+    play(g, np.random.default_rng(10), 4)
+    other = TemporalGroup(SHAPES)
+    play(other, np.random.default_rng(11), 2)
+    real, calls = _objects._put, []
+
+    def put(fs, key, data):
+        if len(calls) == crash_after:
+            raise OSError("the writer was killed")
+        calls.append(key)
+        real(fs, key, data)
+
+    monkeypatch.setattr(_objects, "_put", put)
+    with pytest.raises(OSError, match="killed"):
+        other.save(u)
+    monkeypatch.setattr(_objects, "_put", real)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_same(TemporalGroup.load(u), g)
+    short = TemporalGroup(SHAPES)  # a later save succeeds and replaces it, leaving nothing
+    play(short, np.random.default_rng(12), 1)  # of the crashed one behind
+    short.save(u)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_same(TemporalGroup.load(u), short)

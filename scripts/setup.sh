@@ -89,6 +89,8 @@ venv_pip .venv install "torch==2.13.0"
 venv_pip .venv install "transformers"
 # PEFT (SHiRA and LoRA folder round trips in tests/test_peft.py), on that CPU PyTorch.
 venv_pip .venv install "peft"
+# Histories on object storage: s3fs as the client, moto's standalone S3 server in the tests.
+venv_pip .venv install "s3fs" "moto[server]"
 # The charts: `hyprvdb plot`, the benchmarks' --plot and tests/test_plot.py.
 venv_pip .venv install "matplotlib>=3.7"
 # The embedded model: only its files (its own requirement pulls sentence-transformers).

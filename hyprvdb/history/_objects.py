@@ -73,6 +73,28 @@ def _put(fs: Any, key: str, data: bytes) -> None:
         fs.pipe(key, data)
 
 
+def _cat_all(fs: Any, keys: list[str]) -> dict[str, bytes | None]:
+    """The objects ``keys`` (None for a missing one), fetched together where the filesystem
+    can; listings it cached are dropped first, since another process may have added keys."""
+    if not keys:
+        return {}
+    fs.invalidate_cache()
+    try:
+        got = fs.cat(keys, on_error="return")
+    except FileNotFoundError:
+        got = {}
+    out: dict[str, bytes | None] = {}
+    for k in keys:
+        v = got.get(k)
+        if not isinstance(v, bytes):
+            try:
+                v = fs.cat_file(k)
+            except FileNotFoundError:
+                v = None
+        out[k] = v
+    return out
+
+
 def _gen_root(root: str, gen: int) -> str:
     return f"{root}/{gen:06d}"
 
@@ -108,6 +130,7 @@ class HistoryObjects(HistoryFile):
         head = _header_bytes(header)
         records = [("base", b[1], _record("base", encode_base(*b))) for b in bases]
         records += [("step", t, _record("step", encode_step(t, sl))) for t, sl in steps]
+        fs.invalidate_cache()  # listings another process may have changed since
         old = cls._manifest(fs, root, path, missing_ok=True)
         gen = 0 if old is None else old[1] + 1
         groot = _gen_root(root, gen)
@@ -154,8 +177,8 @@ class HistoryObjects(HistoryFile):
                                    f"is missing") from None
         count = sb[1]
         keys = [_record_key(groot, i) for i in range(count)]
-        got = fs.cat(keys, on_error="return") if keys else {}
-        missing = [k for k in keys if isinstance(got.get(k), BaseException) or k not in got]
+        got = _cat_all(fs, keys)
+        missing = [k for k in keys if got[k] is None]
         if missing:
             raise CorruptFileError(f"{shown}: its manifest counts {count} records, but the "
                                    f"object {missing[0]!r} is missing")
@@ -179,8 +202,8 @@ class HistoryObjects(HistoryFile):
             return []
         keys = [_record_key(self._groot, i) for i in range(self._records,
                                                            max(self._records, sb[1]))]
-        got = self.fs.cat(keys, on_error="return") if keys else {}
-        missing = [k for k in keys if isinstance(got.get(k), BaseException) or k not in got]
+        got = _cat_all(self.fs, keys)
+        missing = [k for k in keys if got[k] is None]
         if missing:
             raise CorruptFileError(f"{self.path!r}: its manifest counts {sb[1]} records, but "
                                    f"the object {missing[0]!r} is missing")

@@ -1,0 +1,134 @@
+"""Histories on a real S3-compatible server: moto's standalone server, started here on
+127.0.0.1 with throwaway credentials, and s3fs as the client. The same checks as on
+``memory://`` (tests/test_remote_history.py): a history written and read back step for step,
+a follower refreshing from the writer's new records, and a save that crashes leaving the old
+history whole.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_remote_history import SHAPES, assert_same, play
+
+from hyprvdb import CorruptFileError, TemporalGroup
+
+s3fs = pytest.importorskip("s3fs")
+pytest.importorskip("moto")
+fsspec = pytest.importorskip("fsspec")
+
+BUCKET = "hyprvdb-tests"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """The endpoint of a moto S3 server of this test module's own, with one bucket; s3fs
+    configured for it through fsspec's configuration."""
+    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) \
+        or shutil.which("moto_server")
+    if exe is None:
+        pytest.skip("moto's standalone server (pip install 'moto[server]') is not installed")
+    port = _free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "server.log", "wb")
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=log,
+                            stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    saved_env = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    saved_conf = fsspec.config.conf.get("s3")
+    fsspec.config.conf["s3"] = {"endpoint_url": endpoint, "key": "testing",
+                                "secret": "testing", "skip_instance_cache": True}
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    pytest.fail(f"moto_server did not start (exit {proc.poll()})")
+                time.sleep(0.2)
+        fs = fsspec.filesystem("s3")
+        fs.mkdir(BUCKET)
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+        if saved_conf is None:
+            fsspec.config.conf.pop("s3", None)
+        else:
+            fsspec.config.conf["s3"] = saved_conf
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def s3_url() -> str:
+    return f"s3://{BUCKET}/{uuid.uuid4().hex}"
+
+
+def test_a_history_on_s3_reads_back_step_for_step(s3, tmp_path):
+    u = s3_url()
+    g = TemporalGroup(SHAPES)
+    g.save(u)
+    play(g, np.random.default_rng(1), 10)
+    g.rollback(7)
+    play(g, np.random.default_rng(2), 3, start=8)
+    back = TemporalGroup.load(u)
+    assert_same(back, g)
+    play(back, np.random.default_rng(3), 2, start=back.latest + 1)
+    assert_same(TemporalGroup.load(u), back)
+
+
+def test_a_follower_on_s3(s3):
+    u = s3_url()
+    writer = TemporalGroup(SHAPES)
+    writer.save(u)
+    follower = TemporalGroup.load(u, mode="r")
+    rng = np.random.default_rng(4)
+    for _ in range(5):
+        play(writer, rng, 3, start=writer.latest + 1)
+        follower.refresh()
+        assert_same(follower, writer)
+    writer.save(u)
+    with pytest.raises(CorruptFileError, match="written anew"):
+        follower.refresh()
+
+
+def test_saving_over_a_history_on_s3_keeps_one_generation(s3):
+    u = s3_url()
+    g = TemporalGroup(SHAPES)
+    g.save(u)
+    play(g, np.random.default_rng(5), 4)
+    g.save(u)
+    fs = fsspec.filesystem("s3")
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(u[len("s3://"):], detail=False))
+    assert names == ["000001", "manifest"]
+    assert_same(TemporalGroup.load(u), g)
+
+
+def test_missing_bucket_and_missing_history(s3):
+    with pytest.raises(FileNotFoundError, match="no hyprvdb history"):
+        TemporalGroup.load(s3_url())
+    with pytest.raises(FileNotFoundError):
+        TemporalGroup.load(f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/h")

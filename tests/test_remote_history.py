@@ -66,19 +66,22 @@ def test_remote_history_matches_a_local_file(tmp_path):
         play(g, rng, 5, start=10)
         g.prune_history(8)
     assert_same(local, remote)
+    remote.close()  # gives up the writer lease
     back = TemporalGroup.load(u)
     assert_same(back, TemporalGroup.load(tmp_path / "h.hvh"))
     play(back, np.random.default_rng(2), 3, start=back.latest + 1)  # commits go on
-    assert_same(back, TemporalGroup.load(u))
+    assert_same(back, TemporalGroup.load(u, mode="r"))
 
 
 def test_file_urls_and_single_adapters(tmp_path):
     a = TemporalAdapter(10, 10)
     a.save(f"file://{tmp_path}/one")
     a.store_delta(1, [1, 2], [3, 4], [0.5, -0.5])
+    a.close()
     b = TemporalAdapter.load(f"file://{tmp_path}/one")
     np.testing.assert_array_equal(b.get_weights([1, 2], [3, 4], t=1), [0.5, -0.5])
-    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["000000", "manifest"]
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["000000", "lease",
+                                                                   "manifest"]
     assert sorted(p.name for p in (tmp_path / "one" / "000000").iterdir()) == ["header",
                                                                               "records"]
 
@@ -91,21 +94,22 @@ def test_an_interrupted_commit_is_not_part_of_the_history():
     fs = fsspec.filesystem("memory")
     records = sorted(fs.ls(records_dir(u), detail=False))
     fs.pipe(f"{records_dir(u)}/{len(records):012d}", fs.cat_file(records[-1]))
+    g.close()
     with pytest.warns(HistoryRecoveryWarning, match="1 record object"):
         h = TemporalGroup.load(u)
     assert h.latest == 4
     with pytest.raises(CorruptFileError, match="record object"):
-        TemporalGroup.load(u, strict=True)
+        TemporalGroup.load(u, strict=True, mode="r")
     play(h, np.random.default_rng(4), 1, start=5)  # overwrites the stray object
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert TemporalGroup.load(u).latest == 5
+        assert TemporalGroup.load(u, mode="r").latest == 5
 
 
 def test_missing_and_damaged_objects():
     fs = fsspec.filesystem("memory")
     with pytest.raises(FileNotFoundError, match="no hyprvdb history"):
-        TemporalGroup.load(url())
+        TemporalGroup.load(url(), mode="r")
     u = url()
     g = TemporalGroup(SHAPES)
     g.save(u)
@@ -115,17 +119,17 @@ def test_missing_and_damaged_objects():
     kept = fs.cat_file(rec)
     fs.rm(rec)
     with pytest.raises(CorruptFileError, match="000000000002' is missing"):
-        TemporalGroup.load(u)
+        TemporalGroup.load(u, mode="r")
     fs.pipe(rec, kept[:-1] + bytes([kept[-1] ^ 1]))
     with pytest.raises(CorruptFileError):
-        TemporalGroup.load(u, strict=True)
+        TemporalGroup.load(u, strict=True, mode="r")
     fs.pipe(rec, kept)
     manifest = fs.cat_file(f"{root}/manifest")
     fs.pipe(f"{root}/manifest", manifest[:-1] + bytes([manifest[-1] ^ 1]))
     with pytest.raises(CorruptFileError, match="manifest is damaged"):
-        TemporalGroup.load(u)
+        TemporalGroup.load(u, mode="r")
     fs.pipe(f"{root}/manifest", manifest)
-    assert TemporalGroup.load(u).latest == 3
+    assert TemporalGroup.load(u, mode="r").latest == 3
 
 
 def test_saving_over_a_longer_history_removes_its_extra_objects():
@@ -133,6 +137,7 @@ def test_saving_over_a_longer_history_removes_its_extra_objects():
     g = TemporalGroup(SHAPES)
     g.save(u)
     play(g, np.random.default_rng(6), 10)
+    g.close()
     short = TemporalGroup(SHAPES)
     play(short, np.random.default_rng(7), 2)
     short.save(u)
@@ -142,7 +147,7 @@ def test_saving_over_a_longer_history_removes_its_extra_objects():
     assert len(fs.ls(records_dir(u), detail=False)) == 2 + 2  # two bases, two steps
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert_same(TemporalGroup.load(u), short)
+        assert_same(TemporalGroup.load(u, mode="r"), short)
 
 
 @pytest.mark.parametrize("where", ["url", "file"])
@@ -187,6 +192,7 @@ def test_a_save_that_crashes_leaves_the_old_history(monkeypatch, crash_after):
     g = TemporalGroup(SHAPES)
     g.save(u)
     play(g, np.random.default_rng(10), 4)
+    g.close()
     other = TemporalGroup(SHAPES)
     play(other, np.random.default_rng(11), 2)
     real, calls = _objects._put, []
@@ -203,10 +209,39 @@ def test_a_save_that_crashes_leaves_the_old_history(monkeypatch, crash_after):
     monkeypatch.setattr(_objects, "_put", real)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert_same(TemporalGroup.load(u), g)
+        assert_same(TemporalGroup.load(u, mode="r"), g)
     short = TemporalGroup(SHAPES)  # a later save succeeds and replaces it, leaving nothing
     play(short, np.random.default_rng(12), 1)  # of the crashed one behind
     short.save(u)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert_same(TemporalGroup.load(u), short)
+        assert_same(TemporalGroup.load(u, mode="r"), short)
+
+
+def test_one_writer_at_a_time():
+    """A second writer is refused, naming the first; close gives the lease up; take_over
+    replaces the lease a killed writer left; followers need none; a load that fails leaves
+    no lease behind."""
+    u = url()
+    first = TemporalGroup(SHAPES)
+    first.save(u)
+    with pytest.raises(ValueError, match=r"has a writer already \(.* pid \d+ since .*mode='r'"):
+        TemporalGroup.load(u)
+    with pytest.raises(ValueError, match="has a writer already"):
+        TemporalGroup(SHAPES).save(u)
+    follower = TemporalGroup.load(u, mode="r")  # needs no lease
+    play(first, np.random.default_rng(13), 2)
+    assert follower.refresh() == [1, 2]
+    first.close()
+    second = TemporalGroup.load(u)
+    play(second, np.random.default_rng(14), 1, start=3)
+    # a writer killed without closing: its lease stays until someone takes over
+    third = TemporalGroup.load(u, take_over=True)
+    assert third.latest == 3
+    third.close()
+    fs = fsspec.filesystem("memory")
+    assert not fs.exists(f"{mem_path(u)}/lease")
+    fs.rm(f"{records_dir(u)}/{0:012d}")
+    with pytest.raises(CorruptFileError):
+        TemporalGroup.load(u)
+    assert not fs.exists(f"{mem_path(u)}/lease")

@@ -94,10 +94,13 @@ def test_a_history_on_s3_reads_back_step_for_step(s3, tmp_path):
     play(g, np.random.default_rng(1), 10)
     g.rollback(7)
     play(g, np.random.default_rng(2), 3, start=8)
+    with pytest.raises(ValueError, match="has a writer already"):  # S3's conditional PUT
+        TemporalGroup.load(u)
+    g.close()
     back = TemporalGroup.load(u)
     assert_same(back, g)
     play(back, np.random.default_rng(3), 2, start=back.latest + 1)
-    assert_same(TemporalGroup.load(u), back)
+    assert_same(TemporalGroup.load(u, mode="r"), back)
 
 
 def test_a_follower_on_s3(s3):
@@ -122,13 +125,14 @@ def test_saving_over_a_history_on_s3_keeps_one_generation(s3):
     play(g, np.random.default_rng(5), 4)
     g.save(u)
     fs = fsspec.filesystem("s3")
+    fs.invalidate_cache()
     names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(u[len("s3://"):], detail=False))
-    assert names == ["000001", "manifest"]
-    assert_same(TemporalGroup.load(u), g)
+    assert names == ["000001", "lease", "manifest"]
+    assert_same(TemporalGroup.load(u, mode="r"), g)
 
 
 def test_missing_bucket_and_missing_history(s3):
     with pytest.raises(FileNotFoundError, match="no hyprvdb history"):
-        TemporalGroup.load(s3_url())
+        TemporalGroup.load(s3_url(), mode="r")
     with pytest.raises(FileNotFoundError):
-        TemporalGroup.load(f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/h")
+        TemporalGroup.load(f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/h", mode="r")

@@ -314,7 +314,8 @@ class TemporalGroup:
         return cut
 
     # ---------------------------------------------------------------- files
-    def save(self, path: str | os.PathLike, *, sync: bool = False) -> None:
+    def save(self, path: str | os.PathLike, *, sync: bool = False,
+             take_over: bool = False) -> None:
         """Write every member's whole history to ``path`` (atomically) and append every later
         commit to it, one checksummed record per commit for all members.
 
@@ -324,7 +325,10 @@ class TemporalGroup:
 
         ``path`` may be a URL of an fsspec filesystem (``memory://``, ``file://``, ``s3://``
         with s3fs ...): the history is then a header object, one immutable object per commit
-        and a manifest written after it (see ``hyprvdb/history/_objects.py``).
+        and a manifest written after it (see ``hyprvdb/history/_objects.py``). A history on
+        a URL has one writer at a time: the writer holds a lease object until :meth:`close`;
+        another refuses to write (``take_over=True`` replaces the lease of a writer that is
+        gone).
         """
         self._writable("save")
         if self._file:
@@ -339,11 +343,11 @@ class TemporalGroup:
         self._file = _store(path).create(
             path, {"members": [self._settings(m) for m in members]},
             [(i, self.base_step, m.base_idx, m.base_val) for i, m in enumerate(members)],
-            records, sync=sync)
+            records, sync=sync, **({"take_over": take_over} if is_url(path) else {}))
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, strict: bool = False,
-             sync: bool = False, mode: str = "a") -> TemporalGroup:
+             sync: bool = False, mode: str = "a", take_over: bool = False) -> TemporalGroup:
         """Open a history file (or fsspec URL, see :meth:`save`) of one or more matrices;
         later commits append to it.
 
@@ -352,12 +356,14 @@ class TemporalGroup:
         :class:`CorruptFileError` instead.
 
         ``mode="r"`` opens it read-only, as a follower of another process that writes it:
-        every write is refused, and :meth:`refresh` applies the writer's new commits.
+        every write is refused, and :meth:`refresh` applies the writer's new commits. On a
+        URL, ``mode="a"`` takes the history's writer lease (see :meth:`save`).
         """
         if mode not in ("a", "r"):
             raise ValueError(f"mode must be 'a' (read and append) or 'r' (read only), got "
                              f"{mode!r}")
-        header, records, file = _store(path).open(path, strict=strict, sync=sync)
+        extra = {"writer": mode == "a", "take_over": take_over} if is_url(path) else {}
+        header, records, file = _store(path).open(path, strict=strict, sync=sync, **extra)
         try:
             g = cls._from_header(header, path)
             g._replay(records, repr(os.fspath(path)))
@@ -397,7 +403,7 @@ class TemporalGroup:
                              f"with mode='a' to write to it")
 
     def close(self) -> None:
-        """Stop appending commits to the file."""
+        """Stop appending commits to the file (on a URL, give up the writer lease)."""
         if self._file:
             self._file.close()
         self._file = None

@@ -25,8 +25,12 @@ applies unchanged.
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import struct
+import time
+import uuid
 import zlib
 from typing import Any
 
@@ -39,6 +43,7 @@ from ._file import SB_SIZE, HistoryFile, Slice, _header_bytes, _newest_step, _re
 __all__ = ["HistoryObjects", "is_url"]
 
 MANIFEST = "manifest"
+LEASE = "lease"
 HEADER = "header"
 RECORDS = "records"
 _GEN = struct.Struct("<Q")
@@ -95,6 +100,47 @@ def _cat_all(fs: Any, keys: list[str]) -> dict[str, bytes | None]:
     return out
 
 
+def _acquire(fs: Any, root: str, url: str, take_over: bool) -> bytes:
+    """Become the history's one writer: create ``URL/lease`` only if it does not exist
+    (``open(..., "xb")``: a conditional PUT on S3, exclusive creation elsewhere), naming this
+    process; read it back to be sure. ``take_over`` replaces a lease that a writer which is
+    gone (killed) left behind."""
+    token = json.dumps({"token": uuid.uuid4().hex, "host": socket.gethostname(),
+                        "pid": os.getpid(), "since": time.time()}).encode()
+    key = f"{root}/{LEASE}"
+    if getattr(fs, "local_file", False):
+        fs.makedirs(root, exist_ok=True)
+    try:
+        with fs.open(key, "xb") as f:
+            f.write(token)
+    except FileExistsError:
+        if not take_over:
+            try:
+                held = json.loads(fs.cat_file(key))
+                who = (f"{held.get('host')} pid {held.get('pid')} since "
+                       f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(held.get('since', 0)))}"
+                       f" UTC")
+            except (FileNotFoundError, ValueError, TypeError, AttributeError):
+                who = "another process"
+            raise ValueError(f"{url!r} has a writer already ({who}; its lease is {key!r}): a "
+                             f"history has one writer at a time. Load it with mode='r' to "
+                             f"follow it, or, if that writer is gone, with take_over=True") \
+                from None
+        _put(fs, key, token)
+    if fs.cat_file(key) != token:
+        raise ValueError(f"{url!r}: another writer took its lease at the same moment")
+    return token
+
+
+def _release(fs: Any, root: str, token: bytes) -> None:
+    key = f"{root}/{LEASE}"
+    try:
+        if fs.cat_file(key) == token:
+            fs.rm(key)
+    except FileNotFoundError:
+        pass
+
+
 def _gen_root(root: str, gen: int) -> str:
     return f"{root}/{gen:06d}"
 
@@ -114,6 +160,7 @@ class HistoryObjects(HistoryFile):
     fs: Any = None
     root: str = ""
     gen: int = 0
+    lease: bytes | None = None
 
     @property
     def _groot(self) -> str:
@@ -122,11 +169,24 @@ class HistoryObjects(HistoryFile):
     @classmethod
     def create(cls, path: Any, header: dict[str, Any],
                bases: list[tuple[int, int, np.ndarray, np.ndarray]],
-               steps: list[tuple[int, list[Slice]]], *, sync: bool = False) -> HistoryObjects:
+               steps: list[tuple[int, list[Slice]]], *, sync: bool = False,
+               take_over: bool = False) -> HistoryObjects:
         """Write a whole history under the URL ``path``: header and records first, then the
         manifest that makes them the history, then old record objects past them are
         removed."""
         fs, root = _fs(path)
+        lease = _acquire(fs, root, path, take_over)
+        try:
+            out = cls._create(fs, root, path, header, bases, steps, sync)
+        except BaseException:
+            _release(fs, root, lease)
+            raise
+        out.lease = lease
+        return out
+
+    @classmethod
+    def _create(cls, fs: Any, root: str, path: str, header: dict[str, Any], bases: list,
+                steps: list, sync: bool) -> HistoryObjects:
         head = _header_bytes(header)
         records = [("base", b[1], _record("base", encode_base(*b))) for b in bases]
         records += [("step", t, _record("step", encode_step(t, sl))) for t, sl in steps]
@@ -162,11 +222,25 @@ class HistoryObjects(HistoryFile):
         return out
 
     @classmethod
-    def open(cls, path: Any, *, strict: bool = False, sync: bool = False
+    def open(cls, path: Any, *, strict: bool = False, sync: bool = False, writer: bool = True,
+             take_over: bool = False
              ) -> tuple[dict[str, Any], list[tuple[str, int, Any, int]], HistoryObjects]:
         """Read a history from the URL ``path``: its header, its committed records and the
-        history opened for commits."""
+        history opened for commits (``writer``: holding its lease) or for following."""
         fs, root = _fs(path)
+        lease = _acquire(fs, root, path, take_over) if writer else None
+        try:
+            header, records, out = cls._open(fs, root, path, strict, sync)
+        except BaseException:
+            if lease is not None:
+                _release(fs, root, lease)
+            raise
+        out.lease = lease
+        return header, records, out
+
+    @classmethod
+    def _open(cls, fs: Any, root: str, path: str, strict: bool, sync: bool
+              ) -> tuple[dict[str, Any], list[tuple[str, int, Any, int]], HistoryObjects]:
         shown = repr(path)
         sb, gen = cls._manifest(fs, root, path, missing_ok=False)
         groot = _gen_root(root, gen)
@@ -217,7 +291,10 @@ class HistoryObjects(HistoryFile):
         self._take(state)
 
     def close(self) -> None:
-        pass
+        """Give up the lease (a follower holds none)."""
+        if self.lease is not None:
+            _release(self.fs, self.root, self.lease)
+            self.lease = None
 
     # ---------------------------------------------------------------- objects
     @staticmethod

@@ -327,6 +327,21 @@ def t_history_bytes(rng, env):
         h.close()
 
 
+def apply_to_model(model: dict, op: int, r, c, v) -> None:
+    """What a write that an adapter accepted does to a {(row, col): value} model: op 0 sets
+    (last wins), 1 adds in float32, 2 removes."""
+    rr, cc = np.asarray(r).ravel().tolist(), np.asarray(c).ravel().tolist()
+    vv = np.asarray(v, np.float32).tolist()
+    for i in range(len(rr)):
+        if op == 0:
+            model[(rr[i], cc[i])] = vv[i]
+        elif op == 1:
+            model[(rr[i], cc[i])] = float(np.float32(model.get((rr[i], cc[i]), 0.0))
+                                          + np.float32(vv[i]))
+        else:
+            model.pop((rr[i], cc[i]), None)
+
+
 def t_adapter(rng, env):
     shape = (5, 9) if rng.random() < 0.9 else [(0, 3), (2**31, 1), (3, -1)][rng.integers(0, 3)]
     a = hyprvdb.SparseAdapter(*shape)
@@ -339,16 +354,7 @@ def t_adapter(rng, env):
             [a.batch_update, a.add_weights, lambda r, c, v: a.remove_weights(r, c)][op](r, c, v)
         except REFUSALS:
             continue
-        rr, cc = np.asarray(r).ravel().tolist(), np.asarray(c).ravel().tolist()
-        vv = np.asarray(v, np.float32).tolist()
-        for i in range(len(rr)):
-            if op == 0:
-                model[(rr[i], cc[i])] = vv[i]
-            elif op == 1:
-                model[(rr[i], cc[i])] = float(np.float32(model.get((rr[i], cc[i]), 0.0))
-                                              + np.float32(vv[i]))
-            else:
-                model.pop((rr[i], cc[i]), None)
+        apply_to_model(model, op, r, c, v)
     r, c, v = a.active_weights()
     got = {(int(x), int(y)): float(z) for x, y, z in zip(r, c, v)}
     if {k: np.float32(x) for k, x in got.items()} != {k: np.float32(x) for k, x in model.items()}:
@@ -379,16 +385,7 @@ def t_adapter_set(rng, env):
             [a.batch_update, a.add_weights, lambda r, c, v: a.remove_weights(r, c)][op](r, c, v)
         except REFUSALS:
             continue
-        rr, cc = np.asarray(r).ravel().tolist(), np.asarray(c).ravel().tolist()
-        vv = np.asarray(v, np.float32).tolist()
-        for i in range(len(rr)):
-            if op == 0:
-                model[(rr[i], cc[i])] = vv[i]
-            elif op == 1:
-                model[(rr[i], cc[i])] = float(np.float32(model.get((rr[i], cc[i]), 0.0))
-                                              + np.float32(vv[i]))
-            else:
-                model.pop((rr[i], cc[i]), None)
+        apply_to_model(model, op, r, c, v)
     if rng.random() < 0.2:
         p = env.tmp / "set.vdb"
         s.save(p)

@@ -162,30 +162,11 @@ void AdapterCore::group(const int64_t* r, const int64_t* c, size_t n, LeafGroups
     g.order.reset(new uint32_t[n]);
     g.leaf_ids.clear();
     g.group_start.clear();
-    const uint64_t slots = leaves_x_ * leaves_y_ * leaves_z_;
-    if (slots <= std::max<uint64_t>(uint64_t(1) << 16, 4 * uint64_t(n))) {
-        // Counting sort on the leaf id: one pass to count, one to scatter (stable).
-        std::vector<uint32_t> count(slots + 1, 0);
-        for (size_t i = 0; i < n; ++i) ++count[keys[i] + 1];
-        for (uint64_t s = 0; s < slots; ++s) {
-            if (count[s + 1]) {
-                g.leaf_ids.push_back(s);
-                g.group_start.push_back(count[s]);
-            }
-            count[s + 1] += count[s];
-        }
-        for (size_t i = 0; i < n; ++i) g.order[count[keys[i]]++] = uint32_t(i);
-    } else {
-        std::iota(g.order.get(), g.order.get() + n, 0u);
-        std::stable_sort(g.order.get(), g.order.get() + n,
-                         [&](uint32_t a, uint32_t b) { return keys[a] < keys[b]; });
-        for (size_t k = 0; k < n; ++k) {
-            if (k == 0 || keys[g.order[k]] != keys[g.order[k - 1]]) {
-                g.leaf_ids.push_back(keys[g.order[k]]);
-                g.group_start.push_back(uint32_t(k));
-            }
-        }
-    }
+    group_by_key(keys.get(), n, leaves_x_ * leaves_y_ * leaves_z_, g.order.get(),
+                 [&](uint64_t leaf, uint32_t first) {
+                     g.leaf_ids.push_back(leaf);
+                     g.group_start.push_back(first);
+                 });
     g.group_start.push_back(uint32_t(n));
 }
 

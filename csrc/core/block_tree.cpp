@@ -368,29 +368,10 @@ void BlockTree::group(const MatrixInfo& mi, const int64_t* r, const int64_t* c, 
     g.order.reset(new uint32_t[n]);
     g.slots.clear();
     g.start.clear();
-    if (mi.slots <= std::max<uint64_t>(uint64_t(1) << 16, 4 * uint64_t(n))) {
-        // Counting sort on the leaf: one pass to count, one to scatter (stable).
-        std::vector<uint32_t> count(mi.slots + 1, 0);
-        for (size_t i = 0; i < n; ++i) ++count[local[i] + 1];
-        for (uint64_t s = 0; s < mi.slots; ++s) {
-            if (count[s + 1]) {
-                g.slots.push_back(mi.base + s);
-                g.start.push_back(count[s]);
-            }
-            count[s + 1] += count[s];
-        }
-        for (size_t i = 0; i < n; ++i) g.order[count[local[i]]++] = uint32_t(i);
-    } else {
-        std::iota(g.order.get(), g.order.get() + n, 0u);
-        std::stable_sort(g.order.get(), g.order.get() + n,
-                         [&](uint32_t a, uint32_t b) { return local[a] < local[b]; });
-        for (size_t k = 0; k < n; ++k) {
-            if (k == 0 || local[g.order[k]] != local[g.order[k - 1]]) {
-                g.slots.push_back(mi.base + local[g.order[k]]);
-                g.start.push_back(uint32_t(k));
-            }
-        }
-    }
+    group_by_key(local.get(), n, mi.slots, g.order.get(), [&](uint64_t slot, uint32_t first) {
+        g.slots.push_back(mi.base + slot);
+        g.start.push_back(first);
+    });
     g.start.push_back(uint32_t(n));
     // Keys in grouped order, so that the passes over a leaf's entries read them in sequence.
     std::unique_ptr<uint32_t[]> grouped(new uint32_t[n]);

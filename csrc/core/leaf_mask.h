@@ -4,10 +4,13 @@
 
 #include <malloc.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <numeric>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #pragma GCC visibility push(default)
 #include <openvdb/openvdb.h>
@@ -69,6 +72,30 @@ inline std::string coord_error(const char* arg, size_t i, int64_t v, int64_t hi)
     s << arg << "[" << i << "] = " << v << " is out of range for " << hi
       << (std::string(arg) == "rows" ? " rows" : " columns") << " (valid: 0.." << hi - 1 << ")";
     return s.str();
+}
+
+// Group n entries by their key in [0, slots), stably: order[] receives the entries' indices
+// grouped by key in ascending key order, and emit(key, first) is called once per distinct key,
+// in that order, with the group's first position in order[]. A counting sort where the key
+// range is small next to n, a stable sort otherwise.
+template <typename Emit>
+inline void group_by_key(const uint64_t* keys, size_t n, uint64_t slots, uint32_t* order,
+                         Emit emit) {
+    if (slots <= std::max<uint64_t>(uint64_t(1) << 16, 4 * uint64_t(n))) {
+        std::vector<uint32_t> count(slots + 1, 0);  // one pass to count, one to scatter
+        for (size_t i = 0; i < n; ++i) ++count[keys[i] + 1];
+        for (uint64_t s = 0; s < slots; ++s) {
+            if (count[s + 1]) emit(s, count[s]);
+            count[s + 1] += count[s];
+        }
+        for (size_t i = 0; i < n; ++i) order[count[keys[i]]++] = uint32_t(i);
+    } else {
+        std::iota(order, order + n, 0u);
+        std::stable_sort(order, order + n,
+                         [&](uint32_t a, uint32_t b) { return keys[a] < keys[b]; });
+        for (size_t k = 0; k < n; ++k)
+            if (k == 0 || keys[order[k]] != keys[order[k - 1]]) emit(keys[order[k]], uint32_t(k));
+    }
 }
 
 }  // namespace hyprvdb

@@ -45,7 +45,7 @@ from .. import _validate as V
 from .._atomic import write_bytes
 from .._errors import CorruptFileError, ForeignFileError
 from . import _nanovdb as N
-from ._snapshot import _check_head, _check_name, _check_path, _check_shape, _check_step, \
+from ._snapshot import _check_body, _check_head, _check_name, _check_path, _check_shape, _check_step, \
     _file_parts, _read_grid, _same_as_current
 
 __all__ = ["SetSnapshot"]
@@ -398,14 +398,7 @@ def _load(data: bytes, shown: str) -> SetSnapshot:
     except N.LayoutError as exc:
         raise ForeignFileError(f"{shown} holds a NanoVDB index grid that is not a hyprvdb set "
                                f"snapshot: {exc}") from None
-    tail = stored >> 32
-    if tail != N.CRC_EMPTY and N.checksum(buf, lay) >> 32 != tail:
-        raise CorruptFileError(f"{shown} is damaged: the nodes' checksum is "
-                               f"{N.checksum(buf, lay) >> 32:08x}, the grid says {tail:08x}")
-    if int(grid["data2"]) != N.blind_crc(buf, lay):
-        raise CorruptFileError(f"{shown} is damaged: the blind data fail their CRC32 "
-                               f"({N.blind_crc(buf, lay):08x}, the grid says "
-                               f"{int(grid['data2']):08x})")
+    tail = _check_body(buf, lay, stored, shown, "the blind data")
     try:
         snap = _decode(buf, lay)
     except (ValueError, IndexError, TypeError, KeyError, UnicodeDecodeError) as exc:

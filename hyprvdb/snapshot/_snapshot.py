@@ -499,16 +499,7 @@ def _load(data: bytes, shown: str) -> Snapshot:
         raise ForeignFileError(f"{shown} holds a NanoVDB index grid that hyprvdb did not "
                                f"write: {exc}") from None
     _check_head(buf, stored, shown, lay)
-    tail = stored >> 32
-    if tail != N.CRC_EMPTY:
-        actual = N.checksum(buf, lay) >> 32
-        if actual != tail:
-            raise CorruptFileError(f"{shown} is damaged: the nodes' checksum is {actual:08x}, "
-                                   f"the grid says {tail:08x}")
-    if int(grid["data2"]) != N.blind_crc(buf, lay):
-        raise CorruptFileError(f"{shown} is damaged: the values or the metadata channel fail "
-                               f"their CRC32 ({N.blind_crc(buf, lay):08x}, the grid says "
-                               f"{int(grid['data2']):08x})")
+    tail = _check_body(buf, lay, stored, shown, "the values or the metadata channel")
     fmt, n_rows, n_cols, step = (int(v) for v in N.meta_view(buf, lay))
     if fmt != N.META_FORMAT:
         raise ForeignFileError(f"{shown} holds hyprvdb snapshot format {fmt}; this version "
@@ -625,6 +616,22 @@ def _split_file(data: bytes, shown: str) -> tuple[bytes, bytes]:
         raise CorruptFileError(f"{shown} is damaged: {len(data) - start - grid_size} unexpected "
                                f"bytes after the grid")
     return data[start:], data[:start]
+
+
+def _check_body(buf: np.ndarray, lay: Any, stored: int, shown: str, blind: str) -> int:
+    """Compare the high word of NanoVDB 32.4's checksum (unless "partial") with the nodes and
+    ``mData2`` with the blind data (named ``blind`` in the error); returns the high word."""
+    tail = stored >> 32
+    if tail != N.CRC_EMPTY:
+        actual = N.checksum(buf, lay) >> 32
+        if actual != tail:
+            raise CorruptFileError(f"{shown} is damaged: the nodes' checksum is {actual:08x}, "
+                                   f"the grid says {tail:08x}")
+    crc = N.blind_crc(buf, lay)
+    if int(N.grid_header(buf)["data2"]) != crc:
+        raise CorruptFileError(f"{shown} is damaged: {blind} fail their CRC32 ({crc:08x}, the "
+                               f"grid says {int(N.grid_header(buf)['data2']):08x})")
+    return tail
 
 
 def _check_head(buf: np.ndarray, stored: int, shown: str, lay: N.GridLayout | None = None) -> None:

@@ -62,11 +62,13 @@ size_t payload_bytes(bool dense, uint32_t n, uint32_t k) {
                                      : 4 * size_t(n) + 2 * (size_t(k) + 1) + size_t(n) + kScanPad);
 }
 
-// The form a leaf of n weights in k cells takes, given the one it had (-1: a new leaf).
+// The form a leaf of n weights in k cells takes, given the one it had (-1: a new leaf). A
+// new leaf takes the cheaper form (dense past 10k + 2 weights), kept inside the band the
+// other two rules hold: never sparse at 12k or more (which 10k + 2 would allow for k = 1).
 bool choose_dense(uint32_t n, uint32_t k, int prev) {
     if (prev == 1) return n > 8 * k;
     if (prev == 0) return n >= 12 * k;
-    return n > 10 * k + 2;
+    return n > 10 * k + 2 || n >= 12 * k;
 }
 
 // Pointers into a payload.

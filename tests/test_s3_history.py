@@ -136,3 +136,29 @@ def test_missing_bucket_and_missing_history(s3):
         TemporalGroup.load(s3_url(), mode="r")
     with pytest.raises(FileNotFoundError):
         TemporalGroup.load(f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/h", mode="r")
+
+
+def test_store_errors_are_named(s3):
+    """A missing bucket, an unreachable endpoint, a second writer: each error names the URL
+    and what is wrong."""
+    with pytest.raises(FileNotFoundError, match="the bucket 'no-such-bucket' does not exist"):
+        TemporalGroup.load("s3://no-such-bucket/h", mode="r")
+    with pytest.raises(FileNotFoundError, match="the bucket 'no-such-bucket' does not exist"):
+        TemporalGroup(SHAPES).save("s3://no-such-bucket/h")
+    u = s3_url()
+    with pytest.raises(FileNotFoundError, match="no hyprvdb history at"):
+        TemporalGroup.load(u, mode="r")
+    g = TemporalGroup(SHAPES)
+    g.save(u)
+    with pytest.raises(ValueError, match="has a writer already"):
+        TemporalGroup(SHAPES).save(u)
+    g.close()
+    saved = fsspec.config.conf["s3"]
+    fsspec.config.conf["s3"] = {**saved, "endpoint_url": f"http://127.0.0.1:{_free_port()}",
+                                "config_kwargs": {"connect_timeout": 1,
+                                                  "retries": {"max_attempts": 1}}}
+    try:
+        with pytest.raises(ConnectionError, match=f"{u!r}: the store cannot be reached"):
+            TemporalGroup.load(u, mode="r")
+    finally:
+        fsspec.config.conf["s3"] = saved

@@ -26,7 +26,7 @@ from .._errors import CorruptFileError
 from ._changes import Changes, merge_groups
 from ._file import HistoryFile
 from ._matrix import Matrix
-from ._objects import HistoryObjects, is_url
+from ._objects import SEGMENT_EVERY, HistoryObjects, is_url
 from ..snapshot import SetSnapshot
 
 __all__ = ["TemporalGroup"]
@@ -315,7 +315,7 @@ class TemporalGroup:
 
     # ---------------------------------------------------------------- files
     def save(self, path: str | os.PathLike, *, sync: bool = False,
-             take_over: bool = False) -> None:
+             take_over: bool = False, segment_every: int | None = None) -> None:
         """Write every member's whole history to ``path`` (atomically) and append every later
         commit to it, one checksummed record per commit for all members.
 
@@ -328,9 +328,12 @@ class TemporalGroup:
         and a manifest written after it (see ``hyprvdb/history/_objects.py``). A history on
         a URL has one writer at a time: the writer holds a lease object until :meth:`close`;
         another refuses to write (``take_over=True`` replaces the lease of a writer that is
-        gone).
+        gone). Once ``segment_every`` (default 64) commits are loose objects, they are
+        compacted into one segment object, so that a new follower reads a few objects, not one
+        per step.
         """
         self._writable("save")
+        extra = _url_options(path, take_over=take_over, segment_every=segment_every)
         if self._file:
             self._file.close()
         members = list(self._matrices.values())
@@ -343,11 +346,12 @@ class TemporalGroup:
         self._file = _store(path).create(
             path, {"members": [self._settings(m) for m in members]},
             [(i, self.base_step, m.base_idx, m.base_val) for i, m in enumerate(members)],
-            records, sync=sync, **({"take_over": take_over} if is_url(path) else {}))
+            records, sync=sync, **extra)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, strict: bool = False,
-             sync: bool = False, mode: str = "a", take_over: bool = False) -> TemporalGroup:
+             sync: bool = False, mode: str = "a", take_over: bool = False,
+             segment_every: int | None = None) -> TemporalGroup:
         """Open a history file (or fsspec URL, see :meth:`save`) of one or more matrices;
         later commits append to it.
 
@@ -357,12 +361,15 @@ class TemporalGroup:
 
         ``mode="r"`` opens it read-only, as a follower of another process that writes it:
         every write is refused, and :meth:`refresh` applies the writer's new commits. On a
-        URL, ``mode="a"`` takes the history's writer lease (see :meth:`save`).
+        URL, ``mode="a"`` takes the history's writer lease (see :meth:`save`; ``take_over``
+        and ``segment_every`` are as there).
         """
         if mode not in ("a", "r"):
             raise ValueError(f"mode must be 'a' (read and append) or 'r' (read only), got "
                              f"{mode!r}")
-        extra = {"writer": mode == "a", "take_over": take_over} if is_url(path) else {}
+        extra = _url_options(path, take_over=take_over, segment_every=segment_every)
+        if extra:
+            extra["writer"] = mode == "a"
         header, records, file = _store(path).open(path, strict=strict, sync=sync, **extra)
         try:
             g = cls._from_header(header, path)
@@ -676,6 +683,18 @@ def show_steps(steps: list[int]) -> str:
     if len(steps) <= 8:
         return str(steps)
     return f"[{steps[0]}, {steps[1]}, ..., {steps[-1]}] ({len(steps)} steps)"
+
+
+def _url_options(path: Any, *, take_over: bool, segment_every: int | None) -> dict[str, Any]:
+    """The options only a history on a URL takes; refused, naming them, for a local file."""
+    if is_url(path):
+        return {"take_over": take_over,
+                "segment_every": SEGMENT_EVERY if segment_every is None else segment_every}
+    given = [k for k, v in (("take_over", take_over), ("segment_every", segment_every)) if v]
+    if given:
+        raise ValueError(f"{', '.join(given)}: only a history on a URL takes it; "
+                         f"{os.fspath(path)!r} is a local file")
+    return {}
 
 
 def _store(path: Any) -> type[HistoryFile]:

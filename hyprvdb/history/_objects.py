@@ -107,7 +107,7 @@ def _reaching(url: str, fs: Any, root: str) -> Iterator[None]:
         yield
     except (CorruptFileError, FileExistsError, ValueError, TypeError):
         raise
-    except FileNotFoundError as exc:
+    except FileNotFoundError:
         if not getattr(fs, "local_file", False) and "/" in root:
             bucket = root.split("/", 1)[0]
             try:

@@ -14,7 +14,8 @@ The package is laid out by tier:
 - :mod:`hyprvdb.jax` and :mod:`hyprvdb.serve` — the JAX bridge and serving.
 
 Importing hyprvdb loads neither OpenVDB, JAX nor a GPU library: the OpenVDB core is imported
-the first time a write-path object (such as :class:`SparseAdapter`) is created.
+the first time a write-path object (such as :class:`SparseAdapter`) is created, and JAX the
+first time ``hyprvdb.Follower`` (:class:`hyprvdb.serve.Follower`, a serving replica) is named.
 """
 
 from ._errors import CorruptFileError, ForeignFileError, HyprVDBError, MissingExtensionError
@@ -30,6 +31,7 @@ __all__ = [
     "CorrelatedPair",
     "CorruptFileError",
     "DeltaDetector",
+    "Follower",
     "ForeignFileError",
     "HistoryRecoveryWarning",
     "HyprVDBError",
@@ -43,3 +45,14 @@ __all__ = [
     "fuse_adapters",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name == "Follower":  # serving: imports JAX, so only when asked for
+        from .serve import Follower
+        return Follower
+    raise AttributeError(f"module 'hyprvdb' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {"Follower"})

@@ -309,7 +309,13 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--history", default="hyprvdb-history.hvh",
-                   help="history file (created or appended to)")
+                   help="history file or fsspec URL such as s3://bucket/h (created or "
+                        "appended to)")
+    s.add_argument("--follow", metavar="URL", default=None,
+                   help="serve, read-only, the history another process writes at this file "
+                        "or URL (a replica): new steps are polled and served as they commit")
+    s.add_argument("--follow-interval", type=float, default=0.5, metavar="SECONDS",
+                   help="how often a replica polls its history (default 0.5)")
     s.add_argument("--model", default=None, help="model folder (default: embedded MiniLM)")
     i = sub.add_parser("info", help="describe a .vdb, .nvdb, history or safetensors file, a "
                                     "PEFT adapter folder or a folder of .vdb files")
@@ -354,7 +360,10 @@ def main(argv: list[str] | None = None) -> int:
             run(steps=args.steps, seed=args.seed)
         elif args.command == "serve":
             from .serve import serve
-            serve(args.host, args.port, args.history, args.model)
+            if not args.follow_interval > 0:
+                parser.error(f"--follow-interval must be > 0, got {args.follow_interval}")
+            serve(args.host, args.port, args.follow or args.history, args.model,
+                  follow=args.follow is not None, follow_interval=args.follow_interval)
         elif args.command == "info":
             print(json.dumps(info(args.file), indent=2))
         elif args.command == "plot":

@@ -41,11 +41,13 @@ make_venv() {
     "$python" -m venv "$1"
   fi
 }
-# What serving needs (and the tests of it); the full build adds OpenVDB's side and the peers.
+# What serving needs (and the tests of it: s3fs is the client of histories on object storage,
+# moto's standalone S3 server their tests' store); the full build adds OpenVDB's side and the
+# peers.
 serve_deps=("numpy>=1.24" "scipy>=1.10" "pytest>=7" "hypothesis>=6.80" "tqdm>=4.60"
             "nanobind>=2.0" "scikit-build-core>=0.10" "cmake>=3.18" "ninja"
             "jax>=0.4.30" "ml_dtypes" "safetensors" "tokenizers" "fastapi" "uvicorn" "httpx"
-            "fsspec")
+            "fsspec" "s3fs" "moto[server]")
 
 # NanoVDB's headers, copied where the GPU command finds them (the GPU machines have none: a
 # device run carries build/nanovdb-include; see bench/gpu.sh).
@@ -75,7 +77,8 @@ if [ "$what" = serve-test ]; then
   HYPRVDB_TIER_FIXTURES="$fixtures" HYPRVDB_EXPECT_NO_CORE=1 PYTHONSAFEPATH=1 \
     exec .venv-serve/bin/python -m pytest -p no:cacheprovider tests/test_tiers.py tests/test_readpath_isolation.py \
     tests/test_snapshot.py tests/test_ops.py tests/test_jax.py tests/test_serving.py \
-    tests/test_server.py tests/test_layers.py tests/test_set_snapshot.py tests/test_remote_history.py
+    tests/test_server.py tests/test_layers.py tests/test_set_snapshot.py tests/test_remote_history.py \
+    tests/test_s3_history.py tests/test_follow.py
 fi
 
 apt_install libopenvdb-dev libnanovdb-dev libboost-dev libboost-iostreams-dev libtbb-dev \
@@ -89,8 +92,6 @@ venv_pip .venv install "torch==2.13.0"
 venv_pip .venv install "transformers"
 # PEFT (SHiRA and LoRA folder round trips in tests/test_peft.py), on that CPU PyTorch.
 venv_pip .venv install "peft"
-# Histories on object storage: s3fs as the client, moto's standalone S3 server in the tests.
-venv_pip .venv install "s3fs" "moto[server]"
 # The charts: `hyprvdb plot`, the benchmarks' --plot and tests/test_plot.py.
 venv_pip .venv install "matplotlib>=3.7"
 # The embedded model: only its files (its own requirement pulls sentence-transformers).

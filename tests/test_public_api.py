@@ -17,6 +17,7 @@ EXPECTED_ALL = [
     "CorrelatedPair",
     "CorruptFileError",
     "DeltaDetector",
+    "Follower",
     "ForeignFileError",
     "HistoryRecoveryWarning",
     "HyprVDBError",

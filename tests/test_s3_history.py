@@ -7,12 +7,7 @@ history whole.
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -22,6 +17,9 @@ from test_remote_history import SHAPES, assert_same, play
 
 from hyprvdb import CorruptFileError, TemporalGroup
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import _s3  # noqa: E402  (bench/_s3.py: the local server, shared with bench/follow.py)
+
 s3fs = pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 fsspec = pytest.importorskip("fsspec")
@@ -29,58 +27,23 @@ fsspec = pytest.importorskip("fsspec")
 BUCKET = "hyprvdb-tests"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    """The endpoint of a moto S3 server of this test module's own, with one bucket; s3fs
-    configured for it through fsspec's configuration."""
-    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) \
-        or shutil.which("moto_server")
-    if exe is None:
+    """The endpoint of a moto S3 server of this test module's own (bench/_s3.py), with one
+    bucket; s3fs configured for it through fsspec's configuration."""
+    if _s3.moto_server() is None:
         pytest.skip("moto's standalone server (pip install 'moto[server]') is not installed")
-    port = _free_port()
     log = open(tmp_path_factory.mktemp("moto") / "server.log", "wb")
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=log,
-                            stderr=subprocess.STDOUT)
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1"}
-    saved_env = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    saved_conf = fsspec.config.conf.get("s3")
-    fsspec.config.conf["s3"] = {"endpoint_url": endpoint, "key": "testing",
-                                "secret": "testing", "skip_instance_cache": True}
+    proc, endpoint = _s3.start(log)
+    saved = _s3.configure(endpoint)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail(f"moto_server did not start (exit {proc.poll()})")
-                time.sleep(0.2)
-        fs = fsspec.filesystem("s3")
-        fs.mkdir(BUCKET)
+        _s3.make_bucket(BUCKET)
         yield endpoint
     finally:
         proc.terminate()
         proc.wait(timeout=10)
         log.close()
-        if saved_conf is None:
-            fsspec.config.conf.pop("s3", None)
-        else:
-            fsspec.config.conf["s3"] = saved_conf
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _s3.restore(saved)
 
 
 def s3_url() -> str:
@@ -154,7 +117,7 @@ def test_store_errors_are_named(s3):
         TemporalGroup(SHAPES).save(u)
     g.close()
     saved = fsspec.config.conf["s3"]
-    fsspec.config.conf["s3"] = {**saved, "endpoint_url": f"http://127.0.0.1:{_free_port()}",
+    fsspec.config.conf["s3"] = {**saved, "endpoint_url": f"http://127.0.0.1:{_s3.free_port()}",
                                 "config_kwargs": {"connect_timeout": 1,
                                                   "retries": {"max_attempts": 1}}}
     try:

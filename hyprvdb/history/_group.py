@@ -390,19 +390,34 @@ class TemporalGroup:
         Raises :class:`CorruptFileError` when the history was written anew (saved over) since
         it was read: load it again.
         """
+        return self._apply_new(self._poll_new())[0]
+
+    def _poll_new(self) -> list[tuple[str, int, Any, int]]:
+        """The records committed to this history's file or URL since it was read (fetched and
+        checked; nothing of the group changes: :meth:`_apply_new` applies them)."""
         if self._file is None:
             raise ValueError("refresh needs a history loaded from a file or URL")
-        self._no_open_changes("refresh")
-        shown = repr(self._file.path)
         records = self._file.poll()
         if records is None:
-            raise CorruptFileError(f"{shown} was written anew (saved over) since it was read; "
-                                   f"load it again")
+            raise CorruptFileError(f"{self._file.path!r} was written anew (saved over) since "
+                                   f"it was read; load it again")
+        return records
+
+    def _apply_new(self, records: list[tuple[str, int, Any, int]]) -> tuple[list[int], bool]:
+        """Replay records from :meth:`_poll_new`: the steps that became visible (a step the
+        writer committed again after a rollback counts), and whether the records rewrote what
+        the history held (a rollback or a prune: a step's window may no longer be stored)."""
+        self._no_open_changes("refresh")
+        shown = repr(self._file.path) if self._file is not None else "the history"
         if any(r[0] == "base" for r in records) and len(self._steps) > 1:
             raise CorruptFileError(f"{shown}: a base record after the first step")
         before = set(self._steps)
+        back = [t for kind, t, *_ in records if kind == "rollback"]
         self._replay(records, shown)
-        return [t for t in self._steps if t not in before]
+        lowest = min(back) if back else None
+        new = [t for t in self._steps
+               if t not in before or (lowest is not None and t > lowest)]
+        return new, bool(back) or any(r[0] == "fold" for r in records)
 
     def _writable(self, what: str) -> None:
         if self._read_only:

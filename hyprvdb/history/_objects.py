@@ -361,7 +361,7 @@ class HistoryObjects(HistoryFile):
         with _reaching(path, fs, root):
             lease = _acquire(fs, root, path, take_over) if writer else None
             try:
-                header, records, out = cls._open(fs, root, path, strict, sync)
+                header, records, out = cls._open(fs, root, path, strict, sync, writer)
                 out.segment_every = segment_every
                 if writer:
                     out._collect()
@@ -373,7 +373,7 @@ class HistoryObjects(HistoryFile):
         return header, records, out
 
     @classmethod
-    def _open(cls, fs: Any, root: str, path: str, strict: bool, sync: bool
+    def _open(cls, fs: Any, root: str, path: str, strict: bool, sync: bool, writer: bool
               ) -> tuple[dict[str, Any], list[tuple[str, int, Any, int]], HistoryObjects]:
         shown = repr(path)
         fs.invalidate_cache()
@@ -392,7 +392,10 @@ class HistoryObjects(HistoryFile):
                 break
         else:
             raise CorruptFileError(f"{shown}: its objects kept changing while it was read")
-        extra = cls._records_from(fs, groot, sb[1])
+        # Record objects past the count: a commit interrupted before it returned, which the
+        # next commit overwrites. Only a writer's concern: a follower sees the records its
+        # writer has committed since the manifest was read, too.
+        extra = cls._records_from(fs, groot, sb[1]) if writer else []
         if extra:
             _recover(f"{shown} holds {len(extra)} record object(s) after its {sb[1]} "
                      f"committed ones (a commit interrupted before it returned); they are not "

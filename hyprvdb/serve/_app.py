@@ -10,10 +10,11 @@ Endpoints (JSON in and out):
 - ``GET /history`` → ``{"latest", "base_step", "steps", "changes", "path"}``
 - ``POST /rollback`` ``{"step": int}`` → ``{"step"}``
 - ``GET /healthz`` → ``{"status": "ok" | "degraded", "step"}`` (degraded: a live weight is not
-  finite)
+  finite, or a replica's last poll of its history failed: ``follow_error`` says why)
 - ``GET /metrics`` → Prometheus text format
 
-Bad requests get a 4xx status and ``{"error": message}``. Every response that depends on the
+A replica (``hyprvdb serve --follow URL``) serves the steps another process commits to the
+history; it answers ``/adapt`` and ``/rollback`` with 400. Bad requests get a 4xx status and ``{"error": message}``. Every response that depends on the
 adapter says which committed step it saw. A committed step is on disk (in the history file)
 before ``/adapt`` answers.
 """
@@ -109,7 +110,10 @@ def create_app(encoder: AdaptiveEncoder) -> Any:
 
     @app.get("/healthz")
     def healthz() -> Any:
-        return {"status": "ok" if encoder.healthy() else "degraded", "step": encoder.step}
+        out = {"status": "ok" if encoder.healthy() else "degraded", "step": encoder.step}
+        if encoder.follow_error is not None:  # a follower that cannot reach its history
+            out.update(status="degraded", follow_error=encoder.follow_error)
+        return out
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def prometheus() -> str:
@@ -153,11 +157,13 @@ def create_app(encoder: AdaptiveEncoder) -> Any:
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, history: str | None = None,
-          model: str | None = None, log_level: str = "info") -> None:
-    """Run the server until interrupted."""
+          model: str | None = None, log_level: str = "info", follow: bool = False,
+          follow_interval: float = 0.5) -> None:
+    """Run the server until interrupted; ``follow``: a read-only replica of ``history``."""
     import uvicorn
 
     from ._model import MiniLM
-    encoder = AdaptiveEncoder(MiniLM.load(model), history)
+    encoder = AdaptiveEncoder(MiniLM.load(model), history, follow=follow,
+                              follow_interval=follow_interval)
     encoder.encode(["warm up"])  # trace the forward pass before the first request
     uvicorn.run(create_app(encoder), host=host, port=port, log_level=log_level)

@@ -34,7 +34,9 @@ import numpy as np
 
 from .. import jax as hj
 from ..history import TemporalGroup
+from ..history._objects import is_url
 from ._lock import WeightsLock
+from ._follow import Follower
 from ._merged import MergedWeights
 from ._model import MiniLM, contrastive_loss
 
@@ -84,8 +86,12 @@ class AdaptiveEncoder:
         Default: the embedded all-MiniLM-L6-v2. The encoder takes over the model's adapted
         weights: from then on ``model.params`` holds the live weights (the adapter merged in).
     history : str or PathLike, optional
-        History file: opened (and appended to) if it exists, created otherwise. Without it
-        the history lives in memory only.
+        History file or fsspec URL (``s3://...``): opened (and appended to) if it exists,
+        created otherwise. Without it the history lives in memory only.
+    follow : bool
+        Serve, read-only, the steps another process commits to ``history`` (which must
+        exist): a :class:`Follower` polls it every ``follow_interval`` seconds and moves the
+        live weights to each new step; ``adapt``, ``commit`` and ``rollback`` are refused.
     lr : float
         Learning rate of the sparse SGD step.
     update_fraction : float
@@ -98,7 +104,8 @@ class AdaptiveEncoder:
 
     def __init__(self, model: MiniLM | None = None, history: str | os.PathLike | None = None,
                  *, lr: float = 0.05, update_fraction: float = 5e-4, query_tokens: int = 32,
-                 doc_tokens: int = 96, scale: float = 1.0) -> None:
+                 doc_tokens: int = 96, scale: float = 1.0, follow: bool = False,
+                 follow_interval: float = 0.5) -> None:
         if not lr > 0 or not math.isfinite(lr):
             raise ValueError(f"lr must be a finite number > 0, got {lr}")
         if not 0 < update_fraction <= 1:
@@ -107,16 +114,11 @@ class AdaptiveEncoder:
         self.shapes = self.model.linear_shapes()
         self.lr, self.update_fraction = float(lr), float(update_fraction)
         self.query_tokens, self.doc_tokens = int(query_tokens), int(doc_tokens)
-        if history is not None and os.path.exists(history):
-            self.history = TemporalGroup.load(history)
-            if dict((k, self.history[k].shape) for k in self.history) != self.shapes:
-                self.history.close()
-                raise ValueError(f"{os.fspath(history)!r} holds histories of other matrices "
-                                 "than this model's linear layers")
-        else:
-            self.history = TemporalGroup(self.shapes)
-            if history is not None:
-                self.history.save(history)
+        if follow and history is None:
+            raise ValueError("follow=True needs history: the file or URL to follow")
+        if follow and not follow_interval > 0:
+            raise ValueError(f"follow_interval must be > 0 seconds, got {follow_interval!r}")
+        self.history = _open_history(history, self.shapes, follow)
         self.metrics = Metrics()
         self._write = threading.Lock()           # one writer (adapt, rollback) at a time
         self._history_lock = threading.RLock()   # requests read the history (past steps)
@@ -126,6 +128,13 @@ class AdaptiveEncoder:
         self._merged = MergedWeights({n: self.model.weight(n) for n in self.shapes},
                                      self.history, scale=scale)
         self._publish()
+        self._follower: Follower | None = None
+        if follow:
+            # The follower moves this encoder's weights, under this encoder's locks.
+            f = self._follower = Follower(self.history)
+            f.merged, f.lock, f.history_lock = self._merged, self._lock, self._history_lock
+            f.moved = self._followed
+            f.start(follow_interval)
         fwd = self.model.embed_fn()
         self._embed = jax.jit(fwd)
 
@@ -171,7 +180,15 @@ class AdaptiveEncoder:
             h = self.history
             return {"latest": h.latest, "base_step": h.base_step, "steps": h.steps,
                     "serving_step": self.step, "changes": h.change_count(), "path": h.path,
-                    "history_bytes": h.history_bytes()}
+                    "history_bytes": h.history_bytes(),
+                    "following": self._follower is not None}
+
+    @property
+    def follow_error(self) -> str | None:
+        """Why the follower's last poll of its history failed (None: it did not, or this
+        encoder does not follow)."""
+        err = self._follower.error if self._follower is not None else None
+        return None if err is None else str(err)
 
     def healthy(self) -> bool:
         """Whether every live adapted weight is finite (the health check's question: the
@@ -183,6 +200,7 @@ class AdaptiveEncoder:
         """One step of online adaptation on (query, positive) pairs; returns
         ``{"step", "loss", "changes", "swap_ms"}``. The step is durable, and served, when
         this returns."""
+        self._learning("adapt")
         if not isinstance(pairs, (list, tuple)) or len(pairs) < 2:
             raise ValueError("pairs must hold at least 2 (query, positive) pairs "
                              "(the other pairs are the negatives)")
@@ -227,6 +245,7 @@ class AdaptiveEncoder:
         learner wrote). Returns ``{"step", "changes", "swap_ms"}``; the step is durable, and
         served, when this returns. A step that would make the model's embeddings non-finite
         is refused with ``ValueError`` and nothing is committed."""
+        self._learning("commit")
         with self._write:
             ids, mask = self.model.tokenize(_PROBE)
             self._check_outputs(update, ids, mask, "the update")
@@ -279,6 +298,7 @@ class AdaptiveEncoder:
     def rollback(self, t: int) -> int:
         """Serve (and continue from) step ``t``; later steps are discarded. Rewrites only the
         weights the discarded steps changed."""
+        self._learning("rollback")
         with self._write, self._lock.writing():
             with self._history_lock:
                 step = self.history.resolve(t)
@@ -288,11 +308,32 @@ class AdaptiveEncoder:
         return step
 
     def close(self) -> None:
-        """Close the history file (after the requests in flight)."""
+        """Stop following, and close the history (after the requests in flight)."""
+        if self._follower is not None:
+            self._follower.stop()
         with self._lock.writing():
             self.history.close()
 
+    def poll(self) -> list[int]:
+        """Apply the steps committed to the followed history since the last poll now (the
+        background thread does this every ``follow_interval`` seconds); returns them."""
+        if self._follower is None:
+            raise ValueError("poll: this encoder does not follow a history (follow=True)")
+        return self._follower.poll()
+
     # ---------------------------------------------------------------- internals
+    def _learning(self, what: str) -> None:
+        if self._follower is not None:
+            raise ValueError(f"{what}: this encoder follows {self.history.path!r} (read-only): "
+                             f"it serves the steps the history's writer commits")
+
+    def _followed(self) -> None:
+        """Once the follower moved the weights (inside its hold of the weights lock, so that
+        no forward pass sees the donated arrays): publish them."""
+        self._publish()
+        with self._corrections_lock:
+            self._corrections.clear()
+
     def _move(self, step: int, changed: dict[str, np.ndarray]) -> None:
         """Bring the live weights to ``step`` (the caller holds the weights for writing, so
         no forward pass reads them meanwhile)."""
@@ -346,3 +387,29 @@ class AdaptiveEncoder:
             out.append(np.asarray(emb)[:n])
         self.metrics.count_batch()
         return out[0] if len(out) == 1 else np.concatenate(out)
+
+
+def _open_history(history: str | os.PathLike | None, shapes: dict[str, tuple[int, int]],
+                  follow: bool) -> TemporalGroup:
+    """The encoder's history: loaded (read-only when following), created where none is."""
+    if history is None:
+        return TemporalGroup(shapes)
+    exists = True
+    if not is_url(history):
+        exists = os.path.exists(history)
+    if exists or follow:
+        try:
+            g = TemporalGroup.load(history, mode="r" if follow else "a")
+        except FileNotFoundError:
+            if follow or not is_url(history):
+                raise
+            exists = False
+        else:
+            if dict((k, g[k].shape) for k in g) != shapes:
+                g.close()
+                raise ValueError(f"{os.fspath(history)!r} holds histories of other matrices "
+                                 "than this model's linear layers")
+            return g
+    g = TemporalGroup(shapes)
+    g.save(history)
+    return g

@@ -210,6 +210,31 @@ class MergedWeights:
         self._step = step
         return step
 
+    def reached(self) -> dict[str, np.ndarray]:
+        """Sorted linear indices, per matrix, of every coordinate the adapter has written."""
+        self._absorb()
+        sup = self._support[0]
+        out = {}
+        for name in self._names:
+            lo, hi = np.searchsorted(sup, [self._offset[name],
+                                           self._offset[name] + self._sizes[name]])
+            out[name] = sup[lo:hi] - self._offset[name]
+        return out
+
+    def move_to_latest(self, *, rewritten: bool = False) -> int:
+        """Bring the weights to the history's newest step after the history grew (a
+        follower's refresh). ``rewritten``: the history was rolled back or pruned meanwhile,
+        so the window from the current step may no longer be stored; then every coordinate
+        the adapter has reached, and every active one at the newest step, is rewritten."""
+        h = self._history
+        if not rewritten:
+            return self.move_to(h.latest)
+        changed = self.reached()
+        for name in self._names:
+            r, c, _ = h[name].active_weights(h.latest)
+            changed[name] = np.union1d(changed[name], r * h[name].shape[1] + c)
+        return self.move_to(h.latest, changed)
+
     def window_correction(self, t: int) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """``S_t - S_current`` per matrix, as ``(rows, cols, float32 values)`` over the window's
         coordinates: what serving step ``t`` adds, as a sparse delta, to the current weights."""
@@ -228,7 +253,10 @@ class MergedWeights:
     def _layout(self, counts: dict[str, int]) -> tuple[np.ndarray, np.ndarray, tuple]:
         """Where each entry goes in the padded concatenation the jitted program takes (every
         matrix padded to its bucket), the local-index shift of each entry, and the sizes."""
-        sizes = tuple(_bucket(counts.get(n, 0)) for n in self._names)
+        # One padded size for every matrix, the bucket of the largest count: the program is
+        # compiled once per bucket, not once per combination of the matrices' buckets (a
+        # follower's poll brings any number of steps, so the combinations would not repeat).
+        sizes = (_bucket(max(counts.values(), default=0)),) * len(self._names)
         start = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         present = [k for k, n in enumerate(self._names) if counts.get(n)]
         n_of = np.array([counts[self._names[k]] for k in present])

@@ -22,8 +22,9 @@ replicas   One writer process commits ``--steps`` steps to ``s3://bench/<id>``
            it, and the late follower's catch-up (process start to serving the last step, and
            its ``Follower(...)`` construction alone).
 kills      The writer is killed with SIGKILL at ``--kills`` random moments during its commits
-           and compactions (``segment_every`` 8, so that compactions are frequent), each
-           time restarted with ``take_over=True``; two followers serve throughout. Checked:
+           and compactions (``segment_every`` 8, so that compactions are frequent; every
+           other kill lands at a random moment of a commit that compacts), each time
+           restarted with ``take_over=True``; two followers serve throughout. Checked:
            every step a commit returned for (the writer prints it after ``store_deltas``
            returns) is in the history after the restart, and the restart continues right
            after it or after the one step whose commit was in flight; at the end the
@@ -62,6 +63,7 @@ import _s3  # noqa: E402
 HERE = os.path.abspath(__file__)
 BUCKET = "bench"
 PRE_SIGMA = 0.02
+SEGMENT_EVERY_KILLS = 8  # frequent compactions in the kills run
 
 
 # ------------------------------------------------------------------------------ data
@@ -163,7 +165,10 @@ def run_writer(a: argparse.Namespace) -> int:
             time.sleep(a.pace)  # the learner's own work between steps (its gradient)
         s = time.perf_counter()
         g.store_deltas(t, step)
-        print(f"committed {t} {time.time():.6f} {time.perf_counter() - s:.6f}", flush=True)
+        # the loose record objects after it (the bench aims some kills at compactions)
+        loose = len(g._file._loose)
+        print(f"committed {t} {time.time():.6f} {time.perf_counter() - s:.6f} {loose}",
+              flush=True)
     g.close()
     print("done", flush=True)
     return 0
@@ -360,15 +365,16 @@ def kills(run: Run, steps: int, n_kills: int) -> dict:
     import hyprvdb
     a = run.a
     data = Data(run.data_path)
-    url = new_history(data, 8)
+    url = new_history(data, SEGMENT_EVERY_KILLS)
     rng = random.Random(a.seed)
     followers = {f"k{k}": run.follower(url, steps, f"k{k}") for k in range(2)}
     wait_started(followers)
     returned: list[int] = []
     problems, lives, commit_s = [], [], None
-    killed = 0
+    killed = in_compaction = 0
     while True:
-        w = run.spawn("writer", url, "--until", str(steps), "--segment-every", "8")
+        w = run.spawn("writer", url, "--until", str(steps), "--segment-every",
+                      str(SEGMENT_EVERY_KILLS))
         out = Lines(w.stdout)
         first = (out.next() or "").split()
         if not first or first[0] != "loaded":
@@ -381,23 +387,27 @@ def kills(run: Run, steps: int, n_kills: int) -> dict:
         if latest > top + 1:
             problems.append(f"restart {len(lives)}: history ends at {latest}, after {top}, "
                             f"the last returned commit, and one in flight")
-        # The moment: after a random number of this life's commits returned, a random part
-        # of one commit's time (or a little more: into its compaction, or the next commit).
+        # The moment. Odd kills: after a random number of this life's commits returned, a
+        # random part of one commit's time (or a little more: into the next). Even kills:
+        # inside the next commit that compacts (its record, manifest, segment, manifest and
+        # removals take about three commits' time).
         remaining = steps - latest
-        after = None
+        after, compacting = None, killed % 2 == 0
         if killed < n_kills and remaining > 1:
             per_life = max(1, remaining // (n_kills - killed + 1))
             after = rng.randint(0, min(remaining - 1, 2 * per_life - 1))
         life: list[int] = []
         deadline = None
-        if after == 0:
+        if after == 0 and not compacting:
             deadline = time.monotonic() + rng.uniform(0, 1.5 * (commit_s or 0.01))
+        aimed = False
         done = False
         while True:
             line = out.next(deadline)
             if line is None:  # the moment: kill it, mid-commit or mid-compaction or between
                 w.send_signal(signal.SIGKILL)
                 killed += 1
+                in_compaction += aimed
                 while (line := out.next()):  # what it printed before the kill landed
                     if line.startswith("committed"):
                         life.append(int(line.split()[1]))
@@ -409,8 +419,14 @@ def kills(run: Run, steps: int, n_kills: int) -> dict:
                 life.append(int(parts[1]))
                 took = float(parts[3])
                 commit_s = took if commit_s is None else 0.8 * commit_s + 0.2 * took
-                if after is not None and len(life) == after:
+                loose = int(parts[4])
+                if after is None or deadline is not None:
+                    pass
+                elif not compacting and len(life) >= after:
                     deadline = time.monotonic() + rng.uniform(0, 1.5 * commit_s)
+                elif compacting and loose == SEGMENT_EVERY_KILLS - 1:
+                    deadline = time.monotonic() + rng.uniform(0, 3 * commit_s)
+                    aimed = True
             elif parts[0] == "done":
                 done = True
         w.wait()
@@ -444,7 +460,8 @@ def kills(run: Run, steps: int, n_kills: int) -> dict:
     if check["mismatches"]:
         problems.append(f"followers served {len(check['mismatches'])} steps whose weights are "
                         f"not the reference's, first {check['mismatches'][0]}")
-    return {"steps": steps, "kills": killed, "restarts": len(lives) - 1,
+    return {"steps": steps, "kills": killed, "kills_aimed_at_a_compacting_commit": in_compaction,
+            "restarts": len(lives) - 1,
             "returned_commits": len(returned), "hashes": check, "problems": problems,
             "restarts_dropping_a_record": sum(life["dropped_records"] > 0 for life in lives),
             "lives": lives,
@@ -517,7 +534,9 @@ def main(argv: list[str] | None = None) -> int:
                           f"{r['late']['follower_built_s']:.2f} s)")
             if not a.skip_kills:
                 res["kills"] = k = kills(run, steps, n_kills)
-                print(f"kills: {k['kills']} SIGKILLs, {k['restarts']} restarts "
+                print(f"kills: {k['kills']} SIGKILLs ("
+                      f"{k['kills_aimed_at_a_compacting_commit']} inside a commit that "
+                      f"compacts), {k['restarts']} restarts "
                       f"({k['restarts_dropping_a_record']} dropped the record object of a "
                       f"commit killed before its manifest), {k['returned_commits']} returned "
                       f"commits; followers' {k['hashes']['checked']} reported steps checked; "

@@ -67,8 +67,8 @@ def test_remote_history_matches_a_local_file(tmp_path):
         g.prune_history(8)
     assert_same(local, remote)
     remote.close()  # gives up the writer lease
-    back = TemporalGroup.load(u)
-    assert_same(back, TemporalGroup.load(tmp_path / "h.hvh"))
+    back = TemporalGroup.open(u, "a")
+    assert_same(back, TemporalGroup.open(tmp_path / "h.hvh", "r"))
     play(back, np.random.default_rng(2), 3, start=back.latest + 1)  # commits go on
     assert_same(back, TemporalGroup.load(u, mode="r"))
 

@@ -381,6 +381,12 @@ class TemporalGroup:
         g._read_only = mode == "r"
         return g
 
+    @classmethod
+    def open(cls, path: str | os.PathLike, mode: str = "a", **kwargs: Any) -> TemporalGroup:
+        """``TemporalGroup.load(path, mode=mode, **kwargs)``: ``mode="r"`` to follow a history,
+        ``"a"`` to write to it."""
+        return cls.load(path, mode=mode, **kwargs)
+
     def refresh(self) -> list[int]:
         """Apply the commits another process made to this history's file or URL since it was
         loaded or last refreshed, reading only the new records (each checked as on loading);

@@ -617,7 +617,9 @@ def bench_remote(tr: Trajectory, tmp: str, repeats: int, total: int) -> dict:
     server = log = saved = None
     try:
         try:
-            import s3fs  # noqa: F401
+            import importlib.util
+            if importlib.util.find_spec("s3fs") is None:
+                raise ImportError("s3fs is not installed (pip install s3fs)")
             log = open(os.path.join(tmp, "moto.log"), "wb")
             server, endpoint = _s3.start(log)
             saved = _s3.configure(endpoint)

@@ -32,8 +32,8 @@ import numpy as np
 
 from . import _coo, _native
 
-__all__ = ["SparseDelta", "delta_matmul", "delta_add", "linear", "to_dense", "to_update",
-           "ffi_available", "implementation", "kernel_path"]
+__all__ = ["SparseDelta", "delta_matmul", "delta_add", "delta_add_segments", "linear",
+           "to_dense", "to_update", "ffi_available", "implementation", "kernel_path"]
 
 
 @jax.tree_util.register_pytree_node_class
@@ -342,6 +342,121 @@ def delta_add(y: Any, x: Any, delta: SparseDelta, scale: Any = 1.0, *,
         values, static = values * jnp.asarray(scale, jnp.float32), 1.0
     return _delta_acc(y, delta.indptr, delta.indices, delta.row_ids, values, x, static,
                       delta.shape[0], implementation(impl))
+
+
+# -------------------------------------------------------------------- mixed batches
+def _seg_mask(x, seg, counts):  # noqa: ANN001, ANN202
+    """(..., nnz): whether each stacked entry belongs to the row's segment."""
+    eseg = jnp.repeat(jnp.arange(len(counts), dtype=jnp.int32), np.asarray(counts),
+                      total_repeat_length=int(sum(counts)))
+    return eseg == seg[..., None]
+
+
+def _seg_fwd_jax(indptr, indices, row_ids, values, x, seg, scale, rows, counts):  # noqa: ANN001, ANN202
+    g = x[..., indices] * values * _seg_mask(x, seg, counts)
+    y = jax.ops.segment_sum(jnp.moveaxis(g, -1, 0), row_ids, num_segments=rows)
+    return jnp.moveaxis(y, 0, -1) * scale
+
+
+def _seg_callback_body(ctx: Any, out: Any, indptr: Any, indices: Any, values: Any, x: Any,
+                       seg: Any, y_in: Any, *, scale: float, rows: int, gpu: bool) -> None:
+    from . import ops
+
+    def run(xp: Any, device: str) -> None:
+        o, yi = _device_array(xp, out), _device_array(xp, y_in)
+        ptr = (lambda a: a.ctypes.data) if xp is np else (lambda a: a.data.ptr)
+        if o.size and ptr(o) != ptr(yi):
+            o[...] = yi
+        s = _device_array(xp, seg).reshape(-1)
+        ops._delta.segments_stacked(
+            device, _device_array(xp, x).reshape(-1, _device_array(xp, x).shape[-1]),
+            _device_array(xp, indptr), _device_array(xp, indices), _device_array(xp, values),
+            rows, np.asarray(s if xp is np else s.get(), np.int32), o.reshape(-1, rows), scale)
+
+    if not gpu:
+        run(np, "cpu")
+        return
+    import cupy
+    with cupy.cuda.ExternalStream(int(ctx.stream)):
+        run(cupy, "cuda")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10))
+def _seg_acc(y, indptr, indices, row_ids, values, x, seg, scale, rows, counts, impl):  # noqa: ANN001, ANN202
+    if impl == "ffi":
+        return _ffi("hyprvdb_delta_accumulate_segments", y.shape, indptr, indices, values, x,
+                    seg, y, scale=scale, aliases={5: 0})
+    if impl == "callback":
+        from jax.experimental.buffer_callback import buffer_callback
+        body = functools.partial(_seg_callback_body, scale=float(scale), rows=rows,
+                                 gpu=_on_gpu())
+        call = buffer_callback(body, jax.ShapeDtypeStruct(y.shape, jnp.float32),
+                               input_output_aliases={5: 0}, vmap_method="sequential")
+        return call(indptr, indices, values, x, seg, y)
+    return y + _seg_fwd_jax(indptr, indices, row_ids, values, x, seg, scale, rows, counts)
+
+
+def _seg_acc_fwd(y, indptr, indices, row_ids, values, x, seg, scale, rows, counts, impl):  # noqa: ANN001, ANN202
+    out = _seg_acc(y, indptr, indices, row_ids, values, x, seg, scale, rows, counts, impl)
+    return out, (indptr, indices, row_ids, values, x, seg)
+
+
+def _seg_acc_bwd(scale, rows, counts, impl, res, g):  # noqa: ANN001, ANN202
+    indptr, indices, row_ids, values, x, seg = res
+    mask = _seg_mask(x, seg, counts)
+    gr = g[..., row_ids] * mask  # (..., nnz): the output gradient each entry sees
+    dx = jnp.moveaxis(jax.ops.segment_sum(jnp.moveaxis(gr * values * scale, -1, 0), indices,
+                                          num_segments=x.shape[-1]), 0, -1)
+    prod = x[..., indices] * gr
+    dv = prod.reshape(-1, prod.shape[-1]).sum(0) * scale
+    return (g, None, None, None, dv, dx, None)
+
+
+_seg_acc.defvjp(_seg_acc_fwd, _seg_acc_bwd)
+
+
+def delta_add_segments(y: Any, x: Any, deltas: list[SparseDelta], segment_ids: Any,
+                       scale: float = 1.0, *, impl: str = "auto") -> Any:
+    """A batch that mixes deltas: ``y[i] + scale * x[i] @ dW_s.T`` with ``s =
+    segment_ids[i]`` for every leading index i (-1: no delta), in one call — many adapters,
+    or many past steps of one adapter, in one batch.
+
+    ``deltas``: SparseDeltas of one shape; ``segment_ids``: int32 of shape ``x.shape[:-1]``
+    (a batch of sequences broadcasts one id per sequence to its tokens). With the FFI targets
+    the deltas are accumulated into y's buffer in place, each row through its own delta only;
+    the pure-JAX path masks every delta's entries per row. Gradients (with respect to y, x and
+    every delta's values) use the pure-JAX formulas."""
+    if not isinstance(deltas, (list, tuple)) or not deltas:
+        raise ValueError(f"deltas must be a non-empty list of SparseDeltas, got "
+                         f"{type(deltas).__name__}")
+    for i, d in enumerate(deltas):
+        _check(x, d)
+        if d.shape != deltas[0].shape:
+            raise ValueError(f"deltas[{i}] is {d.shape}, deltas[0] is {deltas[0].shape}: a "
+                             f"mixed batch needs one shape")
+    x = jnp.asarray(x, jnp.float32)
+    y = jnp.asarray(y, jnp.float32)
+    rows = deltas[0].shape[0]
+    if y.shape != x.shape[:-1] + (rows,):
+        raise ValueError(f"y has shape {y.shape}, expected {x.shape[:-1] + (rows,)}")
+    seg = jnp.asarray(segment_ids)
+    if seg.shape != x.shape[:-1] or not jnp.issubdtype(seg.dtype, jnp.integer):
+        raise ValueError(f"segment_ids must be integers of shape {x.shape[:-1]} (x's leading "
+                         f"dimensions), got {seg.dtype} {seg.shape}")
+    if not isinstance(seg, jax.core.Tracer):
+        s = np.asarray(seg)
+        bad = (s < -1) | (s >= len(deltas))
+        if bad.any():
+            i = tuple(int(v) for v in np.argwhere(bad)[0])
+            raise ValueError(f"segment_ids[{', '.join(map(str, i))}] = {int(s[i])} is not a "
+                             f"delta's number (-1 .. {len(deltas) - 1})")
+    counts = tuple(d.nnz for d in deltas)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32)
+    indptr = jnp.concatenate([d.indptr + o for d, o in zip(deltas, starts)])
+    cat = functools.partial(jnp.concatenate)
+    return _seg_acc(y, indptr, cat([d.indices for d in deltas]),
+                    cat([d.row_ids for d in deltas]), cat([d.values for d in deltas]), x,
+                    seg.astype(jnp.int32), float(scale), rows, counts, implementation(impl))
 
 
 def linear(x: Any, W: Any, delta: SparseDelta | None, scale: Any = 1.0, bias: Any = None,

@@ -32,6 +32,37 @@ HVDB_UNROLL
         }
 }
 
+// A mixed batch: y[b, r] += scale * sum_c x[b, c] * dW_seg[b][r, c] over stacked deltas
+// (segment s's CSR offsets at indptr + s * (rows + 1)). One warp per output row; blockIdx.y is
+// a tile of at most HVDB_NB batch rows of one segment (order[tiles[3t] ..], length
+// tiles[3t + 1], segment tiles[3t + 2]: csrc/cpu/linear.h segment_tiles builds them).
+template <typename T>
+__global__ void delta_matmul_segments(const int* __restrict__ indptr,
+                                      const int* __restrict__ indices,
+                                      const float* __restrict__ data, const T* __restrict__ x,
+                                      long long ldx, T* y, long long ldy, int rows,
+                                      const int* __restrict__ order,
+                                      const int* __restrict__ tiles, float scale) {
+    const int row = (int)((blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5);
+    const int lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    const int* tile = tiles + 3 * blockIdx.y;
+    const int* brows = order + tile[0];
+    const int nb = tile[1];
+    const int* ip = indptr + (long long)tile[2] * (rows + 1);
+    float acc[HVDB_NB];
+HVDB_UNROLL
+    for (int b = 0; b < HVDB_NB; ++b) acc[b] = 0.0f;
+    csr_row_dot_rows<T>(ip, indices, data, x, ldx, brows, nb, row, lane, 32, acc);
+HVDB_UNROLL
+    for (int b = 0; b < HVDB_NB; ++b) acc[b] = warp_sum(acc[b]);
+    if (lane == 0)
+        for (int b = 0; b < nb; ++b) {
+            T* p = y + brows[b] * ldy + row;
+            from_f32(to_f32(*p) + scale * acc[b], p);
+        }
+}
+
 // y[b, r] = sum_i x[b, i] * W[r, i] + bias[r] + scale * sum_c x[b, c] * dW[r, c], in one pass
 // over W's row and the delta's row: one block per output row and batch tile.
 template <typename T>

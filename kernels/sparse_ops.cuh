@@ -27,6 +27,23 @@ HVDB_UNROLL
     }
 }
 
+// csr_row_dot over batch rows that are not evenly spaced: acc[b] += sum_j data[j] *
+// x[brows[b] * ldx + indices[j]] for b < nb (a tile of one segment of a mixed batch, where
+// each batch row has its own delta; brows lists the tile's rows of x).
+template <typename T, int NB = HVDB_NB>
+HVDB_HD inline void csr_row_dot_rows(const int* indptr, const int* indices, const float* data,
+                                     const T* x, long long ldx, const int* brows, int nb,
+                                     int row, int lane, int stride, float* acc) {
+    const int end = indptr[row + 1];
+    for (int j = indptr[row] + lane; j < end; j += stride) {
+        const float v = data[j];
+        const int c = indices[j];
+HVDB_UNROLL
+        for (int b = 0; b < NB; ++b)
+            if (b < nb) acc[b] += v * to_f32(x[brows[b] * ldx + c]);
+    }
+}
+
 // acc[b] += sum_j data[j] * xt[indices[j], b] for b < nb, with x transposed (k x batch):
 // each nonzero is one contiguous axpy over the batch (the CPU's loop order for big batches).
 HVDB_HD inline void csr_row_axpy(const int* indptr, const int* indices, const float* data,

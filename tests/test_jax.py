@@ -198,6 +198,79 @@ def test_delta_add_grad_and_vmap(impl, rng):
     assert_close(got, ref + f64(ys), mag + np.abs(f64(ys)), f"vmap ({impl})")
 
 
+def check_segments(impl, rng, shape, lead, nseg, jit, padded=False):
+    """delta_add_segments: every leading index takes its own delta (or none), into random y;
+    values and gradients (x, y, every delta's values) against the analytic ones."""
+    made = [make_delta(rng, shape, 0.1, capacity=(128 if padded else None))
+            for _ in range(nseg)]
+    deltas, dense = [m[0] for m in made], [m[1] for m in made]
+    seg = rng.integers(-1, nseg, lead).astype(np.int32)
+    x = rng.standard_normal(lead + (shape[1],)).astype(np.float32)
+    y0 = rng.standard_normal(lead + (shape[0],)).astype(np.float32)
+    g = rng.standard_normal(lead + (shape[0],)).astype(np.float32)
+    scale = 0.6
+    ref, mag = f64(y0), np.abs(f64(y0))
+    dx_ref, dx_mag = np.zeros(x.shape), np.zeros(x.shape)
+    for i in np.ndindex(*lead):
+        if seg[i] >= 0:
+            w = dense[seg[i]]
+            ref[i] += scale * w @ f64(x)[i]
+            mag[i] += scale * np.abs(w) @ np.abs(f64(x)[i])
+            dx_ref[i] = scale * f64(g)[i] @ w
+            dx_mag[i] = scale * np.abs(f64(g)[i]) @ np.abs(w)
+
+    def f(y, x, values):
+        ds = [d.with_values(v) for d, v in zip(deltas, values)]
+        return hj.delta_add_segments(y, x, ds, seg, scale, impl=impl)
+
+    fn = jax.jit(f) if jit else f
+    out = fn(jnp.asarray(y0), jnp.asarray(x), [d.values for d in deltas])
+    assert_close(out, ref, mag, f"delta_add_segments {impl} {shape} {lead}")
+    loss = lambda *a: jnp.sum(f(*a) * g)  # noqa: E731
+    gy, gx, gv = jax.grad(loss, argnums=(0, 1, 2))(jnp.asarray(y0), jnp.asarray(x),
+                                                  [d.values for d in deltas])
+    np.testing.assert_array_equal(np.asarray(gy), g)
+    assert_close(gx, dx_ref, dx_mag, "dx")
+    for s, d in enumerate(deltas):
+        r = np.asarray(d.row_ids)
+        c = np.asarray(d.indices)
+        mine = (seg == s)[..., None]
+        dv_ref = scale * (f64(x)[..., c] * f64(g)[..., r] * mine).reshape(-1, len(c)).sum(0)
+        dv_mag = scale * np.abs(f64(x)[..., c] * f64(g)[..., r] * mine).reshape(
+            -1, len(c)).sum(0) + 1e-30
+        assert_close(gv[s], dv_ref, dv_mag, f"dvalues of delta {s}")
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("lead", [(1,), (9,), (3, 5), (40,)], ids=str)
+@pytest.mark.parametrize("nseg", [1, 4])
+def test_delta_add_segments(impl, rng, nseg, lead, jit):
+    check_segments(impl, rng, (23, 31), lead, nseg, jit)
+
+
+def test_delta_add_segments_padded_deltas(impl, rng):
+    check_segments(impl, rng, (23, 31), (2, 6), 3, True, padded=True)
+
+
+def test_delta_add_segments_errors():
+    d, _ = make_delta(np.random.default_rng(0), (5, 6), 0.5)
+    other, _ = make_delta(np.random.default_rng(1), (4, 6), 0.5)
+    x, y = jnp.ones((3, 6)), jnp.zeros((3, 5))
+    with pytest.raises(ValueError, match=r"segment_ids\[1\] = 2 is not a delta's number "
+                                         r"\(-1 \.\. 1\)"):
+        hj.delta_add_segments(y, x, [d, d], jnp.array([0, 2, -1]))
+    with pytest.raises(ValueError, match=r"segment_ids must be integers of shape \(3,\)"):
+        hj.delta_add_segments(y, x, [d], jnp.array([0, 0]))
+    with pytest.raises(ValueError, match=r"segment_ids must be integers"):
+        hj.delta_add_segments(y, x, [d], jnp.array([0.0, 0.0, 0.0]))
+    with pytest.raises(ValueError, match=r"deltas\[1\] is \(4, 6\)"):
+        hj.delta_add_segments(y, x, [d, other], jnp.array([0, 0, 0]))
+    with pytest.raises(ValueError, match="non-empty list"):
+        hj.delta_add_segments(y, x, [], jnp.array([0, 0, 0]))
+    with pytest.raises(ValueError, match=r"y has shape \(3, 4\)"):
+        hj.delta_add_segments(jnp.zeros((3, 4)), x, [d], jnp.array([0, 0, 0]))
+
+
 def test_delta_add_errors():
     d = hj.SparseDelta.from_coo([1], [2], [3.0], (5, 7))
     with pytest.raises(ValueError, match=r"y has shape \(3, 4\), expected \(3, 5\)"):

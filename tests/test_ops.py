@@ -206,6 +206,38 @@ def check_delta_matmul(bk, rng, batch, shape, density, dtype):
                      "delta_matmul(snapshot)")
 
 
+def check_delta_matmul_segments(bk, rng, batch, shape, density, dtype, nseg, layout):
+    """A mixed batch: row b takes delta segment_ids[b] (-1: none), accumulated into random
+    values (a row without a delta keeps them exactly). ``layout``: "runs" (each segment's
+    rows consecutive, as texts sorted by adapter) or "mixed" (interleaved)."""
+    snaps, dense = zip(*[random_delta(rng, shape, density) for _ in range(nseg)])
+    ds = [ops.DeviceDelta.upload(s, bk.device) for s in snaps]
+    seg = rng.integers(-1, nseg, batch)
+    if layout == "runs":
+        seg = np.sort(seg)
+    x = random_array(rng, (batch, shape[1]), dtype)
+    out0 = random_array(rng, (batch, shape[0]), dtype)
+    out = bk.asarray(out0.copy())
+    scale = 0.75
+    res = ops.delta_matmul_segments(bk.asarray(x), ds, seg, scale, out=out)
+    assert res is out
+    ref, mag = f64(out0), np.abs(f64(out0))
+    for b in range(batch):
+        if seg[b] >= 0:
+            w = dense[seg[b]].astype(np.float64)
+            ref[b] += scale * (w @ f64(x)[b])
+            mag[b] += scale * (np.abs(w) @ np.abs(f64(x)[b]))
+    assert_close(bk.asnumpy(out), ref, mag, dtype,
+                 f"delta_matmul_segments {batch}x{shape} {nseg} deltas {layout} {dtype}")
+    fresh = ops.delta_matmul_segments(bk.asarray(x), ds, seg)
+    want = np.zeros((batch, shape[0]))
+    for b in range(batch):
+        if seg[b] >= 0:
+            want[b] = dense[seg[b]].astype(np.float64) @ f64(x)[b]
+    assert_close(bk.asnumpy(fresh), want, (mag - np.abs(f64(out0))) / scale, dtype,
+                 "delta_matmul_segments (new result)")
+
+
 def check_fused_linear(bk, rng, batch, shape, density, dtype, with_bias):
     snap, dW = random_delta(rng, shape, density)
     d = ops.DeviceDelta.upload(snap, bk.device)
@@ -442,6 +474,91 @@ def test_delta_matmul_both_cpu_kernels(simd, rng, batch, shape, density):
     """Batches past a chunk and ragged in every way (rows, columns and tokens not multiples
     of 8 or 32), fresh and accumulated, float32 (the only dtype the AVX2 kernel takes)."""
     check_delta_matmul(HOST, rng, batch, shape, density, F32)
+
+
+@pytest.mark.parametrize("layout", ["runs", "mixed"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("density", [0.0, 0.01, 0.1])
+@pytest.mark.parametrize("batch", [1, 9, 33, 256])
+@pytest.mark.parametrize("nseg", [1, 3, 8])
+def test_delta_matmul_segments(path, rng, nseg, batch, density, dtype, layout):
+    check_delta_matmul_segments(HOST, rng, batch, (37, 129), density, dtype, nseg, layout)
+
+
+@pytest.mark.parametrize("layout", ["runs", "mixed"])
+@pytest.mark.parametrize("batch", [4, 32, 300])
+def test_delta_matmul_segments_model_sized(path, rng, batch, layout):
+    check_delta_matmul_segments(HOST, rng, batch, (1536, 384), 0.01, F32, 8, layout)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [1, 8, 9, 77])
+def test_delta_matmul_segments_cpu_methods_agree(rng, batch, dtype):
+    """The CPU extension's two ways through a mixed batch: each segment through the tuned
+    kernels (the default) and tile by tile through the per-thread function the CUDA kernel
+    runs (``csr_row_dot_rows``), within the tolerance of each other's float64 reference."""
+    cpu = _native.cpu()
+    if cpu is None:
+        pytest.skip("hyprvdb._cpu (the CPU extension) is not built")
+    shape, nseg = (41, 77), 5
+    snaps, dense = zip(*[random_delta(rng, shape, 0.1) for _ in range(nseg)])
+    ds = [ops.DeviceDelta.upload(s, "cpu") for s in snaps]
+    indptr, indices, data = ops._delta._stack(np, ds)
+    seg = rng.integers(-1, nseg, batch).astype(np.int32)
+    x = random_array(rng, (batch, shape[1]), dtype)
+    out0 = random_array(rng, (batch, shape[0]), dtype)
+    ref, mag = f64(out0), np.abs(f64(out0))
+    for b in range(batch):
+        if seg[b] >= 0:
+            ref[b] += -2.0 * (dense[seg[b]].astype(np.float64) @ f64(x)[b])
+            mag[b] += 2.0 * (np.abs(dense[seg[b]].astype(np.float64)) @ np.abs(f64(x)[b]))
+    code = ops._delta._dtype_code(dtype)
+    for method in (0, 1):
+        out = out0.copy()
+        cpu.delta_matmul_segments(indptr, indices, data, shape[0], seg, ops._delta._bits(x),
+                                  ops._delta._bits(out), code, -2.0, method)
+        assert_close(out, ref, mag, dtype, f"method {method}")
+
+
+@pytest.mark.parametrize("nb", [1, 3, 8])
+def test_segment_tiles_rule_and_its_numpy_twin(monkeypatch, rng, nb):
+    """Tiles of at most nb rows of one segment, segments in order, batch order within one,
+    -1 rows left out: the C++ rule and the numpy twin give the same arrays."""
+    seg = rng.integers(-1, 5, 70).astype(np.int32)
+    order, tiles = ops.segment_tiles(seg, 5, nb)
+    assert sorted(order.tolist()) == np.flatnonzero(seg >= 0).tolist()
+    for start, n, s in tiles.tolist():
+        assert 1 <= n <= nb
+        rows = order[start:start + n]
+        assert (seg[rows] == s).all() and (np.diff(rows) > 0).all()
+    assert tiles[:, 1].sum() == (seg >= 0).sum()
+    assert (np.diff(tiles[:, 2]) >= 0).all()
+    if _native.cpu() is not None:
+        monkeypatch.setattr(_native, "cpu", lambda: None)
+        o2, t2 = ops.segment_tiles(seg, 5, nb)
+        assert np.array_equal(order, o2) and np.array_equal(tiles, t2)
+
+
+def test_delta_matmul_segments_errors(path, rng):
+    snap, _ = random_delta(rng, (10, 12), 0.2)
+    other, _ = random_delta(rng, (10, 13), 0.2)
+    x = random_array(rng, (4, 12), F32)
+    with pytest.raises(ValueError, match=r"segment_ids\[2\] = 2 is not a delta's number "
+                                         r"\(-1 \.\. 1\)"):
+        ops.delta_matmul_segments(x, [snap, snap], [0, 1, 2, -1])
+    with pytest.raises(ValueError, match=r"segment_ids\[0\] = -2"):
+        ops.delta_matmul_segments(x, [snap], [-2, 0, 0, 0])
+    with pytest.raises(ValueError, match="one entry per row of x \\(4\\), got 3"):
+        ops.delta_matmul_segments(x, [snap], [0, 0, 0])
+    with pytest.raises(ValueError, match=r"deltas\[1\] is \(10, 13\)"):
+        ops.delta_matmul_segments(x, [snap, other], [0, 0, 0, 0])
+    with pytest.raises(ValueError, match="non-empty list"):
+        ops.delta_matmul_segments(x, [], [0, 0, 0, 0])
+    with pytest.raises(TypeError, match="segment_ids must hold integers"):
+        ops.delta_matmul_segments(x, [snap], [0.5, 0, 0, 0])
+    out = np.zeros((4, 9), np.float32)
+    with pytest.raises(ValueError, match="out must be a contiguous float32 array of shape"):
+        ops.delta_matmul_segments(x, [snap], [0, 0, 0, 0], out=out)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -852,6 +969,30 @@ def test_cuda_launch_glue_fused_linear(fake_cuda, rng, with_bias):
     assert (b is bias) if with_bias else (isinstance(b, np.uint64) and b == 0)
 
 
+@pytest.mark.parametrize("batch", [1, 9, 70])
+def test_cuda_launch_glue_delta_matmul_segments(fake_cuda, rng, batch):
+    snaps = [random_delta(rng, (37, 129), 0.1)[0] for _ in range(3)]
+    ds = [ops.DeviceDelta.upload(s, "cuda") for s in snaps]
+    x = random_array(rng, (batch, 129), BF16 or F16)
+    out = np.zeros((batch, 37), x.dtype)
+    seg = rng.integers(-1, 3, batch)
+    ops.delta_matmul_segments(x, ds, seg, 0.5, out=out)
+    if not (seg >= 0).any():
+        assert not fake_cuda
+        return
+    (ln,) = fake_cuda
+    assert ln.name.startswith("delta_matmul_segments<")
+    order, tiles = ops.segment_tiles(seg.astype(np.int32), 3, 8)
+    check_launch(ln, {"x": x, "ldx": 129, "y": out, "ldy": 37, "rows": 37,
+                      "scale": np.float32(0.5)})
+    names = [p for _, p in kernel_params("matmul.cu", "delta_matmul_segments")]
+    args = dict(zip(names, ln.args))
+    assert np.array_equal(args["order"], order) and np.array_equal(args["tiles"], tiles)
+    assert int(args["indptr"][-1]) == sum(d.nnz for d in ds) == len(args["indices"])
+    warps = ln.block[0] // 32
+    assert ln.grid[0] * warps >= 37 and ln.grid[1] == len(tiles)
+
+
 def test_cuda_launch_glue_gather(fake_cuda, rng):
     snap, dW = random_delta(rng, (4097, 70), 0.01)
     d = ops.DeviceDelta.upload(snap, "cuda")
@@ -894,6 +1035,13 @@ class TestCuda:
     @pytest.mark.parametrize("batch", BATCHES)
     def test_delta_matmul(self, bk, rng, batch, shape, density, dtype):
         check_delta_matmul(bk, rng, batch, shape, density, dtype)
+
+    @pytest.mark.parametrize("layout", ["runs", "mixed"])
+    @pytest.mark.parametrize("dtype", DTYPES)
+    @pytest.mark.parametrize("batch", [1, 9, 33, 256, 1024])
+    @pytest.mark.parametrize("nseg", [1, 8])
+    def test_delta_matmul_segments(self, bk, rng, nseg, batch, dtype, layout):
+        check_delta_matmul_segments(bk, rng, batch, (384, 1536), 0.01, dtype, nseg, layout)
 
     @pytest.mark.parametrize("with_bias", [False, True], ids=["nobias", "bias"])
     @pytest.mark.parametrize("dtype", DTYPES)

@@ -55,6 +55,36 @@ ffi::Error DeltaAccumulateImpl(ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::S3
     return ffi::Error::Success();
 }
 
+// A mixed batch, in place as above: y[b] += scale * x[b] @ dW_seg[b].T over the stacked
+// deltas of linear.h (indptr: nseg * (rows + 1) offsets; seg: one int32 per batch row, -1 for
+// none).
+ffi::Error DeltaAccumulateSegmentsImpl(ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::S32> indices,
+                                       ffi::Buffer<ffi::F32> data, ffi::Buffer<ffi::F32> x,
+                                       ffi::Buffer<ffi::S32> seg, ffi::Buffer<ffi::F32> y_in,
+                                       ffi::ResultBuffer<ffi::F32> y, float scale) {
+    const int64_t rows = y->dimensions().back();
+    const auto xd = x.dimensions();
+    const int64_t k = xd.back(), batch = batch_of(xd);
+    if (rows <= 0 || int64_t(indptr.element_count()) % (rows + 1) != 0 ||
+        int64_t(y->element_count()) != batch * rows || int64_t(seg.element_count()) != batch ||
+        y_in.element_count() != y->element_count())
+        return ffi::Error::InvalidArgument(
+            "hyprvdb_delta_accumulate_segments: y must be (batch, rows), segment_ids (batch,) "
+            "and indptr nseg * (rows + 1)");
+    if (y_in.typed_data() != y->typed_data())
+        std::copy_n(y_in.typed_data(), y_in.element_count(), y->typed_data());
+    const int nseg = int(int64_t(indptr.element_count()) / (rows + 1));
+    try {
+        hyprvdb_cpu::linear_segments<float>(indptr.typed_data(), indices.typed_data(),
+                                            data.typed_data(), int(rows), nseg, seg.typed_data(),
+                                            x.typed_data(), k, int(batch), y->typed_data(), rows,
+                                            scale);
+    } catch (const std::out_of_range& e) {
+        return ffi::Error::InvalidArgument(e.what());
+    }
+    return ffi::Error::Success();
+}
+
 // dx = scale * g @ dW  (g: (batch, rows), dx: (batch, k)).
 ffi::Error DeltaMatmulTImpl(ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::S32> indices,
                             ffi::Buffer<ffi::F32> data, ffi::Buffer<ffi::F32> g,
@@ -135,6 +165,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(HyprvdbDeltaAccumulate, DeltaAccumulateImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<float>("scale"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HyprvdbDeltaAccumulateSegments, DeltaAccumulateSegmentsImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("scale"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HyprvdbDeltaMatmulT, DeltaMatmulTImpl, csr_binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HyprvdbDeltaValuesGrad, DeltaValuesGradImpl, csr_binding());
 
@@ -142,4 +182,7 @@ namespace hyprvdb_ffi {
 void* delta_matmul_t() { return reinterpret_cast<void*>(HyprvdbDeltaMatmulT); }
 void* delta_values_grad() { return reinterpret_cast<void*>(HyprvdbDeltaValuesGrad); }
 void* delta_accumulate() { return reinterpret_cast<void*>(HyprvdbDeltaAccumulate); }
+void* delta_accumulate_segments() {
+    return reinterpret_cast<void*>(HyprvdbDeltaAccumulateSegments);
+}
 }  // namespace hyprvdb_ffi

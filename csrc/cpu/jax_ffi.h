@@ -5,4 +5,5 @@ namespace hyprvdb_ffi {
 void* delta_matmul_t();
 void* delta_values_grad();
 void* delta_accumulate();
+void* delta_accumulate_segments();
 }  // namespace hyprvdb_ffi

@@ -5,6 +5,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 #include <vector>
 #ifdef _OPENMP
@@ -164,6 +167,92 @@ void linear(const Csr& m, const T* x, long long ldx, int batch, const T* W, long
             if (W || nnz >= 4.0 * (double(k) + m.rows))
                 return linear_chunked<T>(m, x, ldx, batch, W, ldw, k, bias, y, ldy, scale, accumulate, par);
             return linear_tiled<T, HVDB_NB>(m, x, ldx, batch, W, ldw, k, bias, y, ldy, scale, accumulate, par);
+    }
+}
+
+// ---------------------------------------------------------------- mixed batches
+// A batch where row b takes its own delta: segment seg[b] of nseg deltas of one shape (-1:
+// none). The deltas are stacked: segment s's row r is indices/data[indptr[s * (rows + 1) + r]
+// .. indptr[s * (rows + 1) + r + 1]), offsets into the concatenated entries.
+
+// The batch rows grouped by segment (a counting sort: batch order within a segment) in tiles
+// of at most nb rows of one segment: tile t covers order[tiles[3t] .. tiles[3t] +
+// tiles[3t + 1]) and segment tiles[3t + 2]. Rows of segment -1 are left out. Throws on a
+// segment outside -1..nseg-1. The CUDA launch takes the same tiles.
+inline void segment_tiles(const int32_t* seg, int batch, int nseg, int nb,
+                          std::vector<int32_t>& order, std::vector<int32_t>& tiles) {
+    std::vector<int32_t> start(size_t(nseg) + 1, 0);
+    for (int b = 0; b < batch; ++b) {
+        if (seg[b] < -1 || seg[b] >= nseg)
+            throw std::out_of_range("segment_ids[" + std::to_string(b) + "] = " +
+                                    std::to_string(seg[b]) + " is not in -1.." +
+                                    std::to_string(nseg - 1));
+        if (seg[b] >= 0) ++start[size_t(seg[b]) + 1];
+    }
+    for (int s = 0; s < nseg; ++s) start[s + 1] += start[s];
+    order.assign(size_t(start[nseg]), 0);
+    tiles.clear();
+    for (int s = 0; s < nseg; ++s)
+        for (int at = start[s]; at < start[s + 1]; at += nb)
+            tiles.insert(tiles.end(), {at, std::min(nb, start[s + 1] - at), s});
+    std::vector<int32_t> fill(start.begin(), start.end() - 1);
+    for (int b = 0; b < batch; ++b)
+        if (seg[b] >= 0) order[size_t(fill[seg[b]]++)] = b;
+}
+
+// y[b] += scale * x[b] @ dW_seg[b].T, tile by tile with the kernels' per-thread function (the
+// CUDA kernel's logic, one lane): the reference the grouped path below is tested against.
+template <typename T>
+void linear_segments_tiles(const int* indptr, const int* indices, const float* data, int rows,
+                           int nseg, const int32_t* seg, const T* x, long long ldx, int batch,
+                           T* y, long long ldy, float scale) {
+    std::vector<int32_t> order, tiles;
+    segment_tiles(seg, batch, nseg, HVDB_NB, order, tiles);
+    const int n_tiles = int(tiles.size() / 3);
+    for (int t = 0; t < n_tiles; ++t) {
+        const int* brows = order.data() + tiles[3 * t];
+        const int nb = tiles[3 * t + 1];
+        const int* ip = indptr + size_t(tiles[3 * t + 2]) * (rows + 1);
+        for (int r = 0; r < rows; ++r) {
+            float acc[HVDB_NB] = {0};
+            csr_row_dot_rows<T>(ip, indices, data, x, ldx, brows, nb, r, 0, 1, acc);
+            for (int b = 0; b < nb; ++b) {
+                T* p = y + brows[b] * ldy + r;
+                from_f32(to_f32(*p) + scale * acc[b], p);
+            }
+        }
+    }
+}
+
+// The same product, fast: each segment's rows run through linear() (the tuned kernels: AVX2,
+// tiles, chunks) as one batch, in place where they are consecutive rows of x and y, through a
+// gathered copy otherwise.
+template <typename T>
+void linear_segments(const int* indptr, const int* indices, const float* data, int rows,
+                     int nseg, const int32_t* seg, const T* x, long long ldx, int batch, T* y,
+                     long long ldy, float scale) {
+    std::vector<int32_t> order, tiles;
+    segment_tiles(seg, batch, nseg, batch > 0 ? batch : 1, order, tiles);  // a tile a segment
+    const int k = int(ldx);
+    std::vector<T> xs, ys;
+    for (size_t t = 0; t < tiles.size(); t += 3) {
+        const int* brows = order.data() + tiles[t];
+        const int n = tiles[t + 1];
+        const Csr m{indptr + size_t(tiles[t + 2]) * (rows + 1), indices, data, rows};
+        if (brows[n - 1] - brows[0] == n - 1) {  // consecutive rows: in place
+            linear<T>(m, x + brows[0] * ldx, ldx, n, nullptr, 0, 0, nullptr,
+                      y + brows[0] * ldy, ldy, scale, true);
+            continue;
+        }
+        xs.resize(size_t(n) * k);
+        ys.resize(size_t(n) * rows);
+        for (int b = 0; b < n; ++b) {
+            std::copy_n(x + brows[b] * ldx, k, xs.data() + size_t(b) * k);
+            std::copy_n(y + brows[b] * ldy, rows, ys.data() + size_t(b) * rows);
+        }
+        linear<T>(m, xs.data(), k, n, nullptr, 0, 0, nullptr, ys.data(), rows, scale, true);
+        for (int b = 0; b < n; ++b)
+            std::copy_n(ys.data() + size_t(b) * rows, rows, y + brows[b] * ldy);
     }
 }
 

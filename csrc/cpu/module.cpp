@@ -124,6 +124,8 @@ NB_MODULE(_cpu, m) {
         d["hyprvdb_delta_matmul_t"] = nb::capsule(hyprvdb_ffi::delta_matmul_t());
         d["hyprvdb_delta_values_grad"] = nb::capsule(hyprvdb_ffi::delta_values_grad());
         d["hyprvdb_delta_accumulate"] = nb::capsule(hyprvdb_ffi::delta_accumulate());
+        d["hyprvdb_delta_accumulate_segments"] =
+            nb::capsule(hyprvdb_ffi::delta_accumulate_segments());
         return d;
     });
 #endif
@@ -144,6 +146,45 @@ NB_MODULE(_cpu, m) {
               });
           },
           "indptr"_a, "indices"_a, "data"_a, "x"_a, "y"_a, "dtype"_a, "scale"_a);
+
+    // A mixed batch: y[b] += scale * x[b] @ dW_seg[b].T over nseg stacked deltas (linear.h);
+    // method 0: the tuned kernels per segment, 1: the CUDA kernel's per-thread logic.
+    m.def("delta_matmul_segments",
+          [](In1<int32_t> indptr, In1<int32_t> indices, In1<float> data, int rows,
+             In1<int32_t> seg, nb::ndarray<nb::ro, nb::ndim<2>, nb::c_contig, nb::device::cpu> x,
+             nb::ndarray<nb::ndim<2>, nb::c_contig, nb::device::cpu> y, int dtype, float scale,
+             int method) {
+              const size_t per = size_t(rows) + 1;
+              if (rows < 0 || indptr.shape(0) % per != 0)
+                  throw nb::value_error("indptr must hold nseg * (rows + 1) entries");
+              const int nseg = int(indptr.shape(0) / per);
+              if (seg.shape(0) != x.shape(0) || y.shape(0) != x.shape(0) || y.shape(1) != size_t(rows))
+                  throw nb::value_error("segment_ids must have batch entries and y (batch, rows)");
+              nb::gil_scoped_release nogil;
+              dispatch(dtype, [&](auto tag) {
+                  using T = decltype(tag);
+                  auto run = method == 1 ? hyprvdb_cpu::linear_segments_tiles<T>
+                                         : hyprvdb_cpu::linear_segments<T>;
+                  run(indptr.data(), indices.data(), data.data(), rows, nseg, seg.data(),
+                      static_cast<const T*>(x.data()), (long long)x.shape(1), int(x.shape(0)),
+                      static_cast<T*>(y.data()), (long long)y.shape(1), scale);
+              });
+          },
+          "indptr"_a, "indices"_a, "data"_a, "rows"_a, "segment_ids"_a, "x"_a, "y"_a, "dtype"_a,
+          "scale"_a, "method"_a = 0);
+
+    // The tiles of a mixed batch (linear.h segment_tiles): (order, tiles as (n, 3) int32).
+    m.def("segment_tiles", [](In1<int32_t> seg, int nseg, int nb) {
+        std::vector<int32_t> order, tiles;
+        hyprvdb_cpu::segment_tiles(seg.data(), int(seg.shape(0)), nseg, nb, order, tiles);
+        auto* o = new std::vector<int32_t>(std::move(order));
+        auto* t = new std::vector<int32_t>(std::move(tiles));
+        nb::capsule own_o(o, [](void* p) noexcept { delete static_cast<std::vector<int32_t>*>(p); });
+        nb::capsule own_t(t, [](void* p) noexcept { delete static_cast<std::vector<int32_t>*>(p); });
+        return nb::make_tuple(
+            nb::ndarray<nb::numpy, int32_t, nb::ndim<1>>(o->data(), {o->size()}, own_o),
+            nb::ndarray<nb::numpy, int32_t, nb::ndim<2>>(t->data(), {t->size() / 3, 3}, own_t));
+    }, "segment_ids"_a, "nseg"_a, "nb"_a);
 
     // y = x @ W.T + bias + scale * x @ dW.T
     m.def("fused_linear",

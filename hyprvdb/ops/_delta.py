@@ -12,8 +12,8 @@ from .. import _native
 from .. import _validate as V
 from . import _kernels
 
-__all__ = ["DeviceDelta", "resolve_device", "delta_matmul", "fused_linear", "gather", "merge",
-           "unmerge", "merge_layers"]
+__all__ = ["DeviceDelta", "resolve_device", "delta_matmul", "delta_matmul_segments",
+           "fused_linear", "gather", "merge", "unmerge", "merge_layers"]
 
 _DEVICES = ("cpu", "cuda", "auto")
 
@@ -265,6 +265,100 @@ def delta_matmul(x: Any, delta: Any, scale: float = 1.0, *, out: Any = None) -> 
     return out
 
 
+def delta_matmul_segments(x: Any, deltas: Any, segment_ids: Any, scale: float = 1.0, *,
+                          out: Any = None) -> Any:
+    """A batch that mixes deltas: ``out[b] += scale * x[b] @ dW_s.T`` with ``s =
+    segment_ids[b]`` (-1: no delta for that row), all in one launch.
+
+    ``deltas``: a list of Snapshots or DeviceDeltas of one shape on one device (many
+    adapters, or many past steps of one); ``segment_ids``: ``batch`` integers in -1 ..
+    len(deltas) - 1; ``x`` and ``out`` as for :func:`delta_matmul`.
+    """
+    scale = _scale(scale)
+    if not isinstance(deltas, (list, tuple)) or not deltas:
+        raise ValueError(f"deltas must be a non-empty list of deltas, got "
+                         f"{type(deltas).__name__}")
+    ds = [_as_delta(d, x) for d in deltas]
+    shape, device = ds[0].shape, ds[0].device
+    for i, d in enumerate(ds):
+        if d.shape != shape or d.device != device:
+            raise ValueError(f"deltas[{i}] is {d.shape} on {d.device}; deltas[0] is {shape} "
+                             f"on {device}: a mixed batch needs one shape on one device")
+    xp = np if device == "cpu" else __import__("cupy")
+    x = _check_x(x, shape[1], xp)
+    seg = V.as_index_array("segment_ids", np.asarray(
+        segment_ids.get() if hasattr(segment_ids, "get") else segment_ids).ravel())
+    if len(seg) != x.shape[0]:
+        raise ValueError(f"segment_ids must have one entry per row of x ({x.shape[0]}), got "
+                         f"{len(seg)}")
+    bad = (seg < -1) | (seg >= len(ds))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"segment_ids[{i}] = {int(seg[i])} is not a delta's number (-1 .. "
+                         f"{len(ds) - 1})")
+    seg = seg.astype(np.int32)
+    if out is None:
+        out = xp.zeros((x.shape[0], shape[0]), dtype=x.dtype)
+    elif _out_array("out", out, xp).shape != (x.shape[0], shape[0]) or out.dtype != x.dtype \
+            or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a contiguous {x.dtype} array of shape "
+                         f"{(x.shape[0], shape[0])}, got {out.dtype} {tuple(out.shape)}")
+    if x.shape[0] == 0 or not any(d.nnz for d in ds):
+        return out
+    indptr, indices, data = _stack(xp, ds)
+    segments_stacked(device, x, indptr, indices, data, shape[0], seg, out, float(scale))
+    return out
+
+
+def segments_stacked(device: str, x: Any, indptr: Any, indices: Any, data: Any, rows: int,
+                     seg: np.ndarray, out: Any, scale: float) -> None:
+    """:func:`delta_matmul_segments` on stacked, checked arrays (hyprvdb.jax's callback path
+    calls it with JAX's buffers): the CUDA kernel, the C++ kernels, or numpy."""
+    if device == "cuda":
+        _cuda_segments(x, indptr, indices, data, rows, seg, out, scale)
+    elif _native.cpu() is not None:
+        _native.cpu().delta_matmul_segments(indptr, indices, data, rows, seg, _bits(x),
+                                            _bits(out), _dtype_code(x.dtype), scale)
+    else:
+        for s in range(len(indptr) // (rows + 1)):
+            b = np.flatnonzero(seg == s)
+            if len(b):
+                ip = indptr[s * (rows + 1):(s + 1) * (rows + 1)]
+                part = _np_spmm_csr(ip - ip[0], indices[ip[0]:ip[-1]], data[ip[0]:ip[-1]],
+                                    rows, x[b])
+                out[b] = (out[b].astype(np.float32) + scale * part).astype(out.dtype)
+
+
+def _stack(xp: Any, ds: list[DeviceDelta]) -> tuple[Any, Any, Any]:
+    """The deltas' CSR arrays stacked: indptr (n * (rows + 1),) offsets into the concatenated
+    indices and data."""
+    starts = np.concatenate([[0], np.cumsum([d.nnz for d in ds])])
+    if starts[-1] >= 2**31:
+        raise ValueError(f"the deltas hold {int(starts[-1])} nonzeros together; a mixed batch "
+                         f"takes at most 2**31 - 1")
+    indptr = xp.concatenate([d.indptr + xp.int32(o) for d, o in zip(ds, starts[:-1])])
+    return (xp.ascontiguousarray(indptr.astype(xp.int32)),
+            xp.concatenate([d.indices for d in ds]), xp.concatenate([d.data for d in ds]))
+
+
+def segment_tiles(segment_ids: np.ndarray, nseg: int, nb: int) -> tuple[np.ndarray, np.ndarray]:
+    """The batch rows grouped by segment in tiles of at most ``nb`` rows of one segment:
+    ``order`` (the rows, segment by segment, batch order within one; -1 rows left out) and
+    ``tiles`` (n, 3): start in ``order``, length, segment. The C++ rule
+    (``csrc/cpu/linear.h`` segment_tiles) where the extension is built; this numpy twin
+    otherwise."""
+    seg = np.asarray(segment_ids, np.int32)
+    if _native.cpu() is not None:
+        return _native.cpu().segment_tiles(seg, int(nseg), int(nb))
+    order = np.argsort(np.where(seg < 0, nseg, seg), kind="stable")[:int((seg >= 0).sum())]
+    counts = np.bincount(seg[seg >= 0], minlength=nseg)
+    tiles = [(at, min(nb, int(start + n - at)), s)
+             for s, (start, n) in enumerate(zip(np.concatenate([[0], np.cumsum(counts)[:-1]]),
+                                                counts))
+             for at in range(int(start), int(start + n), nb)]
+    return order.astype(np.int32), np.array(tiles, np.int32).reshape(-1, 3)
+
+
 def fused_linear(x: Any, W: Any, delta: Any, scale: float = 1.0, bias: Any = None) -> Any:
     """``x @ W.T + bias + scale * x @ dW.T`` in one pass over W and the delta.
 
@@ -383,12 +477,17 @@ def merge_layers(Ws: list[Any], deltas: list[Any], scale: float = 1.0) -> list[A
 # -------------------------------------------------------------------- numpy paths
 def _np_spmm(d: DeviceDelta, x: np.ndarray) -> np.ndarray:
     """float32 ``x @ dW.T`` with numpy alone: gather x's columns, weight, sum per row."""
+    return _np_spmm_csr(d.indptr, d.indices, d.data, d.shape[0], x)
+
+
+def _np_spmm_csr(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, rows: int,
+                 x: np.ndarray) -> np.ndarray:
     xt = np.ascontiguousarray(x.astype(np.float32).T)  # (k, batch): gathered rows are contiguous
-    out = np.zeros((d.shape[0], x.shape[0]), np.float32)
-    nonempty = np.flatnonzero(np.diff(d.indptr))
+    out = np.zeros((rows, x.shape[0]), np.float32)
+    nonempty = np.flatnonzero(np.diff(indptr))
     if len(nonempty):
-        prod = xt[d.indices] * d.data[:, None]
-        out[nonempty] = np.add.reduceat(prod, d.indptr[nonempty], axis=0)
+        prod = xt[indices] * data[:, None]
+        out[nonempty] = np.add.reduceat(prod, indptr[nonempty], axis=0)
     return out.T
 
 
@@ -415,6 +514,26 @@ def _cuda_linear(x: Any, W: Any, bias: Any, d: DeviceDelta, out: Any, scale: flo
                (32 * warps_per_block,),
                (d.indptr, d.indices, d.data, xs, np.int64(x.shape[1]), outs,
                 np.int64(out.shape[1]), np.int32(rows), np.int32(batch), np.float32(scale)))
+
+
+def _cuda_segments(x: Any, indptr: Any, indices: Any, data: Any, rows: int, seg: np.ndarray,
+                   out: Any, scale: float) -> None:
+    import cupy
+
+    tname = {0: "float", 1: "__half", 2: "__nv_bfloat16"}[_dtype_code(x.dtype)]
+    nb = 8  # HVDB_NB
+    order, tiles = segment_tiles(seg, int(indptr.shape[0]) // (rows + 1), nb)
+    if len(tiles) == 0:
+        return
+    fn = _kernels.function("matmul.cu", f"delta_matmul_segments<{tname}>")
+    warps_per_block = 8
+    order_d, tiles_d = cupy.asarray(order), cupy.asarray(tiles)
+    step = 65535  # gridDim.y is at most 65535: more tiles go in slices
+    for t0 in range(0, len(tiles), step):
+        n = min(step, len(tiles) - t0)
+        fn(((rows + warps_per_block - 1) // warps_per_block, n), (32 * warps_per_block,),
+           (indptr, indices, data, x, np.int64(x.shape[1]), out, np.int64(out.shape[1]),
+            np.int32(rows), order_d, tiles_d[t0:t0 + n], np.float32(scale)))
 
 
 def _cuda_merge(Ws: list[Any], ds: list[DeviceDelta], scale: float) -> None:

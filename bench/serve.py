@@ -43,8 +43,15 @@ whole adapter into W after every step (what a user without hyprvdb does).
                 and merging W_pre + dense S_t again. texts/s, median of rounds. Target: >= the
                 peer while learning.
 
+(d) mixed       One batch of 32 texts whose texts use 8 different adapters of 1% (served on
+    batches     the pretrained weights, ``encode(texts, adapters=[...])``), and separately 8
+                different past steps (a 1% base at step 1, then steps of adapt's size, 0.05%;
+                ``encode(texts, steps=[...])``), against the plain model's encode of the same
+                32 texts, interleaved, medians. Checked: every text's embedding against it
+                served alone. Target: <= 1.5x on the CPU, <= 1.3x on a GPU.
+
 Run:  python bench/serve.py [--seed N] [--repeats N] [--seconds S] [--random-weights]
-                           [--json PATH] [--plot PATH]
+                           [--sections abcd] [--json PATH] [--plot PATH]
 The last line printed is a one-line summary. ``--plot PATH`` draws the three tables as bar
 charts into a PNG.
 """
@@ -76,8 +83,10 @@ CLIENTS = 16
 CLIENT_BATCH = 4
 ADAPT_PAIRS = 8
 ADAPT_STEPS = 8
-TARGETS = {"cpu": {"overhead": 1.03, "commit_s": 0.005},
-           "gpu": {"overhead": 1.02, "commit_s": 0.002}}
+TARGETS = {"cpu": {"overhead": 1.03, "commit_s": 0.005, "mixed": 1.5},
+           "gpu": {"overhead": 1.02, "commit_s": 0.002, "mixed": 1.3}}
+MIXED = 8               # (d): adapters, or past steps, in one batch
+STEP_DENSITY = 5e-4     # (d): a past step of adapt's size (update_fraction)
 MEMORY_TARGET = 1.1
 
 
@@ -108,11 +117,11 @@ def load_model(random_weights: bool, seed: int) -> MiniLM:
     return MiniLM.random(seed) if random_weights else MiniLM.load()
 
 
-def random_step(shapes: dict, rng: np.random.Generator) -> dict:
+def random_step(shapes: dict, rng: np.random.Generator, density: float = DENSITY) -> dict:
     """A 1%-dense adapter for every matrix, as one step for ``store_deltas``."""
     out = {}
     for name, (r, c) in shapes.items():
-        n = int(round(DENSITY * r * c))
+        n = int(round(density * r * c))
         flat = np.sort(rng.choice(r * c, n, replace=False))
         out[name] = (flat // c, flat % c, rng.normal(0, DELTA_SIGMA, n).astype(np.float32))
     return out
@@ -259,6 +268,68 @@ def print_overhead(res: dict) -> None:
               f"the same adapter unmerged {b['maxdiff_unmerged_vs_past']:.2g}; compile "
               f"{b['compile_s']:.1f} s")
     print(f"    delta product of the info rows: {res['kernel_path']}")
+
+
+# ------------------------------------------------------------------------------ (d)
+def bench_mixed(random_weights: bool, seed: int, texts: list[str], repeats: int,
+                rng: np.random.Generator) -> dict:
+    """A batch of BATCH texts mixing MIXED adapters (1% each, served on the pretrained
+    weights) or MIXED past steps (a 1% base committed at step 1, then steps of adapt's size,
+    0.05%; the texts at steps 1..MIXED while the live step is MIXED + 1), one forward pass
+    each, against the plain model's encode of the same texts."""
+    plain = load_model(random_weights, seed)
+    enc = AdaptiveEncoder(load_model(random_weights, seed))
+    adapters = {f"a{k}": random_step(enc.shapes, rng) for k in range(MIXED)}
+    for name, w in adapters.items():
+        enc.add_adapter(name, w)
+    names = list(adapters)
+    enc.history.store_deltas(1, random_step(enc.shapes, rng))
+    for t in range(2, MIXED + 2):
+        enc.history.store_deltas(t, random_step(enc.shapes, rng, density=STEP_DENSITY))
+    enc.rollback(MIXED + 1)  # serve the newest step
+    tx = texts[:BATCH]
+    per_text_adapter = [names[i % MIXED] for i in range(BATCH)]
+    per_text_step = [1 + i % MIXED for i in range(BATCH)]
+    fns = {"plain": lambda: plain.encode(tx),
+           "adapters": lambda: enc.encode(tx, adapters=per_text_adapter)[0],
+           "steps": lambda: enc.encode(tx, steps=per_text_step)[0]}
+    t0 = time.perf_counter()
+    got = {k: fn() for k, fn in fns.items()}
+    compile_s = time.perf_counter() - t0
+    # each text served alone: its step through its window correction; its adapter as a delta
+    # on the plain model
+    alone_steps = np.concatenate([enc.encode([x], step=t)[0] for x, t in zip(tx, per_text_step)])
+    deltas = {n: {layer: hj.SparseDelta.from_coo(*w, enc.shapes[layer])
+                  for layer, w in adapters[n].items()} for n in names}
+    alone_adapters = np.concatenate([plain.encode([x], deltas[n])
+                                     for x, n in zip(tx, per_text_adapter)])
+    times = interleaved(fns, repeats)
+    enc.close()
+    return {"batch": BATCH, "mixed": MIXED, "times": times, "compile_s": compile_s,
+            "ratio_adapters": times["adapters"]["median_s"] / times["plain"]["median_s"],
+            "ratio_steps": times["steps"]["median_s"] / times["plain"]["median_s"],
+            "maxdiff_adapters": maxdiff(got["adapters"], alone_adapters),
+            "maxdiff_steps": maxdiff(got["steps"], alone_steps),
+            "target": TARGETS[backend_kind()]["mixed"], "kernel_path": hj.kernel_path()}
+
+
+def print_mixed(res: dict) -> None:
+    t = res["times"]
+    rows = []
+    for k, label in (("plain", f"plain model, {res['batch']} texts"),
+                     ("adapters", f"{res['mixed']} adapters of 1%, one batch"),
+                     ("steps", f"{res['mixed']} past steps, one batch")):
+        ratio = "" if k == "plain" else f"{t[k]['median_s'] / t['plain']['median_s']:.3f}x"
+        target = "" if k == "plain" else \
+            f"<= {res['target']}x {C.verdict(res['ratio_' + k] <= res['target'])}"
+        diff = "" if k == "plain" else f"{res['maxdiff_' + k]:.2g}"
+        rows.append([label, C.fmt_time(t[k]["median_s"]), C.fmt_time(t[k]["cpu_median_s"]),
+                     ratio, target, diff])
+    C.print_table(["encode", "wall", "cpu", "vs plain", "target", "max |emb - alone|"], rows,
+                  title="(d) one batch mixing adapters or past steps (median)")
+    print(f"    each text's delta added in one pass per layer ({res['kernel_path']}); "
+          f"'alone': each text served by itself (its adapter as a delta on the plain model, "
+          f"its step through its window correction); compile {res['compile_s']:.1f} s")
 
 
 # ------------------------------------------------------------------------------ (b)
@@ -508,11 +579,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="duration of each throughput run in (c)")
     ap.add_argument("--random-weights", action="store_true",
                     help="MiniLM-L6's architecture with random weights and a hashing tokenizer")
+    ap.add_argument("--sections", default="abcd",
+                    help="which of (a) overhead, (b) commit, (c) throughput, (d) mixed "
+                         "batches to run (default abcd; --plot needs a, b and c)")
     ap.add_argument("--json", metavar="PATH")
     ap.add_argument("--plot", metavar="PATH",
                     help="draw the tables as bar charts into the PNG file PATH (matplotlib)")
     a = ap.parse_args(argv)
     C.check_plot_arg(ap, a.plot)
+    if not a.sections or set(a.sections) - set("abcd"):
+        ap.error(f"--sections takes letters of 'abcd', got {a.sections!r}")
+    if a.plot and not set("abc") <= set(a.sections):
+        ap.error("--plot needs sections a, b and c")
 
     wall0 = time.perf_counter()
     load0 = os.getloadavg()
@@ -529,31 +607,44 @@ def main(argv: list[str] | None = None) -> int:
                "random_weights": a.random_weights}
     kind = backend_kind()
 
-    results["overhead"] = ov = bench_overhead(a.random_weights, a.seed, texts, a.repeats, rng)
-    print_overhead(ov)
-    print(flush=True)
-    results["commit"] = cm = bench_commit(a.random_weights, a.seed, pairs, pairs[-1][0],
-                                          a.steps)
-    print_commit(cm)
-    print(flush=True)
-    results["throughput"] = tp = bench_throughput(a.random_weights, a.seed, texts, a.seconds,
+    parts = []
+    if "a" in a.sections:
+        results["overhead"] = ov = bench_overhead(a.random_weights, a.seed, texts, a.repeats,
                                                   rng)
-    print_throughput(tp)
-
-    b32, b1 = ov["batches"]
-    c2f = cm["median"]["commit_to_first_s"]
-    mem = cm["memory"]["ratio"]
-    summary = (f"summary ({kind}{', random weights' if a.random_weights else ''}): live "
-               f"adapter b{BATCH} {b32['ratio_live']:.3f}x, b1 {b1['ratio_live']:.3f}x "
-               f"[<= {ov['target']}x "
-               f"{C.verdict(max(b32['ratio_live'], b1['ratio_live']) <= ov['target'])}] | "
-               f"commit->first request {C.fmt_time(c2f)} "
-               f"[<= {C.fmt_time(cm['target_s'])} {C.verdict(c2f <= cm['target_s'])}], "
-               f"dense-merge peer {C.fmt_time(cm['median']['peer_commit_to_first_s'])} | "
-               f"swap memory {mem:.3f}x [<= {MEMORY_TARGET}x {C.verdict(mem <= MEMORY_TARGET)}]"
-               f" | {CLIENTS} clients, a commit a second: {tp['ratio_online']:.2f}x the "
-               f"dense-merge peer [{C.verdict(tp['ratio_online'] >= 1.0)}] (no commits "
-               f"{tp['ratio_static']:.2f}x)")
+        print_overhead(ov)
+        print(flush=True)
+        b32, b1 = ov["batches"]
+        parts.append(f"live adapter b{BATCH} {b32['ratio_live']:.3f}x, b1 "
+                     f"{b1['ratio_live']:.3f}x [<= {ov['target']}x "
+                     f"{C.verdict(max(b32['ratio_live'], b1['ratio_live']) <= ov['target'])}]")
+    if "b" in a.sections:
+        results["commit"] = cm = bench_commit(a.random_weights, a.seed, pairs, pairs[-1][0],
+                                              a.steps)
+        print_commit(cm)
+        print(flush=True)
+        c2f = cm["median"]["commit_to_first_s"]
+        mem = cm["memory"]["ratio"]
+        parts.append(f"commit->first request {C.fmt_time(c2f)} "
+                     f"[<= {C.fmt_time(cm['target_s'])} {C.verdict(c2f <= cm['target_s'])}], "
+                     f"dense-merge peer {C.fmt_time(cm['median']['peer_commit_to_first_s'])} | "
+                     f"swap memory {mem:.3f}x [<= {MEMORY_TARGET}x "
+                     f"{C.verdict(mem <= MEMORY_TARGET)}]")
+    if "c" in a.sections:
+        results["throughput"] = tp = bench_throughput(a.random_weights, a.seed, texts,
+                                                      a.seconds, rng)
+        print_throughput(tp)
+        print(flush=True)
+        parts.append(f"{CLIENTS} clients, a commit a second: {tp['ratio_online']:.2f}x the "
+                     f"dense-merge peer [{C.verdict(tp['ratio_online'] >= 1.0)}] (no commits "
+                     f"{tp['ratio_static']:.2f}x)")
+    if "d" in a.sections:
+        results["mixed"] = mx = bench_mixed(a.random_weights, a.seed, texts, a.repeats, rng)
+        print_mixed(mx)
+        parts.append(f"b{BATCH} mixing {MIXED} adapters {mx['ratio_adapters']:.2f}x, {MIXED} "
+                     f"past steps {mx['ratio_steps']:.2f}x the plain model [<= {mx['target']}x "
+                     f"{C.verdict(max(mx['ratio_adapters'], mx['ratio_steps']) <= mx['target'])}]")
+    summary = (f"summary ({kind}{', random weights' if a.random_weights else ''}): "
+               + " | ".join(parts))
     wall = time.perf_counter() - wall0
     summary += f" | load {load0[0]:.1f} | wall {wall:.0f} s"
     if a.json:

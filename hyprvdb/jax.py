@@ -32,8 +32,8 @@ import numpy as np
 
 from . import _coo, _native
 
-__all__ = ["SparseDelta", "delta_matmul", "delta_add", "delta_add_segments", "linear",
-           "to_dense", "to_update", "ffi_available", "implementation", "kernel_path"]
+__all__ = ["SparseDelta", "MixedDeltas", "delta_matmul", "delta_add", "delta_add_segments",
+           "linear", "to_dense", "to_update", "ffi_available", "implementation", "kernel_path"]
 
 
 @jax.tree_util.register_pytree_node_class
@@ -416,7 +416,7 @@ _seg_acc.defvjp(_seg_acc_fwd, _seg_acc_bwd)
 
 
 def delta_add_segments(y: Any, x: Any, deltas: list[SparseDelta], segment_ids: Any,
-                       scale: float = 1.0, *, impl: str = "auto") -> Any:
+                       scale: Any = 1.0, *, impl: str = "auto") -> Any:
     """A batch that mixes deltas: ``y[i] + scale * x[i] @ dW_s.T`` with ``s =
     segment_ids[i]`` for every leading index i (-1: no delta), in one call — many adapters,
     or many past steps of one adapter, in one batch.
@@ -453,16 +453,49 @@ def delta_add_segments(y: Any, x: Any, deltas: list[SparseDelta], segment_ids: A
     counts = tuple(d.nnz for d in deltas)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32)
     indptr = jnp.concatenate([d.indptr + o for d, o in zip(deltas, starts)])
-    cat = functools.partial(jnp.concatenate)
-    return _seg_acc(y, indptr, cat([d.indices for d in deltas]),
-                    cat([d.row_ids for d in deltas]), cat([d.values for d in deltas]), x,
-                    seg.astype(jnp.int32), float(scale), rows, counts, implementation(impl))
+    values = jnp.concatenate([d.values for d in deltas])
+    if isinstance(scale, (int, float)):
+        static = float(scale)
+    else:  # a traced scale multiplies the values, as in delta_add
+        values, static = values * jnp.asarray(scale, jnp.float32), 1.0
+    return _seg_acc(y, indptr, jnp.concatenate([d.indices for d in deltas]),
+                    jnp.concatenate([d.row_ids for d in deltas]), values, x,
+                    seg.astype(jnp.int32), static, rows, counts, implementation(impl))
 
 
-def linear(x: Any, W: Any, delta: SparseDelta | None, scale: Any = 1.0, bias: Any = None,
+@jax.tree_util.register_pytree_node_class
+class MixedDeltas:
+    """Deltas of one shape for a batch that mixes them: sequence ``i`` of the batch (the first
+    axis of x) takes ``deltas[segment_ids[i]]`` (-1: none) on every one of its tokens. Pass it
+    to :func:`linear` where a SparseDelta goes (a mixed batch of adapters, or of past steps).
+    """
+
+    def __init__(self, deltas: list[SparseDelta], segment_ids: Any) -> None:
+        if not isinstance(deltas, (list, tuple)) or not deltas or \
+                not all(isinstance(d, SparseDelta) for d in deltas):
+            raise TypeError("deltas must be a non-empty list of SparseDeltas")
+        self.deltas, self.segment_ids = list(deltas), segment_ids
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.deltas[0].shape
+
+    def tree_flatten(self):  # noqa: ANN201
+        return (self.deltas, self.segment_ids), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):  # noqa: ANN001, ANN206
+        self = cls.__new__(cls)
+        self.deltas, self.segment_ids = list(children[0]), children[1]
+        return self
+
+
+def linear(x: Any, W: Any, delta: SparseDelta | MixedDeltas | None, scale: Any = 1.0,
+           bias: Any = None,
            *, impl: str = "auto", precision: Any = None) -> Any:
     """``x @ W.T + bias + scale * x @ dW.T`` (W: (rows, cols), as torch.nn.Linear stores it).
-    The delta is added in place into the dense product (see :func:`delta_add`).
+    The delta is added in place into the dense product (see :func:`delta_add`); a
+    :class:`MixedDeltas` adds each sequence's own delta (:func:`delta_add_segments`).
 
     ``precision`` is the dense product's (``jax.lax.Precision`` or ``"highest"``); JAX's
     default on a GPU is TF32-class (relative error ~3e-4 against float64), ``"highest"`` is
@@ -470,7 +503,12 @@ def linear(x: Any, W: Any, delta: SparseDelta | None, scale: Any = 1.0, bias: An
     y = jnp.matmul(x, W.T, precision=precision)
     if bias is not None:
         y = y + bias
-    if delta is not None:
+    if isinstance(delta, MixedDeltas):
+        seg = jnp.asarray(delta.segment_ids)
+        seg = jnp.broadcast_to(seg.reshape(seg.shape + (1,) * (x.ndim - 1 - seg.ndim)),
+                               x.shape[:-1])
+        y = delta_add_segments(y, x, delta.deltas, seg, scale, impl=impl)
+    elif delta is not None:
         y = delta_add(y, x, delta, scale, impl=impl)
     return y
 

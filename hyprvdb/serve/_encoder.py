@@ -45,7 +45,7 @@ __all__ = ["AdaptiveEncoder"]
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 # What a committed step's embeddings are checked on, when it brings no texts of its own.
 _PROBE = ["a probe of the adapted model", "hyprvdb checks that a step keeps outputs finite"]
-_CORRECTIONS_KEPT = 8  # past steps whose corrections stay built, most recently used
+_CORRECTIONS_KEPT = 32  # past steps (and adapters) whose corrections stay built, most recent
 
 
 @dataclass
@@ -123,7 +123,9 @@ class AdaptiveEncoder:
         self._write = threading.Lock()           # one writer (adapt, rollback) at a time
         self._history_lock = threading.RLock()   # requests read the history (past steps)
         self._lock = WeightsLock()               # forward passes vs updates of the weights
-        self._corrections: OrderedDict[tuple[int, int], dict] = OrderedDict()
+        self._corrections: OrderedDict[tuple[Any, int], dict] = OrderedDict()
+        self._adapters: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+        self._empties: dict[tuple[int, int], hj.SparseDelta] = {}
         self._corrections_lock = threading.Lock()
         self._merged = MergedWeights({n: self.model.weight(n) for n in self.shapes},
                                      self.history, scale=scale)
@@ -157,22 +159,79 @@ class AdaptiveEncoder:
         """The live step: what ``encode`` without ``step=`` serves."""
         return self._merged.step
 
-    def encode(self, texts: list[str], *, step: int | None = None) -> tuple[np.ndarray, int]:
+    def encode(self, texts: list[str], *, step: int | None = None, steps: list | None = None,
+               adapters: list | None = None) -> tuple[np.ndarray, Any]:
         """Embeddings of ``texts`` under one committed step: ``(embeddings (n, 384) float32,
         step)``. ``step=t`` serves step t (resolved by the history: the newest stored step
-        <= t) without touching the live weights."""
+        <= t) without touching the live weights.
+
+        A mixed batch, in one forward pass: ``steps=[t_0, ...]`` serves text i at step t_i,
+        ``adapters=[name_0, ...]`` with the adapter ``name_i`` (see :meth:`add_adapter`);
+        None in either list is the live step. Each adapted layer runs the live product once
+        and adds each text's own sparse correction (:func:`hyprvdb.jax.delta_add_segments`).
+        Returns ``(embeddings, served)``, ``served`` listing each text's step (or adapter).
+        """
         if step is not None and (isinstance(step, (bool, np.bool_))
                                  or not isinstance(step, (int, np.integer))):
             raise TypeError(f"step must be an int or None, got {type(step).__name__} {step!r}")
+        given = [k for k, v in (("step", step), ("steps", steps), ("adapters", adapters))
+                 if v is not None]
+        if len(given) > 1:
+            raise ValueError(f"{' and '.join(given)}: give one of step, steps and adapters")
+        for name, keys in (("steps", steps), ("adapters", adapters)):
+            if keys is not None and (not isinstance(keys, (list, tuple))
+                                     or len(keys) != len(texts)):
+                raise ValueError(f"{name} must be a list with one entry per text "
+                                 f"({len(texts)}), got {keys!r}")
         ids, mask = self.model.tokenize(texts)
         with self._lock.reading():
             live = self._merged.step
+            if steps is not None or adapters is not None:
+                served, parts = (self._mixed_steps(steps, live) if steps is not None
+                                 else self._mixed_adapters(adapters, live))
+                # Texts sorted by segment: each segment's tokens are consecutive rows, which
+                # the kernels take in place (no gathered copy).
+                order = np.argsort(parts[0], kind="stable")
+                emb = self._forward(self.model.params, {}, ids[order], mask[order],
+                                    (parts[0][order], parts[1]))
+                out = np.empty_like(emb)
+                out[order] = emb
+                return out, served
             if step is None:
                 return self._forward(self.model.params, {}, ids, mask), live
             with self._history_lock:
                 s = self.history.resolve(step)
             deltas = {} if s == live else self._correction(s, live)
             return self._forward(self.model.params, deltas, ids, mask), s
+
+    def add_adapter(self, name: str, weights: dict[str, tuple]) -> None:
+        """Register an adapter that requests can name (``encode(texts, adapters=[...])``):
+        ``weights[layer] = (rows, cols, values)``, its sum S_a (duplicates added), served on
+        the pretrained weights as ``W_pre + scale * S_a`` whatever the live step is. Layers
+        not given have no delta."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty str, got {name!r}")
+        if not isinstance(weights, dict):
+            raise TypeError(f"weights must be a dict of layer -> (rows, cols, values), got "
+                            f"{type(weights).__name__}")
+        coo = {}
+        for layer, item in weights.items():
+            if layer not in self.shapes:
+                raise KeyError(f"weights[{layer!r}]: no adapted matrix {layer!r}")
+            if not isinstance(item, (tuple, list)) or len(item) != 3:
+                raise TypeError(f"weights[{layer!r}] must be (rows, cols, values)")
+            d = hj.SparseDelta.from_coo(*item, self.shapes[layer])  # checks and sums
+            n = d.nnz
+            vals = np.asarray(d.values, np.float32)[:n]
+            if not np.isfinite(vals).all():
+                raise ValueError(f"weights[{layer!r}] holds non-finite values")
+            cols = self.shapes[layer][1]
+            coo[layer] = (np.asarray(d.row_ids, np.int64)[:n] * cols
+                          + np.asarray(d.indices, np.int64)[:n], vals)
+        with self._corrections_lock:
+            self._adapters[name] = coo
+            for key in [k for k in self._corrections if k[0] == ("adapter", name)]:
+                del self._corrections[key]
 
     def history_summary(self) -> dict[str, Any]:
         """Steps and sizes of the history, read consistently with the commits."""
@@ -348,6 +407,74 @@ class AdaptiveEncoder:
         for name, w in self._merged.weights.items():
             self.model.params[f"encoder.{name}.weight"] = w
 
+    def _mixed_steps(self, steps: list, live: int) -> tuple[list[int], tuple]:
+        for i, t in enumerate(steps):
+            if t is not None and (isinstance(t, (bool, np.bool_))
+                                  or not isinstance(t, (int, np.integer))):
+                raise TypeError(f"steps[{i}] must be an int or None, got {t!r}")
+        with self._history_lock:
+            served = [live if t is None else self.history.resolve(int(t)) for t in steps]
+        return served, self._segments(served, live,
+                                      lambda s: self._correction(s, live))
+
+    def _mixed_adapters(self, adapters: list, live: int) -> tuple[list, tuple]:
+        for i, a in enumerate(adapters):
+            if a is not None and a not in self._adapters:
+                raise KeyError(f"adapters[{i}] = {a!r} is not an added adapter (add_adapter); "
+                               f"added: {sorted(self._adapters)}")
+        keys = [live if a is None else a for a in adapters]
+        return list(adapters), self._segments(keys, live,
+                                              lambda a: self._adapter_correction(a, live))
+
+    def _segments(self, keys: list, live: Any, correction: Any) -> tuple[np.ndarray, dict]:
+        """Segment per text and each layer's deltas per segment (the distinct keys other than
+        the live one; their count padded to a power of two with empty deltas, so that jitted
+        shapes repeat)."""
+        distinct = list(dict.fromkeys(k for k in keys if k != live))
+        seg = np.array([-1 if k == live else distinct.index(k) for k in keys], np.int32)
+        corr = [correction(k) for k in distinct]
+        n = 1 << max(0, len(distinct) - 1).bit_length()
+        parts = {name: [c.get(name) or self._empty(name) for c in corr]
+                 + [self._empty(name)] * (n - len(corr)) for name in self.shapes}
+        return seg, parts
+
+    def _empty(self, name: str) -> hj.SparseDelta:
+        shape = self.shapes[name]
+        if shape not in self._empties:
+            self._empties[shape] = hj.SparseDelta.from_coo([], [], [], shape, capacity=256)
+        return self._empties[shape]
+
+    def _adapter_correction(self, name: str, live: int) -> dict[str, hj.SparseDelta]:
+        """``S_a - S_live`` per layer: what takes the live weights to the adapter's."""
+        key = (("adapter", name), live)
+        with self._corrections_lock:
+            if key in self._corrections:
+                self._corrections.move_to_end(key)
+                return self._corrections[key]
+            coo = self._adapters[name]
+        deltas = {}
+        for layer, shape in self.shapes.items():
+            with self._history_lock:
+                r, c, v = self.history[layer].active_weights(live)
+            live_idx = r * shape[1] + c
+            a_idx, a_val = coo.get(layer, (np.zeros(0, np.int64), np.zeros(0, np.float32)))
+            idx = np.union1d(live_idx, a_idx)
+            d = np.zeros(len(idx), np.float32)
+            d[np.searchsorted(idx, a_idx)] += a_val
+            d[np.searchsorted(idx, live_idx)] -= v.astype(np.float32)
+            keep = d != 0
+            if keep.any():
+                n = int(keep.sum())
+                cap = max(256, 1 << (n - 1).bit_length())
+                deltas[layer] = hj.SparseDelta.from_coo(idx[keep] // shape[1],
+                                                        idx[keep] % shape[1], d[keep], shape,
+                                                        capacity=cap)
+        with self._corrections_lock:
+            self._corrections[key] = deltas
+            while len(self._corrections) > _CORRECTIONS_KEPT:
+                self._corrections.popitem(last=False)
+        return deltas
+
     def _correction(self, step: int, live: int) -> dict[str, hj.SparseDelta]:
         """The sparse deltas that take the live weights to ``step`` (kept for the few past
         steps asked most recently; called with the weights held for reading)."""
@@ -370,10 +497,10 @@ class AdaptiveEncoder:
                 self._corrections.popitem(last=False)
         return deltas
 
-    def _forward(self, params: dict, deltas: dict, ids: np.ndarray, mask: np.ndarray
-                 ) -> np.ndarray:
+    def _forward(self, params: dict, deltas: dict, ids: np.ndarray, mask: np.ndarray,
+                 mixed: tuple[np.ndarray, dict] | None = None) -> np.ndarray:
         """One forward pass per 256 texts, each padded to a batch bucket so that jitted
-        shapes repeat."""
+        shapes repeat. ``mixed``: (segment per text, {layer: [SparseDelta per segment]})."""
         out = []
         for s in range(0, len(ids), _BATCH_BUCKETS[-1]):
             i, m = ids[s:s + _BATCH_BUCKETS[-1]], mask[s:s + _BATCH_BUCKETS[-1]]
@@ -383,7 +510,13 @@ class AdaptiveEncoder:
                 i = np.concatenate([i, np.zeros((b - n, i.shape[1]), i.dtype)])
                 m = np.concatenate([m, np.zeros((b - n, m.shape[1]), m.dtype)])
                 m[n:, 0] = 1
-            emb = self._embed(params, deltas, jnp.asarray(i), jnp.asarray(m), jnp.float32(1.0))
+            d = deltas
+            if mixed is not None:
+                seg = np.full(b, -1, np.int32)
+                seg[:n] = mixed[0][s:s + n]
+                d = {name: hj.MixedDeltas(parts, jnp.asarray(seg))
+                     for name, parts in mixed[1].items()}
+            emb = self._embed(params, d, jnp.asarray(i), jnp.asarray(m), jnp.float32(1.0))
             out.append(np.asarray(emb)[:n])
         self.metrics.count_batch()
         return out[0] if len(out) == 1 else np.concatenate(out)

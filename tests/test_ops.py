@@ -952,7 +952,27 @@ def test_cuda_launch_glue_delta_matmul(fake_cuda, rng, batch):
 
 
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_cuda_launch_glue_fused_linear(fake_cuda, rng, with_bias):
+def test_cuda_launch_glue_fused_linear_on_cublas(fake_cuda, rng, with_bias):
+    """Where CuPy's matmul takes the dtype: the dense part on cuBLAS into the output, then
+    the delta kernel accumulating into it."""
+    snap, _ = random_delta(rng, (37, 129), 0.1)
+    d = ops.DeviceDelta.upload(snap, "cuda")
+    x = random_array(rng, (17, 129), F32)
+    W = random_array(rng, (37, 129), F32)
+    bias = random_array(rng, (37,), F32) if with_bias else None
+    out = ops.fused_linear(x, W, d, 2.0, bias)
+    (ln,) = fake_cuda
+    assert ln.name == "delta_matmul<float>"
+    check_launch(ln, {"indptr": d.indptr, "x": x, "y": out, "rows": 37, "batch": 17,
+                      "scale": np.float32(2.0)})
+    want = x @ W.T + (bias if with_bias else 0)  # the launch is recorded, not run
+    np.testing.assert_array_equal(out, want.astype(np.float32))
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_cuda_launch_glue_fused_linear(fake_cuda, monkeypatch, rng, with_bias):
+    """Where it does not (bfloat16 on a CuPy without it): the fused kernel."""
+    monkeypatch.setattr(ops._delta, "_cublas_takes", lambda dtype: False)
     snap, _ = random_delta(rng, (37, 129), 0.1)
     d = ops.DeviceDelta.upload(snap, "cuda")
     x = random_array(rng, (17, 129), F32)

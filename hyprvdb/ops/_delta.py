@@ -3,6 +3,7 @@ docstring)."""
 
 from __future__ import annotations
 
+import functools
 import zlib
 from typing import Any
 
@@ -360,8 +361,11 @@ def segment_tiles(segment_ids: np.ndarray, nseg: int, nb: int) -> tuple[np.ndarr
 
 
 def fused_linear(x: Any, W: Any, delta: Any, scale: float = 1.0, bias: Any = None) -> Any:
-    """``x @ W.T + bias + scale * x @ dW.T`` in one pass over W and the delta.
+    """``x @ W.T + bias + scale * x @ dW.T``.
 
+    On a GPU the dense part runs on cuBLAS (CuPy's matmul into the output) and the delta
+    kernel accumulates into it on the same stream (the one-pass kernel remains for a dtype
+    CuPy's matmul does not take); on the CPU one pass over W and the delta.
     ``W``: (out_features, in_features) of x's dtype; ``bias``: (out_features,) or None.
     """
     scale = _scale(scale)
@@ -492,8 +496,30 @@ def _np_spmm_csr(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, rows
 
 
 # -------------------------------------------------------------------- CUDA launches
+@functools.cache
+def _cublas_takes(dtype: Any) -> bool:
+    """Whether CuPy's matmul (cuBLAS) multiplies arrays of ``dtype`` here (bfloat16 needs a
+    CuPy that knows it)."""
+    import cupy
+    try:
+        a = cupy.ones((2, 2), dtype=dtype)
+        cupy.matmul(a, a, out=cupy.empty((2, 2), dtype=dtype))
+        return True
+    except (TypeError, NotImplementedError, ValueError):
+        return False
+
+
 def _cuda_linear(x: Any, W: Any, bias: Any, d: DeviceDelta, out: Any, scale: float,
                  *, fused: bool) -> None:
+    if fused and _cublas_takes(x.dtype):
+        # The dense part on cuBLAS (tensor cores for 16-bit types), then the delta
+        # accumulated into its output by the delta kernel, on the same stream.
+        import cupy
+        cupy.matmul(x, W.T, out=out)
+        if bias is not None:
+            out += bias
+        _cuda_linear(x, None, None, d, out, scale, fused=False)
+        return
     tname = {0: "float", 1: "__half", 2: "__nv_bfloat16"}[_dtype_code(x.dtype)]
     nb = 8  # HVDB_NB: batch rows per blockIdx.y
     rows = d.shape[0]

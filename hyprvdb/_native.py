@@ -4,6 +4,8 @@
   :meth:`hyprvdb.TemporalAdapter.accumulate`). Built only where OpenVDB is found.
 - ``hyprvdb._cpu``: the read path on the CPU (the kernels' logic, the history's value rule,
   the XLA FFI targets). No OpenVDB; where it is not built, numpy computes the same results.
+- ``hyprvdb._cuda_ffi``: hyprvdb.jax's XLA FFI targets for CUDA (nvcc). Built where nvcc and
+  jaxlib are found; JAX on a GPU uses the buffer_callback path without it.
 
 and whether a GPU is usable through CuPy (:func:`cuda_available`).
 """
@@ -43,6 +45,17 @@ def cpu() -> ModuleType | None:
     except ImportError:
         return None
     return _cpu
+
+
+@functools.cache
+def cuda_ffi() -> ModuleType | None:
+    """``hyprvdb._cuda_ffi`` (hyprvdb.jax's XLA FFI targets for CUDA, built where nvcc was
+    found), or None."""
+    try:
+        from . import _cuda_ffi
+    except ImportError:
+        return None
+    return _cuda_ffi
 
 
 @functools.cache

@@ -8,14 +8,16 @@ values is restricted to the delta's sparsity pattern — exactly the sparse upda
 
 Three implementations give the same results (float32 sums, up to summation order):
 
-- ``"ffi"``: the read path's C++ kernels (the logic of ``kernels/sparse_ops.cuh``) as XLA FFI
-  targets on the CPU — chosen by ``impl="auto"`` when JAX runs on the CPU and the targets
-  were built;
+- ``"ffi"``: the read path's kernels as XLA FFI targets: on the CPU the C++ kernels (the logic
+  of ``kernels/sparse_ops.cuh``), on a GPU the CUDA kernels of ``kernels/matmul.cu`` compiled by
+  nvcc (``hyprvdb._cuda_ffi``; the forward products, backward by the ``"jax"`` formulas) —
+  chosen by ``impl="auto"`` wherever the targets for JAX's backend were built;
 - ``"callback"``: :mod:`hyprvdb.ops`' kernels on JAX's own buffers through
   ``jax.experimental.buffer_callback``, with no copies: on a GPU the CUDA kernel
   (``kernels/matmul.cu``, through CuPy) is launched on JAX's stream — chosen by
-  ``impl="auto"`` when JAX runs on a GPU and CuPy is usable; on the CPU the C++ kernels (or
-  numpy) run on the host buffers. Its gradients are computed by the ``"jax"`` formulas;
+  ``impl="auto"`` on a GPU without the CUDA FFI targets, where CuPy is usable; on the CPU the
+  C++ kernels (or numpy) run on the host buffers. Its gradients are computed by the
+  ``"jax"`` formulas;
 - ``"jax"``: gathers and segment sums in pure JAX, on any backend.
 
 Importing this module imports JAX; ``import hyprvdb`` does not import it.
@@ -147,8 +149,21 @@ def _ffi_registered() -> bool:
     return True
 
 
+@functools.cache
+def _cuda_ffi_registered() -> bool:
+    mod = _native.cuda_ffi()
+    if mod is None:
+        return False
+    for name in ("hyprvdb_delta_accumulate", "hyprvdb_delta_accumulate_segments"):
+        jax.ffi.register_ffi_target(name, getattr(mod, name), platform="CUDA")
+    return True
+
+
 def ffi_available() -> bool:
-    """Whether the C++ FFI targets are built and JAX runs on the CPU."""
+    """Whether FFI targets run JAX's backend here: the C++ targets with JAX on the CPU, the
+    CUDA targets (``hyprvdb._cuda_ffi``, nvcc) with JAX on a GPU."""
+    if _on_gpu():
+        return _cuda_ffi_registered()
     return jax.default_backend() == "cpu" and _ffi_registered()
 
 
@@ -162,12 +177,15 @@ def implementation(impl: str = "auto") -> str:
     if impl not in ("auto", "ffi", "callback", "jax"):
         raise ValueError(f"impl must be 'auto', 'ffi', 'callback' or 'jax', got {impl!r}")
     if impl == "auto":
+        if ffi_available():
+            return "ffi"
         if _on_gpu():
             return "callback" if _native.cuda_available() else "jax"
-        return "ffi" if ffi_available() else "jax"
+        return "jax"
     if impl == "ffi" and not ffi_available():
-        raise RuntimeError("impl='ffi' needs hyprvdb's FFI targets (built when jaxlib is "
-                           "installed before hyprvdb) and JAX on the CPU")
+        raise RuntimeError("impl='ffi' needs hyprvdb's FFI targets for JAX's backend: on the "
+                           "CPU hyprvdb._cpu's (built when jaxlib is installed before hyprvdb), "
+                           "on a GPU hyprvdb._cuda_ffi (built where nvcc is found)")
     if impl == "callback" and _on_gpu():
         if not _native.cuda_available():
             raise RuntimeError("impl='callback' on a GPU needs CuPy and a CUDA device")
@@ -178,7 +196,7 @@ def kernel_path(impl: str = "auto") -> str:
     """Which code computes the delta product for ``impl`` on this machine, in words."""
     impl = implementation(impl)
     if impl == "ffi":
-        return "cpu (C++ XLA FFI target)"
+        return "cuda (XLA FFI target, nvcc)" if _on_gpu() else "cpu (C++ XLA FFI target)"
     if impl == "callback":
         return ("cuda (CuPy kernel on JAX's stream)" if _on_gpu()
                 else "cpu (hyprvdb.ops kernels through buffer_callback)")
@@ -278,7 +296,7 @@ def _delta_mm_fwd(indptr, indices, row_ids, values, x, scale, rows, impl):  # no
 
 def _delta_mm_bwd(scale, rows, impl, res, g):  # noqa: ANN001, ANN202
     indptr, indices, row_ids, values, x = res
-    if impl == "ffi":
+    if impl == "ffi" and not _on_gpu():  # the backward targets are the CPU's
         dx = _ffi("hyprvdb_delta_matmul_t", x.shape, indptr, indices, values, g, scale=scale)
         dv = _ffi("hyprvdb_delta_values_grad", values.shape, indptr, indices, x, g, scale=scale)
     else:

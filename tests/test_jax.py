@@ -519,15 +519,38 @@ class TestCudaCallback:
     Every impl-parametrized test of this file runs it there too (jit, vmap, grad); these add
     the choice of "auto" and shapes of real layers."""
 
-    def test_auto_is_the_cuda_callback(self):
-        assert hj.implementation("auto") == "callback"
+    def test_auto_is_the_cuda_ffi_target_or_the_callback(self):
+        from hyprvdb import _native
+        want = "ffi" if _native.cuda_ffi() is not None else "callback"
+        assert hj.implementation("auto") == want
         assert hj.kernel_path().startswith("cuda")
 
+    @pytest.mark.parametrize("how", ["callback", "ffi"])
     @pytest.mark.parametrize("lead", [(1,), (16,), (3, 77), (256,)], ids=str)
     @pytest.mark.parametrize("shape", [(384, 1536), (4096, 4096), (4096, 14336)],
                              ids=lambda s: f"{s[0]}x{s[1]}")
-    def test_real_layer_shapes(self, rng, shape, lead):
-        check_delta_add("callback", rng, shape, lead, scale=0.9)
+    def test_real_layer_shapes(self, rng, shape, lead, how):
+        if how == "ffi" and not hj.ffi_available():
+            pytest.skip("hyprvdb._cuda_ffi (the CUDA FFI targets) is not built")
+        check_delta_add(how, rng, shape, lead, scale=0.9)
+
+    @pytest.mark.parametrize("how", ["callback", "ffi"])
+    @pytest.mark.parametrize("lead", [(1,), (32, 40), (1024,)], ids=str)
+    def test_mixed_batches_at_real_layer_shapes(self, rng, lead, how):
+        if how == "ffi" and not hj.ffi_available():
+            pytest.skip("hyprvdb._cuda_ffi (the CUDA FFI targets) is not built")
+        check_segments(how, rng, (384, 1536), lead, 8, True)
+
+
+def test_cuda_ffi_module_exposes_its_targets():
+    """hyprvdb._cuda_ffi, where the build found nvcc: it imports without a GPU and holds one
+    capsule per CUDA target (what hyprvdb.jax registers for JAX on a GPU)."""
+    from hyprvdb import _native
+    mod = _native.cuda_ffi()
+    if mod is None:
+        pytest.skip("hyprvdb._cuda_ffi is not built (no nvcc or jaxlib at build time)")
+    for name in ("hyprvdb_delta_accumulate", "hyprvdb_delta_accumulate_segments"):
+        assert type(getattr(mod, name)).__name__ == "PyCapsule"
 
 
 # ============================================================================ MiniLM

@@ -509,3 +509,18 @@ def test_host_float32_to_16bit_rounds_to_nearest_even(host_unit, tmp_path, kind)
     assert not len(bad), (f"{len(bad)} of {len(x)} conversions differ from numpy, e.g. " +
                           ", ".join(f"{x[i]!r} ({x.view(np.uint32)[i]:08x}) -> {got[i]:04x}, "
                                     f"expected {want[i]:04x}" for i in bad[:5]))
+
+
+def test_nvcc_builds_the_cuda_ffi_targets(nvcc, tmp_path):
+    """csrc/cuda/jax_ffi.cu (hyprvdb._cuda_ffi: the CUDA XLA FFI targets of hyprvdb.jax,
+    built by CMake where nvcc is found) compiles for sm_90 against jaxlib's FFI headers, so
+    that a GPU machine's build gets it; no GPU needed."""
+    jax_ffi = pytest.importorskip("jax.ffi")
+    import sysconfig
+    src = Path(__file__).resolve().parents[1] / "csrc" / "cuda" / "jax_ffi.cu"
+    r = subprocess.run([nvcc, "-std=c++17", "-c", "-arch=sm_90", "-Xcompiler", "-fPIC",
+                        "-diag-suppress", "940,2473", "-I", jax_ffi.include_dir(),
+                        "-I", str(K.KERNEL_DIR), "-I", sysconfig.get_paths()["include"],
+                        str(src), "-o", str(tmp_path / "jax_ffi.o")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]

@@ -1,0 +1,226 @@
+// XLA FFI targets for CUDA (built with nvcc where a CUDA compiler and jaxlib are found):
+// hyprvdb.jax's delta products inside jitted JAX code on a GPU, launched on XLA's stream, with
+// no Python per layer. The kernels are kernels/matmul.cu's (the per-thread logic of
+// kernels/sparse_ops.cuh, which the CPU extension runs too).
+//
+// hyprvdb_delta_accumulate          y += scale * x @ dW.T (y aliased to its input)
+// hyprvdb_delta_accumulate_segments y[b] += scale * x[b] @ dW_seg[b].T over stacked deltas
+//
+// Leading dimensions of x are flattened: x is (batch, k), y (batch, rows).
+#include <Python.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "xla/ffi/api/ffi.h"
+#include "../../kernels/matmul.cu"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int kWarpsPerBlock = 8;
+constexpr int kMaxGridY = 65535;
+
+int64_t batch_of(ffi::Span<const int64_t> dims) {
+    int64_t b = 1;
+    for (size_t i = 0; i + 1 < dims.size(); ++i) b *= dims[i];
+    return b;
+}
+
+ffi::Error launched(const char* what) {
+    const cudaError_t err = cudaGetLastError();
+    if (err == cudaSuccess) return ffi::Error::Success();
+    return ffi::Error::Internal(std::string(what) + ": " + cudaGetErrorString(err));
+}
+
+// The tiles of a mixed batch, on the device, in one block: rows counted per segment, each
+// segment's rows placed after the segments before it (their order within a segment is not the
+// batch's: every row's sum is its own, so results do not depend on it), tiles of at most
+// HVDB_NB rows of one segment. tiles[3t..3t+2] = (start in order, rows, segment); n_tiles[0]
+// is the count, and the product kernel's blocks past it return at once. Segments outside
+// 0..nseg-1 (the -1 rows) are left out. shared: 3 * nseg ints.
+__global__ void segment_tiles_device(const int* __restrict__ seg, int batch, int nseg,
+                                     int* __restrict__ order, int* __restrict__ tiles,
+                                     int* __restrict__ n_tiles) {
+    extern __shared__ int sh[];
+    int* count = sh;             // rows of each segment
+    int* start = sh + nseg;      // first position in order
+    int* fill = sh + 2 * nseg;   // next free position
+    for (int s = threadIdx.x; s < nseg; s += blockDim.x) count[s] = 0;
+    __syncthreads();
+    for (int b = threadIdx.x; b < batch; b += blockDim.x) {
+        const int s = seg[b];
+        if (s >= 0 && s < nseg) atomicAdd(&count[s], 1);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int at = 0, t = 0;
+        for (int s = 0; s < nseg; ++s) {
+            start[s] = fill[s] = at;
+            for (int k = 0; k < count[s]; k += HVDB_NB, ++t) {
+                tiles[3 * t] = at + k;
+                tiles[3 * t + 1] = min(HVDB_NB, count[s] - k);
+                tiles[3 * t + 2] = s;
+            }
+            at += count[s];
+        }
+        n_tiles[0] = t;
+    }
+    __syncthreads();
+    for (int b = threadIdx.x; b < batch; b += blockDim.x) {
+        const int s = seg[b];
+        if (s >= 0 && s < nseg) order[atomicAdd(&fill[s], 1)] = b;
+    }
+}
+
+// delta_matmul_segments over device-built tiles: blocks past the tile count return.
+__global__ void delta_matmul_segments_counted(const int* __restrict__ indptr,
+                                              const int* __restrict__ indices,
+                                              const float* __restrict__ data,
+                                              const float* __restrict__ x, long long ldx,
+                                              float* y, long long ldy, int rows,
+                                              const int* __restrict__ order,
+                                              const int* __restrict__ tiles,
+                                              const int* __restrict__ n_tiles, int tile0,
+                                              float scale) {
+    const int t = tile0 + blockIdx.y;
+    if (t >= n_tiles[0]) return;
+    const int row = (int)((blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5);
+    const int lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    const int* tile = tiles + 3 * t;
+    const int* brows = order + tile[0];
+    const int nb = tile[1];
+    const int* ip = indptr + (long long)tile[2] * (rows + 1);
+    float acc[HVDB_NB];
+HVDB_UNROLL
+    for (int b = 0; b < HVDB_NB; ++b) acc[b] = 0.0f;
+    csr_row_dot_rows<float>(ip, indices, data, x, ldx, brows, nb, row, lane, 32, acc);
+HVDB_UNROLL
+    for (int b = 0; b < HVDB_NB; ++b) acc[b] = warp_sum(acc[b]);
+    if (lane == 0)
+        for (int b = 0; b < nb; ++b) y[brows[b] * ldy + row] += scale * acc[b];
+}
+
+ffi::Error DeltaAccumulateCuda(cudaStream_t stream, ffi::Buffer<ffi::S32> indptr,
+                               ffi::Buffer<ffi::S32> indices, ffi::Buffer<ffi::F32> data,
+                               ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> y_in,
+                               ffi::ResultBuffer<ffi::F32> y, float scale) {
+    const int64_t rows = int64_t(indptr.element_count()) - 1;
+    const auto xd = x.dimensions();
+    const int64_t k = xd.back(), batch = batch_of(xd);
+    if (rows < 0 || int64_t(y->element_count()) != batch * rows ||
+        y_in.element_count() != y->element_count())
+        return ffi::Error::InvalidArgument("hyprvdb_delta_accumulate: y must be (batch, rows)");
+    if (y_in.typed_data() != y->typed_data())
+        cudaMemcpyAsync(y->typed_data(), y_in.typed_data(), y->size_bytes(),
+                        cudaMemcpyDeviceToDevice, stream);
+    if (rows == 0 || batch == 0 || indices.element_count() == 0) return launched("copy");
+    const dim3 block(32 * kWarpsPerBlock);
+    const int gx = int((rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
+    const int64_t per = int64_t(kMaxGridY) * HVDB_NB;  // batch rows per launch
+    for (int64_t b0 = 0; b0 < batch; b0 += per) {
+        const int nb = int(std::min<int64_t>(per, batch - b0));
+        delta_matmul<float><<<dim3(gx, (nb + HVDB_NB - 1) / HVDB_NB), block, 0, stream>>>(
+            indptr.typed_data(), indices.typed_data(), data.typed_data(),
+            x.typed_data() + b0 * k, k, y->typed_data() + b0 * rows, rows, int(rows), nb,
+            scale);
+    }
+    return launched("hyprvdb_delta_accumulate");
+}
+
+ffi::Error DeltaAccumulateSegmentsCuda(cudaStream_t stream, ffi::ScratchAllocator scratch,
+                                       ffi::Buffer<ffi::S32> indptr,
+                                       ffi::Buffer<ffi::S32> indices,
+                                       ffi::Buffer<ffi::F32> data, ffi::Buffer<ffi::F32> x,
+                                       ffi::Buffer<ffi::S32> seg, ffi::Buffer<ffi::F32> y_in,
+                                       ffi::ResultBuffer<ffi::F32> y, float scale) {
+    const int64_t rows = y->dimensions().back();
+    const auto xd = x.dimensions();
+    const int64_t k = xd.back(), batch = batch_of(xd);
+    if (rows <= 0 || int64_t(indptr.element_count()) % (rows + 1) != 0 ||
+        int64_t(y->element_count()) != batch * rows || int64_t(seg.element_count()) != batch ||
+        y_in.element_count() != y->element_count())
+        return ffi::Error::InvalidArgument(
+            "hyprvdb_delta_accumulate_segments: y must be (batch, rows), segment_ids (batch,) "
+            "and indptr nseg * (rows + 1)");
+    if (y_in.typed_data() != y->typed_data())
+        cudaMemcpyAsync(y->typed_data(), y_in.typed_data(), y->size_bytes(),
+                        cudaMemcpyDeviceToDevice, stream);
+    const int nseg = int(int64_t(indptr.element_count()) / (rows + 1));
+    if (batch == 0 || indices.element_count() == 0) return launched("copy");
+    const int64_t max_tiles = batch / HVDB_NB + nseg + 1;
+    auto order = scratch.Allocate(sizeof(int) * size_t(batch));
+    auto tiles = scratch.Allocate(sizeof(int) * size_t(3 * max_tiles + 1));
+    if (!order || !tiles)
+        return ffi::Error::Internal("hyprvdb_delta_accumulate_segments: no scratch memory");
+    int* order_p = static_cast<int*>(*order);
+    int* tiles_p = static_cast<int*>(*tiles);
+    int* count_p = tiles_p + 3 * max_tiles;
+    segment_tiles_device<<<1, 1024, sizeof(int) * 3 * size_t(nseg), stream>>>(
+        seg.typed_data(), int(batch), nseg, order_p, tiles_p, count_p);
+    const dim3 block(32 * kWarpsPerBlock);
+    const int gx = int((rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
+    for (int64_t t0 = 0; t0 < max_tiles; t0 += kMaxGridY) {
+        const int n = int(std::min<int64_t>(kMaxGridY, max_tiles - t0));
+        delta_matmul_segments_counted<<<dim3(gx, n), block, 0, stream>>>(
+            indptr.typed_data(), indices.typed_data(), data.typed_data(), x.typed_data(), k,
+            y->typed_data(), rows, int(rows), order_p, tiles_p, count_p, int(t0), scale);
+    }
+    return launched("hyprvdb_delta_accumulate_segments");
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HyprvdbDeltaAccumulateCuda, DeltaAccumulateCuda,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("scale"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HyprvdbDeltaAccumulateSegmentsCuda, DeltaAccumulateSegmentsCuda,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::ScratchAllocator>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("scale"));
+
+// The module hyprvdb._cuda_ffi: the handlers as capsules named like the CPU targets, for
+// jax.ffi.register_ffi_target(..., platform="CUDA"). Plain CPython API: nvcc builds it alone.
+static PyModuleDef hyprvdb_cuda_ffi_module = {
+    PyModuleDef_HEAD_INIT, "_cuda_ffi",
+    "hyprvdb.jax's delta products as XLA FFI targets for CUDA (capsules)", -1, nullptr};
+
+PyMODINIT_FUNC PyInit__cuda_ffi() {
+    PyObject* m = PyModule_Create(&hyprvdb_cuda_ffi_module);
+    if (!m) return nullptr;
+    const struct {
+        const char* name;
+        void* fn;
+    } targets[] = {
+        {"hyprvdb_delta_accumulate", reinterpret_cast<void*>(HyprvdbDeltaAccumulateCuda)},
+        {"hyprvdb_delta_accumulate_segments",
+         reinterpret_cast<void*>(HyprvdbDeltaAccumulateSegmentsCuda)},
+    };
+    for (const auto& t : targets) {
+        PyObject* cap = PyCapsule_New(t.fn, nullptr, nullptr);
+        if (!cap || PyModule_AddObject(m, t.name, cap) < 0) {
+            Py_XDECREF(cap);
+            Py_DECREF(m);
+            return nullptr;
+        }
+    }
+    return m;
+}

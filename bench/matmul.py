@@ -35,6 +35,16 @@ merge          ``ops.merge_layers`` of a 1% adapter into 32 layers of 4096 x 409
 window         ``DeviceHistory.window`` (mode "state") over a 4096 x 4096 history (1% base,
                64 steps of 0.1% changes): GB/s of the Z-run arrays read plus the dense matrix
                written, against the copy bandwidth. Target: >= 50%.
+linear         cuBLAS ``x @ W.T`` alone against ``ops.fused_linear`` (cuBLAS into the output,
+               then the delta kernel into it), float16 and bfloat16, dW 4096 x 4096,
+               4096 x 14336 and 14336 x 4096 at 1% and 0.1%, batch 1, 16, 256 and 1024.
+               Targets: <= 1.3x cuBLAS at batch <= 16, <= 2x at 256 .. 1024; the delta alone
+               (x's dtype) no slower than cuSPARSE CSR (float32) at every batch.
+overhead       host time per ``ops.delta_matmul`` call (launches queued, no synchronization)
+               against an empty CuPy kernel launch with as many arguments. Target: <= 10 us
+               above it.
+segments       ``ops.delta_matmul_segments`` with 8 deltas of 1% (4096 x 4096, float16),
+               rows dealt round-robin, against one ``delta_matmul`` per delta (info).
 
 The GPU section needs neither scipy nor OpenVDB (hyprvdb._core): snapshots come from
 ``Snapshot.from_coo`` and the history from ``TemporalAdapter.store_delta``, which are numpy
@@ -92,6 +102,14 @@ TARGET_DELTA_BW = 0.5
 TARGET_MERGE_MS = 10.0
 TARGET_WINDOW_BW = 0.5
 WINDOW_SHAPE, WINDOW_STEPS, WINDOW_BASE, WINDOW_CHANGE = (4096, 4096), 64, 0.01, 0.001
+# cuBLAS + delta at the shapes, densities, dtypes and batches of the many-adapters issue
+LINEAR_SHAPES = ((4096, 4096), (4096, 14336), (14336, 4096))
+LINEAR_DENSITIES = (0.01, 0.001)
+LINEAR_DTYPES = ("float16", "bfloat16")
+LINEAR_BATCHES = (1, 16, 256, 1024)
+TARGET_LINEAR_SMALL, TARGET_LINEAR_LARGE = 1.3, 2.0   # batch <= 16; 256 .. 1024
+TARGET_OVERHEAD_US = 10.0
+SEGMENT_COUNT, SEGMENT_SHAPE, SEGMENT_DENSITY = 8, (4096, 4096), 0.01
 
 
 # ------------------------------------------------------------------------------ data
@@ -319,8 +337,107 @@ def bench_gpu(rng: np.random.Generator, repeats: int) -> dict:
                 "GBps": gbps, "frac_copy": frac,
                 "pass": frac is not None and frac >= TARGET_WINDOW_BW}
 
+    def linear():
+        """cuBLAS x @ W.T alone; ops.fused_linear (cuBLAS + the delta into its output); the
+        delta alone (x's dtype) against cuSPARSE CSR (float32), every shape, density, dtype
+        and batch of the targets."""
+        import cupyx.scipy.sparse as csp
+        rows_out = []
+        for shape in LINEAR_SHAPES:
+            for density in LINEAR_DENSITIES:
+                r, c, v = random_coo(rng, shape, density)
+                d = ops.DeviceDelta.upload(Snapshot.from_coo(r, c, v, shape), "cuda")
+                indptr = np.searchsorted(r, np.arange(shape[0] + 1)).astype(np.int32)
+                csr = csp.csr_matrix((cp.asarray(v), cp.asarray(c.astype(np.int32)),
+                                      cp.asarray(indptr)), shape=shape)
+                for dtype in LINEAR_DTYPES:
+                    dt = np.dtype(dtype) if dtype != "bfloat16" else ops._delta._bf16()
+                    W = cp.asarray(rng.standard_normal(shape).astype(np.float32)).astype(dt)
+                    for batch in LINEAR_BATCHES:
+                        x = cp.asarray(rng.standard_normal((batch, shape[1]))
+                                       .astype(np.float32)).astype(dt)
+                        x32 = x.astype(cp.float32)
+                        out = cp.zeros((batch, shape[0]), dt)
+                        row = {"shape": shape, "density": density, "dtype": dtype,
+                               "batch": batch}
+                        try:
+                            row["cublas_s"] = gpu_time(cp, lambda: cp.matmul(x, W.T),
+                                                       repeats)["median_s"]
+                            row["linear_s"] = gpu_time(cp, lambda: ops.fused_linear(x, W, d),
+                                                       repeats)["median_s"]
+                            row["delta_s"] = gpu_time(
+                                cp, lambda: ops.delta_matmul(x, d, out=out), repeats)["median_s"]
+                            row["cusparse_s"] = gpu_time(cp, lambda: (csr @ x32.T).T,
+                                                         repeats)["median_s"]
+                            row["ratio"] = row["linear_s"] / row["cublas_s"]
+                            target = TARGET_LINEAR_SMALL if batch <= 16 else TARGET_LINEAR_LARGE
+                            row["pass_linear"] = row["ratio"] <= target
+                            row["pass_delta"] = row["delta_s"] <= row["cusparse_s"]
+                        except Exception as exc:  # noqa: BLE001
+                            row["error"] = f"{type(exc).__name__}: {exc}"
+                        rows_out.append(row)
+        return rows_out
+
+    def overhead():
+        """Host time per call (no synchronization; the launches queue): ops.delta_matmul on a
+        tiny delta against launching an empty CuPy kernel with as many arguments."""
+        empty = cp.RawKernel(r'''extern "C" __global__ void empty_kernel(
+            const int* a, const int* b, const float* c, const float* x, long long ldx,
+            float* y, long long ldy, int rows, int batch, float scale) {}''', "empty_kernel")
+        r, c, v = random_coo(rng, (64, 64), 0.01)
+        d = ops.DeviceDelta.upload(Snapshot.from_coo(r, c, v, (64, 64)), "cuda")
+        x = cp.ones((1, 64), cp.float32)
+        out = cp.zeros((1, 64), cp.float32)
+        args = (d.indptr, d.indices, d.data, x, np.int64(64), out, np.int64(64), np.int32(64),
+                np.int32(1), np.float32(1.0))
+
+        def per_call(fn, n=2000):
+            for _ in range(50):
+                fn()
+            cp.cuda.Device().synchronize()
+            times = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    fn()
+                times.append((time.perf_counter() - t0) / n)
+                cp.cuda.Device().synchronize()
+            return C.median(times)
+
+        ours = per_call(lambda: ops.delta_matmul(x, d, out=out))
+        base = per_call(lambda: empty((1,), (32,), args))
+        return {"ours_us": ours * 1e6, "empty_us": base * 1e6,
+                "above_us": (ours - base) * 1e6,
+                "pass": (ours - base) * 1e6 <= TARGET_OVERHEAD_US}
+
+    def segments():
+        """ops.delta_matmul_segments (SEGMENT_COUNT deltas, rows dealt round-robin) against
+        one ops.delta_matmul per delta on its rows (float16), info."""
+        ds = []
+        for _ in range(SEGMENT_COUNT):
+            r, c, v = random_coo(rng, SEGMENT_SHAPE, SEGMENT_DENSITY)
+            ds.append(ops.DeviceDelta.upload(Snapshot.from_coo(r, c, v, SEGMENT_SHAPE), "cuda"))
+        rows_out = []
+        for batch in (16, 256, 1024):
+            x = cp.asarray(rng.standard_normal((batch, SEGMENT_SHAPE[1])).astype(np.float16))
+            out = cp.zeros((batch, SEGMENT_SHAPE[0]), cp.float16)
+            seg = np.arange(batch) % SEGMENT_COUNT
+            parts = [(cp.asarray(np.flatnonzero(seg == s)), ds[s]) for s in range(len(ds))]
+
+            def loop():
+                for rows, dd in parts:
+                    out[rows] += ops.delta_matmul(x[rows], dd)
+
+            row = {"batch": batch, "deltas": SEGMENT_COUNT}
+            row["segments_s"] = gpu_time(
+                cp, lambda: ops.delta_matmul_segments(x, ds, seg, out=out), repeats)["median_s"]
+            row["loop_s"] = gpu_time(cp, loop, repeats)["median_s"]
+            rows_out.append(row)
+        return rows_out
+
     for key, fn in (("fused_linear", fused), ("delta_matmul", delta), ("merge", merge),
-                    ("window", window)):
+                    ("window", window), ("linear", linear), ("overhead", overhead),
+                    ("segments", segments)):
         t0 = time.perf_counter()
         guarded(res, key, fn)
         print(f"  GPU {key}: {time.perf_counter() - t0:.1f} s", flush=True)
@@ -410,6 +527,39 @@ def print_gpu(g: dict) -> None:
                  if "median_s" in w else w["error"],
                  f">= {TARGET_WINDOW_BW:.0%} of copy", C.verdict(w.get("pass", False))])
     C.print_table(["what", "measured", "target", "verdict"], rows, title="GPU merge and window")
+    print()
+    lin = g.get("linear")
+    if isinstance(lin, dict):
+        print(f"cuBLAS + delta: error {lin['error']}")
+    elif lin:
+        C.print_table(
+            ["dW", "density", "dtype", "batch", "cuBLAS ms", "fused_linear ms", "ratio",
+             "target", "delta ms", "cuSPARSE fp32 ms", "delta <= cuSPARSE"],
+            [[f"{r['shape'][0]}x{r['shape'][1]}", f"{100 * r['density']:g}%", r["dtype"],
+              r["batch"], ms(r.get("cublas_s")), ms(r.get("linear_s")),
+              f"{r['ratio']:.2f}x" if "ratio" in r else r.get("error", "n/a"),
+              (f"<= {TARGET_LINEAR_SMALL if r['batch'] <= 16 else TARGET_LINEAR_LARGE}x "
+               + C.verdict(r["pass_linear"])) if "pass_linear" in r else "FAIL",
+              ms(r.get("delta_s")), ms(r.get("cusparse_s")),
+              C.verdict(r["pass_delta"]) if "pass_delta" in r else "FAIL"] for r in lin],
+            title="GPU: cuBLAS alone, ops.fused_linear (cuBLAS + the delta into its output), "
+                  "the delta alone against cuSPARSE")
+    o = g.get("overhead")
+    if o:
+        print(("host overhead per ops.delta_matmul call: " + (
+            f"{o['ours_us']:.1f} us against {o['empty_us']:.1f} us for an empty CuPy kernel "
+            f"launch: {o['above_us']:.1f} us above (<= {TARGET_OVERHEAD_US} us "
+            f"{C.verdict(o['pass'])})" if "error" not in o else f"error {o['error']}")))
+    sg = g.get("segments")
+    if isinstance(sg, list):
+        C.print_table(["batch", "deltas", "delta_matmul_segments ms", "one call per delta ms"],
+                      [[r["batch"], r["deltas"], ms(r["segments_s"]), ms(r["loop_s"])]
+                       for r in sg],
+                      title=f"GPU mixed batch: {SEGMENT_COUNT} deltas of "
+                            f"{100 * SEGMENT_DENSITY:g}% ({SEGMENT_SHAPE[0]}x{SEGMENT_SHAPE[1]}, "
+                            "float16), rows dealt round-robin")
+    elif isinstance(sg, dict):
+        print(f"mixed batch: error {sg['error']}")
 
 
 # ------------------------------------------------------------------------------ charts
@@ -521,6 +671,13 @@ def main(argv: list[str] | None = None) -> int:
         for key, label in (("merge", "merge"), ("window", "window")):
             ok = "error" if "error" in g[key] else C.verdict(g[key]["pass"])
             verdicts.append(f"{label} {ok}")
+        lin = g.get("linear")
+        if isinstance(lin, list):
+            for k, label in (("pass_linear", "cuBLAS+delta"), ("pass_delta", "delta<=cuSPARSE")):
+                verdicts.append(f"{label} {sum(bool(r.get(k)) for r in lin)}/{len(lin)} PASS")
+        o = g.get("overhead", {})
+        if "above_us" in o:
+            verdicts.append(f"host overhead +{o['above_us']:.1f} us {C.verdict(o['pass'])}")
         bwtxt = f"copy {g['copy']['GBps']:.0f} GB/s" if "GBps" in g["copy"] else "copy error"
         summary_parts.append(f"GPU {g['device']}: {bwtxt}, " + ", ".join(verdicts))
 

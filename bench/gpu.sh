@@ -12,8 +12,8 @@
 # Steps, each with its own time limit and log (OUTDIR/<step>.log), none stopping the others:
 #   environment   versions, devices, what is usable
 #   build         hyprvdb._cpu without OpenVDB (CPU kernels, history rule, XLA FFI targets)
-#                 into build/gpu-site, when the build tools are there; else the checkout's
-#                 numpy paths
+#                 and hyprvdb._cuda_ffi (the CUDA FFI targets, nvcc) into build/gpu-site,
+#                 when the build tools are there; else the checkout's numpy paths
 #   tests         the read path's, history's, JAX's and serving's tests with JAX and CuPy on
 #                 the GPU (junit XML in OUTDIR/tests.xml)
 #   matmul        bench/matmul.py --json OUTDIR/matmul.json (its GPU section)
@@ -105,7 +105,7 @@ step tests 240 "$py" -m pytest -p no:cacheprovider -q -rs "${xdist[@]}" "${selec
   "$root/tests/test_ops.py" "$root/tests/test_jax.py" "$root/tests/test_snapshot.py" \
   "$root/tests/test_merged.py" "$root/tests/test_history_rule.py" \
   "$root/tests/test_kernels_compile.py" "$root/tests/test_readpath_isolation.py" \
-  "$root/tests/test_set_snapshot.py"
+  "$root/tests/test_set_snapshot.py" "$root/tests/test_mixed.py"
 tests_rc=$?
 tail -n 25 "$out/tests.log"
 

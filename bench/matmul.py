@@ -342,6 +342,7 @@ def bench_gpu(rng: np.random.Generator, repeats: int) -> dict:
         delta alone (x's dtype) against cuSPARSE CSR (float32), every shape, density, dtype
         and batch of the targets."""
         import cupyx.scipy.sparse as csp
+        import ml_dtypes
         rows_out = []
         for shape in LINEAR_SHAPES:
             for density in LINEAR_DENSITIES:
@@ -351,7 +352,7 @@ def bench_gpu(rng: np.random.Generator, repeats: int) -> dict:
                 csr = csp.csr_matrix((cp.asarray(v), cp.asarray(c.astype(np.int32)),
                                       cp.asarray(indptr)), shape=shape)
                 for dtype in LINEAR_DTYPES:
-                    dt = np.dtype(dtype) if dtype != "bfloat16" else ops._delta._bf16()
+                    dt = np.dtype(dtype) if dtype != "bfloat16" else np.dtype(ml_dtypes.bfloat16)
                     W = cp.asarray(rng.standard_normal(shape).astype(np.float32)).astype(dt)
                     for batch in LINEAR_BATCHES:
                         x = cp.asarray(rng.standard_normal((batch, shape[1]))

@@ -386,7 +386,7 @@ def _seg_callback_body(ctx: Any, out: Any, indptr: Any, indices: Any, values: An
         if o.size and ptr(o) != ptr(yi):
             o[...] = yi
         s = _device_array(xp, seg).reshape(-1)
-        ops._delta.segments_stacked(
+        ops.delta_matmul_segments_csr(
             device, _device_array(xp, x).reshape(-1, _device_array(xp, x).shape[-1]),
             _device_array(xp, indptr), _device_array(xp, indices), _device_array(xp, values),
             rows, np.asarray(s if xp is np else s.get(), np.int32), o.reshape(-1, rows), scale)

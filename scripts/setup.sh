@@ -78,7 +78,7 @@ if [ "$what" = serve-test ]; then
     exec .venv-serve/bin/python -m pytest -p no:cacheprovider tests/test_tiers.py tests/test_readpath_isolation.py \
     tests/test_snapshot.py tests/test_ops.py tests/test_jax.py tests/test_serving.py \
     tests/test_server.py tests/test_layers.py tests/test_set_snapshot.py tests/test_remote_history.py \
-    tests/test_s3_history.py tests/test_follow.py
+    tests/test_s3_history.py tests/test_follow.py tests/test_mixed.py
 fi
 
 apt_install libopenvdb-dev libnanovdb-dev libboost-dev libboost-iostreams-dev libtbb-dev \

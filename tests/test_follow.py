@@ -119,7 +119,7 @@ def test_a_failed_poll_is_kept_and_retried(tmp_path, monkeypatch):
     writer = TemporalGroup(SHAPES)
     writer.save(path)
     f = Follower(path)
-    real = f.history._poll_new
+    real = f.history.fetch_commits
     calls = []
 
     def flaky():
@@ -128,7 +128,7 @@ def test_a_failed_poll_is_kept_and_retried(tmp_path, monkeypatch):
             raise ConnectionError("the store cannot be reached")
         return real()
 
-    monkeypatch.setattr(f.history, "_poll_new", flaky)
+    monkeypatch.setattr(f.history, "fetch_commits", flaky)
     commit(writer, np.random.default_rng(3))
     with pytest.warns(RuntimeWarning, match="polling failed .*cannot be reached.*serving step 0"):
         f.start(0.01)

@@ -10,7 +10,8 @@ from ._detector import DeltaDetector
 from ._file import HistoryRecoveryWarning
 from ._group import TemporalGroup
 from ._matrix import ChangeLog, CorrelatedPair
+from ._objects import is_url
 from ._temporal import TemporalAdapter
 
 __all__ = ["ChangeLog", "CorrelatedPair", "DeltaDetector", "HistoryRecoveryWarning",
-           "TemporalAdapter", "TemporalGroup"]
+           "TemporalAdapter", "TemporalGroup", "is_url"]

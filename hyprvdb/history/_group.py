@@ -396,11 +396,17 @@ class TemporalGroup:
         Raises :class:`CorruptFileError` when the history was written anew (saved over) since
         it was read: load it again.
         """
-        return self._apply_new(self._poll_new())[0]
+        return self.apply_commits(self.fetch_commits())[0]
 
-    def _poll_new(self) -> list[tuple[str, int, Any, int]]:
-        """The records committed to this history's file or URL since it was read (fetched and
-        checked; nothing of the group changes: :meth:`_apply_new` applies them)."""
+    @property
+    def read_only(self) -> bool:
+        """Whether this history was loaded with ``mode="r"`` (a follower's: writes refused)."""
+        return self._read_only
+
+    def fetch_commits(self) -> list[tuple[str, int, Any, int]]:
+        """The first half of :meth:`refresh`: the records committed to this history's file or
+        URL since it was read, fetched and checked, the group unchanged (a server downloads
+        them while requests go on, then applies them with :meth:`apply_commits`)."""
         if self._file is None:
             raise ValueError("refresh needs a history loaded from a file or URL")
         records = self._file.poll()
@@ -409,10 +415,12 @@ class TemporalGroup:
                                    f"it was read; load it again")
         return records
 
-    def _apply_new(self, records: list[tuple[str, int, Any, int]]) -> tuple[list[int], bool]:
-        """Replay records from :meth:`_poll_new`: the steps that became visible (a step the
-        writer committed again after a rollback counts), and whether the records rewrote what
-        the history held (a rollback or a prune: a step's window may no longer be stored)."""
+    def apply_commits(self, records: list[tuple[str, int, Any, int]]
+                      ) -> tuple[list[int], bool]:
+        """The second half of :meth:`refresh`: replay records from :meth:`fetch_commits`.
+        Returns the steps that became visible (a step the writer committed again after a
+        rollback counts) and whether the records rewrote what the history held (a rollback or
+        a prune: a step's window may no longer be stored)."""
         self._no_open_changes("refresh")
         shown = repr(self._file.path) if self._file is not None else "the history"
         if any(r[0] == "base" for r in records) and len(self._steps) > 1:

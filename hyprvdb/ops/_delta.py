@@ -14,6 +14,7 @@ from .. import _validate as V
 from . import _kernels
 
 __all__ = ["DeviceDelta", "resolve_device", "delta_matmul", "delta_matmul_segments",
+           "delta_matmul_segments_csr", "segment_tiles",
            "fused_linear", "gather", "merge", "unmerge", "merge_layers"]
 
 _DEVICES = ("cpu", "cuda", "auto")
@@ -307,14 +308,17 @@ def delta_matmul_segments(x: Any, deltas: Any, segment_ids: Any, scale: float = 
     if x.shape[0] == 0 or not any(d.nnz for d in ds):
         return out
     indptr, indices, data = _stack(xp, ds)
-    segments_stacked(device, x, indptr, indices, data, shape[0], seg, out, float(scale))
+    delta_matmul_segments_csr(device, x, indptr, indices, data, shape[0], seg, out,
+                              float(scale))
     return out
 
 
-def segments_stacked(device: str, x: Any, indptr: Any, indices: Any, data: Any, rows: int,
+def delta_matmul_segments_csr(device: str, x: Any, indptr: Any, indices: Any, data: Any, rows: int,
                      seg: np.ndarray, out: Any, scale: float) -> None:
-    """:func:`delta_matmul_segments` on stacked, checked arrays (hyprvdb.jax's callback path
-    calls it with JAX's buffers): the CUDA kernel, the C++ kernels, or numpy."""
+    """:func:`delta_matmul_segments` on stacked CSR arrays already checked (hyprvdb.jax's
+    callback path calls it with JAX's buffers): ``indptr`` holds ``nseg * (rows + 1)``
+    offsets into the concatenated ``indices`` and ``data``; ``seg`` int32 per row of ``x``.
+    The CUDA kernel, the C++ kernels, or numpy."""
     if device == "cuda":
         _cuda_segments(x, indptr, indices, data, rows, seg, out, scale)
     elif _native.cpu() is not None:

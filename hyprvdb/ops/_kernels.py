@@ -134,4 +134,10 @@ def function(filename: str, name: str, **defines: Any) -> Any:
     if name not in NAME_EXPRESSIONS.get(filename, ()):
         raise ValueError(f"{filename!r} has no kernel {name!r}; it has "
                          f"{list(NAME_EXPRESSIONS.get(filename, ()))}")
-    return _module(filename, tuple(sorted(defines.items()))).get_function(name)
+    return _function(filename, name, tuple(sorted(defines.items())))
+
+
+@functools.cache
+def _function(filename: str, name: str, defines: tuple[tuple[str, Any], ...]) -> Any:
+    # Looked up once: a launch then costs CuPy's argument packing alone.
+    return _module(filename, defines).get_function(name)

@@ -33,8 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import jax as hj
-from ..history import TemporalGroup
-from ..history._objects import is_url
+from ..history import TemporalGroup, is_url
 from ._lock import WeightsLock
 from ._follow import Follower
 from ._merged import MergedWeights

@@ -64,7 +64,7 @@ class Follower:
     def __init__(self, history: str | os.PathLike | TemporalGroup,
                  weights: Mapping[str, Any] | None = None, *, scale: float = 1.0) -> None:
         if isinstance(history, TemporalGroup):
-            if not history._read_only or history.path is None:
+            if not history.read_only or history.path is None:
                 raise ValueError("history must be loaded from a file or URL with mode='r' "
                                  "(a follower never writes)")
             self.history = history
@@ -106,11 +106,11 @@ class Follower:
         """Fetch the steps committed since the last poll and serve the newest; returns the
         steps that became visible ([] if none)."""
         with self._polling:
-            records = self.history._poll_new()  # the download: forward passes go on
+            records = self.history.fetch_commits()  # the download: forward passes go on
             if not records:
                 return []
             with self.lock.writing(), self.history_lock:
-                new, rewritten = self.history._apply_new(records)
+                new, rewritten = self.history.apply_commits(records)
                 if self.merged is not None:
                     self.merged.move_to_latest(rewritten=rewritten)
                 if self.moved is not None:

@@ -15,8 +15,9 @@ _EMPTY_IDX = np.zeros(0, np.int64)
 
 
 class CorrelatedPair(NamedTuple):
-    """Two weights that changed together: ``score`` is |steps both changed| / |steps either
-    changed| within the window, ``together`` the number of shared steps."""
+    """Two weights that changed together: ``score`` is the number of steps at which both
+    changed over the number at which either did, within the window; ``together`` the number
+    of shared steps."""
 
     a: tuple[int, int]
     b: tuple[int, int]

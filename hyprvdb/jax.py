@@ -50,6 +50,16 @@ class SparseDelta:
     checked (as :meth:`hyprvdb.ops.DeviceDelta.from_csr` checks its arrays); arrays traced
     inside a jitted function cannot be, and are the caller's to get right. :meth:`from_coo`
     builds a checked delta from coordinates.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> import hyprvdb.jax as hj
+    >>> d = hj.SparseDelta.from_coo([0, 1], [2, 0], [0.5, -1.0], (2, 3))
+    >>> d.shape, d.nnz, d.indptr.tolist()
+    ((2, 3), 2, [0, 1, 2])
+    >>> hj.SparseDelta.from_coo([0], [2], [0.5], (2, 3), capacity=4).nnz  # padded
+    4
     """
 
     def __init__(self, indptr: Any, indices: Any, row_ids: Any, values: Any,
@@ -161,7 +171,14 @@ def _cuda_ffi_registered() -> bool:
 
 def ffi_available() -> bool:
     """Whether FFI targets run JAX's backend here: the C++ targets with JAX on the CPU, the
-    CUDA targets (``hyprvdb._cuda_ffi``, nvcc) with JAX on a GPU."""
+    CUDA targets (``hyprvdb._cuda_ffi``, nvcc) with JAX on a GPU.
+
+    Examples
+    --------
+    >>> import hyprvdb.jax as hj
+    >>> hj.ffi_available() in (True, False)
+    True
+    """
     if _on_gpu():
         return _cuda_ffi_registered()
     return jax.default_backend() == "cpu" and _ffi_registered()
@@ -173,7 +190,16 @@ def _on_gpu() -> bool:
 
 def implementation(impl: str = "auto") -> str:
     """The implementation ``impl`` stands for on this machine (``"auto"`` resolved): ``"ffi"``,
-    ``"callback"`` or ``"jax"``; raises for a name that is not one, or one that cannot run here."""
+    ``"callback"`` or ``"jax"``; raises for a name that is not one, or one that cannot run here.
+
+    Examples
+    --------
+    >>> import hyprvdb.jax as hj
+    >>> hj.implementation("jax")
+    'jax'
+    >>> hj.implementation("auto") in ("ffi", "callback", "jax")
+    True
+    """
     if impl not in ("auto", "ffi", "callback", "jax"):
         raise ValueError(f"impl must be 'auto', 'ffi', 'callback' or 'jax', got {impl!r}")
     if impl == "auto":
@@ -193,7 +219,14 @@ def implementation(impl: str = "auto") -> str:
 
 
 def kernel_path(impl: str = "auto") -> str:
-    """Which code computes the delta product for ``impl`` on this machine, in words."""
+    """Which code computes the delta product for ``impl`` on this machine, in words.
+
+    Examples
+    --------
+    >>> import hyprvdb.jax as hj
+    >>> hj.kernel_path("jax")
+    '... (pure JAX)'
+    """
     impl = implementation(impl)
     if impl == "ffi":
         return "cuda (XLA FFI target, nvcc)" if _on_gpu() else "cpu (C++ XLA FFI target)"
@@ -336,7 +369,16 @@ def _check(x: Any, delta: Any) -> None:
 
 
 def delta_matmul(x: Any, delta: SparseDelta, scale: float = 1.0, *, impl: str = "auto") -> Any:
-    """``scale * x @ dW.T`` for x of shape (..., cols), float32; result (..., rows)."""
+    """``scale * x @ dW.T`` for x of shape (..., cols), float32; result (..., rows).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> import hyprvdb.jax as hj
+    >>> d = hj.SparseDelta.from_coo([0, 1], [2, 0], [0.5, -1.0], (2, 3))
+    >>> hj.delta_matmul(jnp.ones((1, 3)), d).tolist()
+    [[0.5, -1.0]]
+    """
     _check(x, delta)
     x = jnp.asarray(x, jnp.float32)
     return _delta_mm(delta.indptr, delta.indices, delta.row_ids, delta.values, x, float(scale),
@@ -347,7 +389,16 @@ def delta_add(y: Any, x: Any, delta: SparseDelta, scale: Any = 1.0, *,
               impl: str = "auto") -> Any:
     """``y + scale * x @ dW.T`` (y: (..., rows) float32, x: (..., cols)). With the FFI
     targets the delta is accumulated into y's buffer in place. ``scale`` may be a traced
-    scalar (it multiplies the values, not the output)."""
+    scalar (it multiplies the values, not the output).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> import hyprvdb.jax as hj
+    >>> d = hj.SparseDelta.from_coo([0, 1], [2, 0], [0.5, -1.0], (2, 3))
+    >>> hj.delta_add(jnp.ones((1, 2)), jnp.ones((1, 3)), d, 2.0).tolist()
+    [[2.0, -1.0]]
+    """
     _check(x, delta)
     x = jnp.asarray(x, jnp.float32)
     y = jnp.asarray(y, jnp.float32)
@@ -443,7 +494,18 @@ def delta_add_segments(y: Any, x: Any, deltas: list[SparseDelta], segment_ids: A
     (a batch of sequences broadcasts one id per sequence to its tokens). With the FFI targets
     the deltas are accumulated into y's buffer in place, each row through its own delta only;
     the pure-JAX path masks every delta's entries per row. Gradients (with respect to y, x and
-    every delta's values) use the pure-JAX formulas."""
+    every delta's values) use the pure-JAX formulas.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> import hyprvdb.jax as hj
+    >>> d = hj.SparseDelta.from_coo([0, 1], [2, 0], [0.5, -1.0], (2, 3))
+    >>> other = hj.SparseDelta.from_coo([1], [1], [3.0], (2, 3))
+    >>> hj.delta_add_segments(jnp.zeros((2, 2)), jnp.ones((2, 3)), [d, other],
+    ...                       jnp.array([0, -1])).tolist()
+    [[0.5, -1.0], [0.0, 0.0]]
+    """
     if not isinstance(deltas, (list, tuple)) or not deltas:
         raise ValueError(f"deltas must be a non-empty list of SparseDeltas, got "
                          f"{type(deltas).__name__}")
@@ -486,6 +548,17 @@ class MixedDeltas:
     """Deltas of one shape for a batch that mixes them: sequence ``i`` of the batch (the first
     axis of x) takes ``deltas[segment_ids[i]]`` (-1: none) on every one of its tokens. Pass it
     to :func:`linear` where a SparseDelta goes (a mixed batch of adapters, or of past steps).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> import hyprvdb.jax as hj
+    >>> d = hj.SparseDelta.from_coo([0, 1], [2, 0], [0.5, -1.0], (2, 3))
+    >>> other = hj.SparseDelta.from_coo([1], [1], [3.0], (2, 3))
+    >>> x = jnp.ones((2, 4, 3))  # two sequences of four tokens
+    >>> y = hj.linear(x, jnp.zeros((2, 3)), hj.MixedDeltas([d, other], jnp.array([1, 0])))
+    >>> y[:, 0].tolist()
+    [[0.0, 3.0], [0.5, -1.0]]
     """
 
     def __init__(self, deltas: list[SparseDelta], segment_ids: Any) -> None:
@@ -517,7 +590,16 @@ def linear(x: Any, W: Any, delta: SparseDelta | MixedDeltas | None, scale: Any =
 
     ``precision`` is the dense product's (``jax.lax.Precision`` or ``"highest"``); JAX's
     default on a GPU is TF32-class (relative error ~3e-4 against float64), ``"highest"`` is
-    full float32. The delta is always summed in float32."""
+    full float32. The delta is always summed in float32.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> import hyprvdb.jax as hj
+    >>> d = hj.SparseDelta.from_coo([0, 1], [2, 0], [0.5, -1.0], (2, 3))
+    >>> hj.linear(jnp.ones((1, 3)), jnp.ones((2, 3)), d).tolist()
+    [[3.5, 2.0]]
+    """
     y = jnp.matmul(x, W.T, precision=precision)
     if bias is not None:
         y = y + bias
@@ -532,14 +614,35 @@ def linear(x: Any, W: Any, delta: SparseDelta | MixedDeltas | None, scale: Any =
 
 
 def to_dense(delta: SparseDelta) -> Any:
-    """The dense ``rows x cols`` delta."""
+    """The dense ``rows x cols`` delta.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> import hyprvdb.jax as hj
+    >>> d = hj.SparseDelta.from_coo([0, 1], [2, 0], [0.5, -1.0], (2, 3))
+    >>> hj.to_dense(d).tolist()
+    [[0.0, 0.0, 0.5], [-1.0, 0.0, 0.0]]
+    """
     return jnp.zeros(delta.shape, jnp.float32).at[delta.row_ids, delta.indices].add(delta.values)
 
 
 def to_update(delta: SparseDelta, grad_values: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(rows, cols, grads)`` numpy arrays from a gradient with respect to ``delta.values``,
     for :meth:`hyprvdb.TemporalAdapter.accumulate` (padding entries and zeros dropped; the
-    delta must be the one from_coo built, which knows where its padding starts)."""
+    delta must be the one from_coo built, which knows where its padding starts).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> import hyprvdb.jax as hj
+    >>> d = hj.SparseDelta.from_coo([0, 1], [2, 0], [0.5, -1.0], (2, 3))
+    >>> import jax
+    >>> grads = jax.grad(lambda v: hj.delta_matmul(jnp.ones((1, 3)), d.with_values(v)).sum())(
+    ...     d.values)
+    >>> [a.tolist() for a in hj.to_update(d, grads)]
+    [[0, 1], [2, 0], [1.0, 1.0]]
+    """
     n = delta.nnz if delta.n_real is None else delta.n_real
     g = np.asarray(grad_values, np.float32)[:n]
     r = np.asarray(delta.row_ids, np.int64)[:n]

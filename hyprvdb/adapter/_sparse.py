@@ -513,6 +513,15 @@ def fuse_adapters(adapters: Sequence[SparseAdapter],
 
     All adapters must have the same shape; the result is unstructured unless every input
     shares one block shape.
+
+    Examples
+    --------
+    >>> a = hyprvdb.SparseAdapter(2, 2)
+    >>> a.set_weight(0, 0, 1.0)
+    >>> b = hyprvdb.SparseAdapter(2, 2)
+    >>> b.batch_update([0, 1], [0, 1], [0.5, 2.0])
+    >>> hyprvdb.fuse_adapters([a, b], scales=[1.0, -2.0]).to_dense().tolist()
+    [[0.0, 0.0], [0.0, -4.0]]
     """
     adapters = list(adapters)
     if not adapters:
@@ -541,6 +550,15 @@ def enforce_sparsity(adapter: SparseAdapter, threshold: float = 0.0, *,
     """Drop weights with ``|w| <= threshold``, then keep at most ``top_k`` of the largest.
 
     Returns a new adapter unless ``in_place`` is true.
+
+    Examples
+    --------
+    >>> a = hyprvdb.SparseAdapter(4, 4)
+    >>> a.batch_update([0, 1, 2], [0, 1, 2], [0.1, -2.0, 0.5])
+    >>> hyprvdb.enforce_sparsity(a, 0.2).active_count()
+    2
+    >>> hyprvdb.enforce_sparsity(a, top_k=1).active_weights()[2].tolist()
+    [-2.0]
     """
     if not isinstance(adapter, SparseAdapter):
         raise TypeError(f"adapter must be a SparseAdapter, got {type(adapter).__name__}")

@@ -77,7 +77,22 @@ _REC_HEAD = struct.Struct("<2sBII")
 
 
 class HistoryRecoveryWarning(UserWarning):
-    """A history file had a torn or damaged tail; the steps before it were kept."""
+    """A history file had a torn or damaged tail; the steps before it were kept.
+
+    Examples
+    --------
+    >>> import os, tempfile, warnings
+    >>> path = os.path.join(tempfile.mkdtemp(), "h.hvh")
+    >>> g = hyprvdb.TemporalGroup({"w": (4, 4)})
+    >>> g.save(path)
+    >>> _ = g.store_deltas(1, {"w": ([0], [0], [1.0])})
+    >>> _ = open(path, "ab").write(b"ZR")  # a torn record after the last commit
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     back = hyprvdb.TemporalGroup.load(path)
+    >>> caught[0].category.__name__, back.latest
+    ('HistoryRecoveryWarning', 1)
+    """
 
 
 def _gap_width(gaps: np.ndarray) -> int:

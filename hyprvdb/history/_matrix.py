@@ -17,7 +17,16 @@ _EMPTY_IDX = np.zeros(0, np.int64)
 class CorrelatedPair(NamedTuple):
     """Two weights that changed together: ``score`` is the number of steps at which both
     changed over the number at which either did, within the window; ``together`` the number
-    of shared steps."""
+    of shared steps.
+
+    Examples
+    --------
+    >>> h = hyprvdb.TemporalAdapter(8, 8)
+    >>> for t in (1, 2, 3):
+    ...     _ = h.store_delta(t, [0, 1], [0, 1], [0.1, 0.2])
+    >>> h.correlated_changes(window=3)[0]
+    CorrelatedPair(a=(0, 0), b=(1, 1), score=1.0, together=3)
+    """
 
     a: tuple[int, int]
     b: tuple[int, int]

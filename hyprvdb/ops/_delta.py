@@ -21,7 +21,16 @@ _DEVICES = ("cpu", "cuda", "auto")
 
 
 def resolve_device(device: str) -> str:
-    """``"auto"`` becomes ``"cuda"`` when a GPU is usable, else ``"cpu"``."""
+    """``"auto"`` becomes ``"cuda"`` when a GPU is usable, else ``"cpu"``.
+
+    Examples
+    --------
+    >>> from hyprvdb import ops
+    >>> ops.resolve_device("cpu")
+    'cpu'
+    >>> ops.resolve_device("auto") in ("cpu", "cuda")
+    True
+    """
     if device not in _DEVICES:
         raise ValueError(f"device must be one of {_DEVICES}, got {device!r}")
     if device == "auto":
@@ -64,6 +73,14 @@ class DeviceDelta:
     :func:`gather`) and a CSR view (row pointers int32, columns int32, float32 values in
     row-major order, and each nonzero's row) for the matmul and merge kernels. :meth:`update`
     re-sends only the values when the topology is unchanged.
+
+    Examples
+    --------
+    >>> from hyprvdb import ops
+    >>> snap = hyprvdb.Snapshot.from_coo([0, 1], [2, 0], [0.5, -1.0], (2, 3))
+    >>> d = ops.DeviceDelta.upload(snap, "cpu")
+    >>> d.shape, d.nnz, d.indptr.tolist(), d.indices.tolist()
+    ((2, 3), 2, [0, 1, 2], [2, 0])
     """
 
     def __init__(self, device: str) -> None:
@@ -244,6 +261,13 @@ def delta_matmul(x: Any, delta: Any, scale: float = 1.0, *, out: Any = None) -> 
 
     ``x``: (batch, in_features) float32/float16/bfloat16 on the delta's device; result:
     (batch, out_features), x's dtype.
+
+    Examples
+    --------
+    >>> from hyprvdb import ops
+    >>> snap = hyprvdb.Snapshot.from_coo([0, 1], [2, 0], [0.5, -1.0], (2, 3))
+    >>> ops.delta_matmul(np.ones((1, 3), np.float32), snap).tolist()
+    [[0.5, -1.0]]
     """
     scale = _scale(scale)
     d = _as_delta(delta, x)
@@ -275,6 +299,15 @@ def delta_matmul_segments(x: Any, deltas: Any, segment_ids: Any, scale: float = 
     ``deltas``: a list of Snapshots or DeviceDeltas of one shape on one device (many
     adapters, or many past steps of one); ``segment_ids``: ``batch`` integers in -1 ..
     len(deltas) - 1; ``x`` and ``out`` as for :func:`delta_matmul`.
+
+    Examples
+    --------
+    >>> from hyprvdb import ops
+    >>> snap = hyprvdb.Snapshot.from_coo([0, 1], [2, 0], [0.5, -1.0], (2, 3))
+    >>> other = hyprvdb.Snapshot.from_coo([1], [1], [3.0], (2, 3))
+    >>> x = np.ones((3, 3), np.float32)
+    >>> ops.delta_matmul_segments(x, [snap, other], [1, -1, 0]).tolist()
+    [[0.0, 3.0], [0.0, 0.0], [0.5, -1.0]]
     """
     scale = _scale(scale)
     if not isinstance(deltas, (list, tuple)) or not deltas:
@@ -318,7 +351,20 @@ def delta_matmul_segments_csr(device: str, x: Any, indptr: Any, indices: Any, da
     """:func:`delta_matmul_segments` on stacked CSR arrays already checked (hyprvdb.jax's
     callback path calls it with JAX's buffers): ``indptr`` holds ``nseg * (rows + 1)``
     offsets into the concatenated ``indices`` and ``data``; ``seg`` int32 per row of ``x``.
-    The CUDA kernel, the C++ kernels, or numpy."""
+    The CUDA kernel, the C++ kernels, or numpy.
+
+    Examples
+    --------
+    >>> from hyprvdb import ops
+    >>> indptr = np.array([0, 1, 2, 2, 2, 3], np.int32)  # two 2-row deltas, stacked
+    >>> indices = np.array([2, 0, 1], np.int32)
+    >>> data = np.array([0.5, -1.0, 3.0], np.float32)
+    >>> x, out = np.ones((2, 3), np.float32), np.zeros((2, 2), np.float32)
+    >>> ops.delta_matmul_segments_csr("cpu", x, indptr, indices, data, 2,
+    ...                               np.array([1, 0], np.int32), out, 1.0)
+    >>> out.tolist()
+    [[0.0, 3.0], [0.5, -1.0]]
+    """
     if device == "cuda":
         _cuda_segments(x, indptr, indices, data, rows, seg, out, scale)
     elif _native.cpu() is not None:
@@ -351,7 +397,15 @@ def segment_tiles(segment_ids: np.ndarray, nseg: int, nb: int) -> tuple[np.ndarr
     ``order`` (the rows, segment by segment, batch order within one; -1 rows left out) and
     ``tiles`` (n, 3): start in ``order``, length, segment. The C++ rule
     (``csrc/cpu/linear.h`` segment_tiles) where the extension is built; this numpy twin
-    otherwise."""
+    otherwise.
+
+    Examples
+    --------
+    >>> from hyprvdb import ops
+    >>> order, tiles = ops.segment_tiles(np.array([1, 0, 1, -1], np.int32), 2, 8)
+    >>> order.tolist(), tiles.tolist()
+    ([1, 0, 2], [[0, 1, 0], [1, 2, 1]])
+    """
     seg = np.asarray(segment_ids, np.int32)
     if _native.cpu() is not None:
         return _native.cpu().segment_tiles(seg, int(nseg), int(nb))
@@ -371,6 +425,14 @@ def fused_linear(x: Any, W: Any, delta: Any, scale: float = 1.0, bias: Any = Non
     kernel accumulates into it on the same stream (the one-pass kernel remains for a dtype
     CuPy's matmul does not take); on the CPU one pass over W and the delta.
     ``W``: (out_features, in_features) of x's dtype; ``bias``: (out_features,) or None.
+
+    Examples
+    --------
+    >>> from hyprvdb import ops
+    >>> snap = hyprvdb.Snapshot.from_coo([0, 1], [2, 0], [0.5, -1.0], (2, 3))
+    >>> x, W = np.ones((1, 3), np.float32), np.ones((2, 3), np.float32)
+    >>> ops.fused_linear(x, W, snap).tolist()
+    [[3.5, 2.0]]
     """
     scale = _scale(scale)
     d = _as_delta(delta, x)
@@ -405,7 +467,15 @@ def fused_linear(x: Any, W: Any, delta: Any, scale: float = 1.0, bias: Any = Non
 
 def gather(delta: Any, rows: Any, cols: Any) -> Any:
     """Values of the delta at ``(rows, cols)`` (0 where inactive), float32, found by walking
-    the snapshot's NanoVDB tree (``kernels/nanovdb_index.cuh``)."""
+    the snapshot's NanoVDB tree (``kernels/nanovdb_index.cuh``).
+
+    Examples
+    --------
+    >>> from hyprvdb import ops
+    >>> snap = hyprvdb.Snapshot.from_coo([0, 1], [2, 0], [0.5, -1.0], (2, 3))
+    >>> ops.gather(snap, [0, 1], [2, 2]).tolist()
+    [0.5, 0.0]
+    """
     d = _as_delta(delta, rows)
     if d.grid is None:
         raise ValueError("delta has no NanoVDB grid (it was built from CSR arrays); upload a "
@@ -442,17 +512,44 @@ def gather(delta: Any, rows: Any, cols: Any) -> Any:
 
 
 def merge(W: Any, delta: Any, scale: float = 1.0) -> Any:
-    """``W += scale * dW`` in place (adapter switching); returns W."""
+    """``W += scale * dW`` in place (adapter switching); returns W.
+
+    Examples
+    --------
+    >>> from hyprvdb import ops
+    >>> snap = hyprvdb.Snapshot.from_coo([0, 1], [2, 0], [0.5, -1.0], (2, 3))
+    >>> W = np.zeros((2, 3), np.float32)
+    >>> ops.merge(W, snap, 2.0).tolist()
+    [[0.0, 0.0, 1.0], [-2.0, 0.0, 0.0]]
+    """
     return merge_layers([W], [delta], scale)[0]
 
 
 def unmerge(W: Any, delta: Any, scale: float = 1.0) -> Any:
-    """``W -= scale * dW`` in place; undoes :func:`merge` up to rounding."""
+    """``W -= scale * dW`` in place; undoes :func:`merge` up to rounding.
+
+    Examples
+    --------
+    >>> from hyprvdb import ops
+    >>> snap = hyprvdb.Snapshot.from_coo([0, 1], [2, 0], [0.5, -1.0], (2, 3))
+    >>> W = np.ones((2, 3), np.float32)
+    >>> ops.unmerge(ops.merge(W, snap), snap).tolist()
+    [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]
+    """
     return merge_layers([W], [delta], -_scale(scale))[0]
 
 
 def merge_layers(Ws: list[Any], deltas: list[Any], scale: float = 1.0) -> list[Any]:
-    """``Ws[i] += scale * deltas[i]`` for every layer, in one kernel launch on a GPU."""
+    """``Ws[i] += scale * deltas[i]`` for every layer, in one kernel launch on a GPU.
+
+    Examples
+    --------
+    >>> from hyprvdb import ops
+    >>> snap = hyprvdb.Snapshot.from_coo([0, 1], [2, 0], [0.5, -1.0], (2, 3))
+    >>> Ws = [np.zeros((2, 3), np.float32), np.ones((2, 3), np.float32)]
+    >>> [float(W[0, 2]) for W in ops.merge_layers(Ws, [snap, snap])]
+    [0.5, 1.5]
+    """
     scale = _scale(scale)
     if len(Ws) != len(deltas):
         raise ValueError(f"Ws and deltas must pair up: {len(Ws)} weights, {len(deltas)} deltas")

@@ -18,7 +18,20 @@ __all__ = ["DeviceHistory", "window_weights"]
 
 class DeviceHistory:
     """A :class:`hyprvdb.TemporalAdapter`'s change runs on a device (from its
-    :meth:`~hyprvdb.TemporalAdapter.change_log`), for rebuilding weights over time windows."""
+    :meth:`~hyprvdb.TemporalAdapter.change_log`), for rebuilding weights over time windows.
+
+    Examples
+    --------
+    >>> from hyprvdb import ops
+    >>> h = hyprvdb.TemporalAdapter(2, 3)
+    >>> _ = h.store_delta(1, [0], [1], [0.5])
+    >>> _ = h.store_delta(2, [0, 1], [1, 2], [0.25, 1.0])
+    >>> dh = ops.DeviceHistory(h, "cpu")
+    >>> dh.window(1, 2).tolist()  # the changes in (1, 2]
+    [[0.0, 0.25, 0.0], [0.0, 0.0, 1.0]]
+    >>> dh.window(0, 2, mode="state").tolist()
+    [[0.0, 0.75, 0.0], [0.0, 0.0, 1.0]]
+    """
 
     def __init__(self, history: Any, device: str = "auto") -> None:
         if not hasattr(history, "change_log"):
@@ -99,5 +112,15 @@ class DeviceHistory:
 
 def window_weights(history: Any, t0: int, t1: int, *, mode: str = "delta",
                    device: str = "auto") -> Any:
-    """One-shot :meth:`DeviceHistory.window`."""
+    """One-shot :meth:`DeviceHistory.window`.
+
+    Examples
+    --------
+    >>> from hyprvdb import ops
+    >>> h = hyprvdb.TemporalAdapter(2, 3)
+    >>> _ = h.store_delta(1, [0], [1], [0.5])
+    >>> _ = h.store_delta(2, [0, 1], [1, 2], [0.25, 1.0])
+    >>> ops.window_weights(h, 0, 1, mode="state", device="cpu").tolist()
+    [[0.0, 0.5, 0.0], [0.0, 0.0, 0.0]]
+    """
     return DeviceHistory(history, device).window(t0, t1, mode=mode)

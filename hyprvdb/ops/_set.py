@@ -17,7 +17,18 @@ __all__ = ["DeviceSetSnapshot", "gather_set"]
 class DeviceSetSnapshot:
     """A :class:`hyprvdb.SetSnapshot`'s grid on ``device`` ("cpu": numpy, "cuda": CuPy): one
     buffer, the NanoVDB grid as is, so its device memory is :attr:`nbytes`, the snapshot's size.
-    The matrix table stays on the host as well, for the argument checks."""
+    The matrix table stays on the host as well, for the argument checks.
+
+    Examples
+    --------
+    >>> from hyprvdb import ops
+    >>> s = hyprvdb.AdapterSet({"q": (8, 8), "up": (16, 8)})
+    >>> s["q"].batch_update([1], [2], [0.5])
+    >>> snap = hyprvdb.SetSnapshot.from_matrices(s)
+    >>> ds = ops.DeviceSetSnapshot(snap, "cpu")
+    >>> ds.nbytes == snap.nbytes
+    True
+    """
 
     def __init__(self, snapshot: Any, device: str = "auto") -> None:
         if not hasattr(snapshot, "cell_base") or not hasattr(snapshot, "buffer"):
@@ -38,7 +49,17 @@ def gather_set(snapshot: Any, name: str, rows: Any, cols: Any) -> Any:
     """float32 values of matrix ``name`` of a set snapshot at ``(rows, cols)`` (0 where
     inactive), by ``kernels/nanovdb_index.cuh``'s ``nvdb_set_gather``: on the GPU for a
     ``"cuda"`` :class:`DeviceSetSnapshot`, by the same code compiled into ``hyprvdb._cpu`` on
-    the CPU, or by :meth:`hyprvdb.SetSnapshot.lookup` (numpy) where that is not built."""
+    the CPU, or by :meth:`hyprvdb.SetSnapshot.lookup` (numpy) where that is not built.
+
+    Examples
+    --------
+    >>> from hyprvdb import ops
+    >>> s = hyprvdb.AdapterSet({"q": (8, 8), "up": (16, 8)})
+    >>> s["q"].batch_update([1], [2], [0.5])
+    >>> snap = hyprvdb.SetSnapshot.from_matrices(s)
+    >>> ops.gather_set(ops.DeviceSetSnapshot(snap, "cpu"), "q", [1, 1], [2, 3]).tolist()
+    [0.5, 0.0]
+    """
     d = snapshot if isinstance(snapshot, DeviceSetSnapshot) else DeviceSetSnapshot(snapshot, "cpu")
     s = d.snapshot
     m = d._ids.get(name) if isinstance(name, str) else None

@@ -33,7 +33,18 @@ MAX_TEXT_CHARS = 10_000
 
 
 def create_app(encoder: AdaptiveEncoder) -> Any:
-    """The FastAPI application serving ``encoder``."""
+    """The FastAPI application serving ``encoder``.
+
+    Examples
+    --------
+    >>> from hyprvdb.serve import AdaptiveEncoder, MiniLM
+    >>> def tiny():  # MiniLM's architecture, small, random weights, a hashing tokenizer
+    ...     return MiniLM.random(0, layers=1, hidden=32, heads=2, intermediate=64, vocab=512)
+    >>> from hyprvdb.serve import create_app
+    >>> app = create_app(AdaptiveEncoder(tiny()))
+    >>> sorted(r.path for r in app.routes if r.path in ("/embed", "/adapt", "/healthz"))
+    ['/adapt', '/embed', '/healthz']
+    """
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, PlainTextResponse
@@ -159,7 +170,13 @@ def create_app(encoder: AdaptiveEncoder) -> Any:
 def serve(host: str = "127.0.0.1", port: int = 8000, history: str | None = None,
           model: str | None = None, log_level: str = "info", follow: bool = False,
           follow_interval: float = 0.5) -> None:
-    """Run the server until interrupted; ``follow``: a read-only replica of ``history``."""
+    """Run the server until interrupted; ``follow``: a read-only replica of ``history``.
+
+    Examples
+    --------
+    >>> from hyprvdb.serve import serve
+    >>> serve(port=8000, history="model.hvh")  # doctest: +SKIP
+    """
     import uvicorn
 
     from ._model import MiniLM

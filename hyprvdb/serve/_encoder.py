@@ -99,6 +99,20 @@ class AdaptiveEncoder:
         Token lengths adaptation batches are padded (or truncated) to.
     scale : float
         The adapter's scale: the live weights are ``W_pre + scale * S``.
+
+    Examples
+    --------
+    >>> from hyprvdb.serve import AdaptiveEncoder, MiniLM
+    >>> def tiny():  # MiniLM's architecture, small, random weights, a hashing tokenizer
+    ...     return MiniLM.random(0, layers=1, hidden=32, heads=2, intermediate=64, vocab=512)
+    >>> enc = AdaptiveEncoder(tiny(), query_tokens=8, doc_tokens=8)
+    >>> emb, step = enc.encode(["a text"])
+    >>> emb.shape, step
+    ((1, 32), 0)
+    >>> enc.adapt([("q one", "doc one"), ("q two", "doc two")])["step"]
+    1
+    >>> enc.encode(["a text"], step=0)[1]
+    0
     """
 
     def __init__(self, model: MiniLM | None = None, history: str | os.PathLike | None = None,

@@ -24,7 +24,17 @@ __all__ = ["WeightsLock"]
 
 
 class WeightsLock:
-    """A readers-writer lock that prefers writers (see the module docstring)."""
+    """A readers-writer lock that prefers writers (see the module docstring).
+
+    Examples
+    --------
+    >>> from hyprvdb.serve import WeightsLock
+    >>> lock = WeightsLock()
+    >>> with lock.reading():  # a forward pass; many at once
+    ...     pass
+    >>> with lock.writing():  # an update of the weights: alone
+    ...     pass
+    """
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())

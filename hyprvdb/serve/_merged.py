@@ -37,7 +37,14 @@ _DTYPES = ("float32", "bfloat16", "float16")
 
 def merge_from_scratch(pre: np.ndarray, delta: np.ndarray, scale: float) -> np.ndarray:
     """The rule a merge follows, on whole arrays: ``dtype(f32(pre) + f32(f32(scale) *
-    f32(delta)))`` with ``pre``'s dtype (the reference the in-place moves are held equal to)."""
+    f32(delta)))`` with ``pre``'s dtype (the reference the in-place moves are held equal to).
+
+    Examples
+    --------
+    >>> from hyprvdb.serve import merge_from_scratch
+    >>> merge_from_scratch(np.ones(2, np.float32), np.array([0.5, 0.0], np.float32), 2.0).tolist()
+    [2.0, 1.0]
+    """
     out = pre.astype(np.float32) + np.float32(scale) * delta.astype(np.float32)
     return out.astype(pre.dtype)
 

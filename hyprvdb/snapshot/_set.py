@@ -85,6 +85,14 @@ class SetSnapshot(Mapping):
     Build one with :meth:`from_matrices` (an :class:`hyprvdb.AdapterSet`, or any mapping of
     names to objects with ``.shape`` and ``.active_weights()``), with
     :meth:`hyprvdb.TemporalGroup.set_snapshot`, or read one with :meth:`load_nvdb`.
+
+    Examples
+    --------
+    >>> s = hyprvdb.AdapterSet({"q": (8, 8), "up": (16, 8)})
+    >>> s["q"].batch_update([1], [2], [0.5])
+    >>> snap = hyprvdb.SetSnapshot.from_matrices(s)
+    >>> sorted(snap), snap.lookup("q", [1, 0], [2, 0]).tolist()
+    (['q', 'up'], [0.5, 0.0])
     """
 
     def __init__(self) -> None:

@@ -242,6 +242,18 @@ def guarded(results: dict, key: str, fn: Callable[[], Any]) -> Any:
     return results[key]
 
 
+def delta_and_csr(cp: Any, rng: np.random.Generator, shape: tuple[int, int],
+                  density: float) -> tuple[Any, Any]:
+    """A random delta on the GPU, as hyprvdb's DeviceDelta and as cupyx's CSR (the peer)."""
+    import cupyx.scipy.sparse as csp
+    r, c, v = random_coo(rng, shape, density)
+    d = ops.DeviceDelta.upload(Snapshot.from_coo(r, c, v, shape), "cuda")
+    indptr = np.searchsorted(r, np.arange(shape[0] + 1)).astype(np.int32)
+    csr = csp.csr_matrix((cp.asarray(v), cp.asarray(c.astype(np.int32)), cp.asarray(indptr)),
+                         shape=shape)
+    return d, csr
+
+
 def bench_gpu(rng: np.random.Generator, repeats: int) -> dict:
     import cupy as cp
     res: dict = {"device": cp.cuda.runtime.getDeviceProperties(0)["name"].decode(),
@@ -278,15 +290,10 @@ def bench_gpu(rng: np.random.Generator, repeats: int) -> dict:
         return rows_out
 
     def delta():
-        import cupyx.scipy.sparse as csp
         rows_out = []
         for shape in GPU_SHAPES:
             for density in GPU_DELTA_DENSITIES:
-                r, c, v = random_coo(rng, shape, density)
-                d = ops.DeviceDelta.upload(Snapshot.from_coo(r, c, v, shape), "cuda")
-                indptr = np.searchsorted(r, np.arange(shape[0] + 1)).astype(np.int32)
-                csr = csp.csr_matrix((cp.asarray(v), cp.asarray(c.astype(np.int32)),
-                                      cp.asarray(indptr)), shape=shape)
+                d, csr = delta_and_csr(cp, rng, shape, density)
                 for batch in GPU_DELTA_BATCHES:
                     x = cp.asarray(rng.standard_normal((batch, shape[1])).astype(np.float32))
                     out = cp.zeros((batch, shape[0]), cp.float32)
@@ -341,16 +348,11 @@ def bench_gpu(rng: np.random.Generator, repeats: int) -> dict:
         """cuBLAS x @ W.T alone; ops.fused_linear (cuBLAS + the delta into its output); the
         delta alone (x's dtype) against cuSPARSE CSR (float32), every shape, density, dtype
         and batch of the targets."""
-        import cupyx.scipy.sparse as csp
         import ml_dtypes
         rows_out = []
         for shape in LINEAR_SHAPES:
             for density in LINEAR_DENSITIES:
-                r, c, v = random_coo(rng, shape, density)
-                d = ops.DeviceDelta.upload(Snapshot.from_coo(r, c, v, shape), "cuda")
-                indptr = np.searchsorted(r, np.arange(shape[0] + 1)).astype(np.int32)
-                csr = csp.csr_matrix((cp.asarray(v), cp.asarray(c.astype(np.int32)),
-                                      cp.asarray(indptr)), shape=shape)
+                d, csr = delta_and_csr(cp, rng, shape, density)
                 for dtype in LINEAR_DTYPES:
                     dt = np.dtype(dtype) if dtype != "bfloat16" else np.dtype(ml_dtypes.bfloat16)
                     W = cp.asarray(rng.standard_normal(shape).astype(np.float32)).astype(dt)

@@ -33,20 +33,21 @@ HVDB_UNROLL
 }
 
 // A mixed batch: y[b, r] += scale * sum_c x[b, c] * dW_seg[b][r, c] over stacked deltas
-// (segment s's CSR offsets at indptr + s * (rows + 1)). One warp per output row; blockIdx.y is
-// a tile of at most HVDB_NB batch rows of one segment (order[tiles[3t] ..], length
-// tiles[3t + 1], segment tiles[3t + 2]: csrc/cpu/linear.h segment_tiles builds them).
+// (segment s's CSR offsets at indptr + s * (rows + 1)). One warp per output row, for tile t:
+// at most HVDB_NB batch rows of one segment (order[tiles[3t] ..], length tiles[3t + 1],
+// segment tiles[3t + 2]: csrc/cpu/linear.h segment_tiles builds them on the host,
+// csrc/cuda/jax_ffi.cu on the device).
 template <typename T>
-__global__ void delta_matmul_segments(const int* __restrict__ indptr,
-                                      const int* __restrict__ indices,
-                                      const float* __restrict__ data, const T* __restrict__ x,
-                                      long long ldx, T* y, long long ldy, int rows,
-                                      const int* __restrict__ order,
-                                      const int* __restrict__ tiles, float scale) {
+__device__ inline void segments_tile(const int* __restrict__ indptr,
+                                     const int* __restrict__ indices,
+                                     const float* __restrict__ data, const T* __restrict__ x,
+                                     long long ldx, T* y, long long ldy, int rows,
+                                     const int* __restrict__ order,
+                                     const int* __restrict__ tiles, int t, float scale) {
     const int row = (int)((blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5);
     const int lane = threadIdx.x & 31;
     if (row >= rows) return;
-    const int* tile = tiles + 3 * blockIdx.y;
+    const int* tile = tiles + 3 * t;
     const int* brows = order + tile[0];
     const int nb = tile[1];
     const int* ip = indptr + (long long)tile[2] * (rows + 1);
@@ -61,6 +62,18 @@ HVDB_UNROLL
             T* p = y + brows[b] * ldy + row;
             from_f32(to_f32(*p) + scale * acc[b], p);
         }
+}
+
+// The mixed batch with blockIdx.y as the tile.
+template <typename T>
+__global__ void delta_matmul_segments(const int* __restrict__ indptr,
+                                      const int* __restrict__ indices,
+                                      const float* __restrict__ data, const T* __restrict__ x,
+                                      long long ldx, T* y, long long ldy, int rows,
+                                      const int* __restrict__ order,
+                                      const int* __restrict__ tiles, float scale) {
+    segments_tile<T>(indptr, indices, data, x, ldx, y, ldy, rows, order, tiles, blockIdx.y,
+                     scale);
 }
 
 // y[b, r] = sum_i x[b, i] * W[r, i] + bias[r] + scale * sum_c x[b, c] * dW[r, c], in one pass

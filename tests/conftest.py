@@ -284,3 +284,21 @@ def write_with_pyopenvdb(path, spec: dict) -> None:
     """Write a FloatGrid with pyopenvdb: spec = {name, voxels: [[x, y, z, v]], grid_meta,
     file_meta, tiles: [[lo, hi, v]]}."""
     run_python(WRITE_FOREIGN_GRID, os.fspath(path), json.dumps(spec))
+
+
+def wait_for_healthz(url: str, alive, timeout: float, why=lambda: "") -> None:
+    """Poll ``url``/healthz until it answers 200; fail when ``alive()`` turns false (the
+    server died: ``why()`` says what it printed) or after ``timeout`` seconds."""
+    import time
+
+    import httpx
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if not alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the server at {url} did not answer /healthz {why()}")
+        time.sleep(0.05)

@@ -235,6 +235,8 @@ def test_hyprvdb_serve_follow_is_a_read_only_replica(tmp_path):
     import subprocess
     import sys
 
+    from conftest import wait_for_healthz
+
     shapes = MiniLM.load().linear_shapes()
     path = str(tmp_path / "h.hvh")
     writer = TemporalGroup(shapes)
@@ -248,16 +250,8 @@ def test_hyprvdb_serve_follow_is_a_read_only_replica(tmp_path):
                             stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "the replica did not answer /healthz"
-            time.sleep(0.2)
+        wait_for_healthz(url, lambda: proc.poll() is None, 180,
+                         lambda: (tmp_path / "serve.log").read_text()[-2000:])
         rng = np.random.default_rng(5)
         for t in (1, 2, 3):
             writer.store_deltas(t, {n: (rng.integers(0, r, 50), rng.integers(0, c, 50),

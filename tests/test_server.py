@@ -30,7 +30,7 @@ pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
-from conftest import dense_at  # noqa: E402
+from conftest import dense_at, wait_for_healthz  # noqa: E402
 from hyprvdb import TemporalGroup  # noqa: E402
 from hyprvdb.serve import MiniLM, create_app  # noqa: E402
 from hyprvdb.serve._app import MAX_TEXT_CHARS, MAX_TEXTS  # noqa: E402
@@ -76,16 +76,7 @@ def server(tmp_path_factory):
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     url = f"http://{host}:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError(f"the server at {url} did not answer /healthz")
-        time.sleep(0.05)
+    wait_for_healthz(url, thread.is_alive, 60)
     with httpx.Client(base_url=url, timeout=600) as client:
         yield SimpleNamespace(url=url, enc=enc, path=path, client=client, committed=[])
     srv.should_exit = True

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
+#include "ffi_shapes.h"
 #include "../../kernels/sparse_ops.cuh"
 #include "cpu/linear.h"
 
@@ -17,12 +18,7 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-// Rows of the delta (the output width) and the batch, from x's and y's shapes.
-int64_t batch_of(ffi::Span<const int64_t> dims) {
-    int64_t b = 1;
-    for (size_t i = 0; i + 1 < dims.size(); ++i) b *= dims[i];
-    return b;
-}
+using hyprvdb_ffi_shapes::batch_of;
 
 // Transpose a (n x m) row-major block into (m x n).
 void transpose(const float* in, int64_t n, int64_t m, float* out) {
@@ -40,18 +36,15 @@ ffi::Error DeltaAccumulateImpl(ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::S3
                                ffi::Buffer<ffi::F32> data, ffi::Buffer<ffi::F32> x,
                                ffi::Buffer<ffi::F32> y_in, ffi::ResultBuffer<ffi::F32> y,
                                float scale) {
-    const int64_t rows = int64_t(indptr.element_count()) - 1;
-    const auto xd = x.dimensions();
-    const int64_t k = xd.back(), batch = batch_of(xd);
-    if (rows < 0 || int64_t(y->element_count()) != batch * rows ||
-        y_in.element_count() != y->element_count())
-        return ffi::Error::InvalidArgument("hyprvdb_delta_accumulate: y must be (batch, rows)");
+    hyprvdb_ffi_shapes::Product p;
+    if (auto err = hyprvdb_ffi_shapes::accumulate(indptr, x, y_in, y, &p); err.failure())
+        return err;
     if (y_in.typed_data() != y->typed_data())
         std::copy_n(y_in.typed_data(), y_in.element_count(), y->typed_data());
     const hyprvdb_cpu::Csr m{indptr.typed_data(), indices.typed_data(), data.typed_data(),
-                             int(rows)};
-    hyprvdb_cpu::linear<float>(m, x.typed_data(), k, int(batch), nullptr, 0, 0, nullptr,
-                               y->typed_data(), rows, scale, true);
+                             int(p.rows)};
+    hyprvdb_cpu::linear<float>(m, x.typed_data(), p.k, int(p.batch), nullptr, 0, 0, nullptr,
+                               y->typed_data(), p.rows, scale, true);
     return ffi::Error::Success();
 }
 
@@ -62,23 +55,17 @@ ffi::Error DeltaAccumulateSegmentsImpl(ffi::Buffer<ffi::S32> indptr, ffi::Buffer
                                        ffi::Buffer<ffi::F32> data, ffi::Buffer<ffi::F32> x,
                                        ffi::Buffer<ffi::S32> seg, ffi::Buffer<ffi::F32> y_in,
                                        ffi::ResultBuffer<ffi::F32> y, float scale) {
-    const int64_t rows = y->dimensions().back();
-    const auto xd = x.dimensions();
-    const int64_t k = xd.back(), batch = batch_of(xd);
-    if (rows <= 0 || int64_t(indptr.element_count()) % (rows + 1) != 0 ||
-        int64_t(y->element_count()) != batch * rows || int64_t(seg.element_count()) != batch ||
-        y_in.element_count() != y->element_count())
-        return ffi::Error::InvalidArgument(
-            "hyprvdb_delta_accumulate_segments: y must be (batch, rows), segment_ids (batch,) "
-            "and indptr nseg * (rows + 1)");
+    hyprvdb_ffi_shapes::Product p;
+    if (auto err = hyprvdb_ffi_shapes::accumulate_segments(indptr, x, seg, y_in, y, &p);
+        err.failure())
+        return err;
     if (y_in.typed_data() != y->typed_data())
         std::copy_n(y_in.typed_data(), y_in.element_count(), y->typed_data());
-    const int nseg = int(int64_t(indptr.element_count()) / (rows + 1));
     try {
         hyprvdb_cpu::linear_segments<float>(indptr.typed_data(), indices.typed_data(),
-                                            data.typed_data(), int(rows), nseg, seg.typed_data(),
-                                            x.typed_data(), k, int(batch), y->typed_data(), rows,
-                                            scale);
+                                            data.typed_data(), int(p.rows), p.nseg,
+                                            seg.typed_data(), x.typed_data(), p.k, int(p.batch),
+                                            y->typed_data(), p.rows, scale);
     } catch (const std::out_of_range& e) {
         return ffi::Error::InvalidArgument(e.what());
     }

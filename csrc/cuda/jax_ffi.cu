@@ -14,6 +14,7 @@
 #include <string>
 
 #include "xla/ffi/api/ffi.h"
+#include "../ffi_shapes.h"
 #include "../../kernels/matmul.cu"
 
 namespace ffi = xla::ffi;
@@ -22,12 +23,6 @@ namespace {
 
 constexpr int kWarpsPerBlock = 8;
 constexpr int kMaxGridY = 65535;
-
-int64_t batch_of(ffi::Span<const int64_t> dims) {
-    int64_t b = 1;
-    for (size_t i = 0; i + 1 < dims.size(); ++i) b *= dims[i];
-    return b;
-}
 
 ffi::Error launched(const char* what) {
     const cudaError_t err = cudaGetLastError();
@@ -75,7 +70,7 @@ __global__ void segment_tiles_device(const int* __restrict__ seg, int batch, int
     }
 }
 
-// delta_matmul_segments over device-built tiles: blocks past the tile count return.
+// The mixed batch over device-built tiles: blocks past the tile count return.
 __global__ void delta_matmul_segments_counted(const int* __restrict__ indptr,
                                               const int* __restrict__ indices,
                                               const float* __restrict__ data,
@@ -86,34 +81,19 @@ __global__ void delta_matmul_segments_counted(const int* __restrict__ indptr,
                                               const int* __restrict__ n_tiles, int tile0,
                                               float scale) {
     const int t = tile0 + blockIdx.y;
-    if (t >= n_tiles[0]) return;
-    const int row = (int)((blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5);
-    const int lane = threadIdx.x & 31;
-    if (row >= rows) return;
-    const int* tile = tiles + 3 * t;
-    const int* brows = order + tile[0];
-    const int nb = tile[1];
-    const int* ip = indptr + (long long)tile[2] * (rows + 1);
-    float acc[HVDB_NB];
-HVDB_UNROLL
-    for (int b = 0; b < HVDB_NB; ++b) acc[b] = 0.0f;
-    csr_row_dot_rows<float>(ip, indices, data, x, ldx, brows, nb, row, lane, 32, acc);
-HVDB_UNROLL
-    for (int b = 0; b < HVDB_NB; ++b) acc[b] = warp_sum(acc[b]);
-    if (lane == 0)
-        for (int b = 0; b < nb; ++b) y[brows[b] * ldy + row] += scale * acc[b];
+    if (t < n_tiles[0])
+        segments_tile<float>(indptr, indices, data, x, ldx, y, ldy, rows, order, tiles, t,
+                             scale);
 }
 
 ffi::Error DeltaAccumulateCuda(cudaStream_t stream, ffi::Buffer<ffi::S32> indptr,
                                ffi::Buffer<ffi::S32> indices, ffi::Buffer<ffi::F32> data,
                                ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> y_in,
                                ffi::ResultBuffer<ffi::F32> y, float scale) {
-    const int64_t rows = int64_t(indptr.element_count()) - 1;
-    const auto xd = x.dimensions();
-    const int64_t k = xd.back(), batch = batch_of(xd);
-    if (rows < 0 || int64_t(y->element_count()) != batch * rows ||
-        y_in.element_count() != y->element_count())
-        return ffi::Error::InvalidArgument("hyprvdb_delta_accumulate: y must be (batch, rows)");
+    hyprvdb_ffi_shapes::Product p;
+    if (auto err = hyprvdb_ffi_shapes::accumulate(indptr, x, y_in, y, &p); err.failure())
+        return err;
+    const int64_t rows = p.rows, k = p.k, batch = p.batch;
     if (y_in.typed_data() != y->typed_data())
         cudaMemcpyAsync(y->typed_data(), y_in.typed_data(), y->size_bytes(),
                         cudaMemcpyDeviceToDevice, stream);
@@ -137,19 +117,15 @@ ffi::Error DeltaAccumulateSegmentsCuda(cudaStream_t stream, ffi::ScratchAllocato
                                        ffi::Buffer<ffi::F32> data, ffi::Buffer<ffi::F32> x,
                                        ffi::Buffer<ffi::S32> seg, ffi::Buffer<ffi::F32> y_in,
                                        ffi::ResultBuffer<ffi::F32> y, float scale) {
-    const int64_t rows = y->dimensions().back();
-    const auto xd = x.dimensions();
-    const int64_t k = xd.back(), batch = batch_of(xd);
-    if (rows <= 0 || int64_t(indptr.element_count()) % (rows + 1) != 0 ||
-        int64_t(y->element_count()) != batch * rows || int64_t(seg.element_count()) != batch ||
-        y_in.element_count() != y->element_count())
-        return ffi::Error::InvalidArgument(
-            "hyprvdb_delta_accumulate_segments: y must be (batch, rows), segment_ids (batch,) "
-            "and indptr nseg * (rows + 1)");
+    hyprvdb_ffi_shapes::Product p;
+    if (auto err = hyprvdb_ffi_shapes::accumulate_segments(indptr, x, seg, y_in, y, &p);
+        err.failure())
+        return err;
+    const int64_t rows = p.rows, k = p.k, batch = p.batch;
+    const int nseg = p.nseg;
     if (y_in.typed_data() != y->typed_data())
         cudaMemcpyAsync(y->typed_data(), y_in.typed_data(), y->size_bytes(),
                         cudaMemcpyDeviceToDevice, stream);
-    const int nseg = int(int64_t(indptr.element_count()) / (rows + 1));
     if (batch == 0 || indices.element_count() == 0) return launched("copy");
     const int64_t max_tiles = batch / HVDB_NB + nseg + 1;
     auto order = scratch.Allocate(sizeof(int) * size_t(batch));

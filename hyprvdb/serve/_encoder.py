@@ -459,51 +459,42 @@ class AdaptiveEncoder:
 
     def _adapter_correction(self, name: str, live: int) -> dict[str, hj.SparseDelta]:
         """``S_a - S_live`` per layer: what takes the live weights to the adapter's."""
-        key = (("adapter", name), live)
-        with self._corrections_lock:
-            if key in self._corrections:
-                self._corrections.move_to_end(key)
-                return self._corrections[key]
+        def build() -> dict[str, hj.SparseDelta]:
             coo = self._adapters[name]
-        deltas = {}
-        for layer, shape in self.shapes.items():
-            with self._history_lock:
-                r, c, v = self.history[layer].active_weights(live)
-            live_idx = r * shape[1] + c
-            a_idx, a_val = coo.get(layer, (np.zeros(0, np.int64), np.zeros(0, np.float32)))
-            idx = np.union1d(live_idx, a_idx)
-            d = np.zeros(len(idx), np.float32)
-            d[np.searchsorted(idx, a_idx)] += a_val
-            d[np.searchsorted(idx, live_idx)] -= v.astype(np.float32)
-            keep = d != 0
-            if keep.any():
-                n = int(keep.sum())
-                cap = max(256, 1 << (n - 1).bit_length())
-                deltas[layer] = hj.SparseDelta.from_coo(idx[keep] // shape[1],
-                                                        idx[keep] % shape[1], d[keep], shape,
-                                                        capacity=cap)
-        with self._corrections_lock:
-            self._corrections[key] = deltas
-            while len(self._corrections) > _CORRECTIONS_KEPT:
-                self._corrections.popitem(last=False)
-        return deltas
+            deltas = {}
+            for layer, shape in self.shapes.items():
+                with self._history_lock:
+                    r, c, v = self.history[layer].active_weights(live)
+                live_idx = r * shape[1] + c
+                a_idx, a_val = coo.get(layer, (np.zeros(0, np.int64), np.zeros(0, np.float32)))
+                idx = np.union1d(live_idx, a_idx)
+                d = np.zeros(len(idx), np.float32)
+                d[np.searchsorted(idx, a_idx)] += a_val
+                d[np.searchsorted(idx, live_idx)] -= v.astype(np.float32)
+                keep = d != 0
+                if keep.any():
+                    deltas[layer] = _padded(idx[keep] // shape[1], idx[keep] % shape[1],
+                                            d[keep], shape)
+            return deltas
+        return self._cached((("adapter", name), live), build)
 
     def _correction(self, step: int, live: int) -> dict[str, hj.SparseDelta]:
         """The sparse deltas that take the live weights to ``step`` (kept for the few past
         steps asked most recently; called with the weights held for reading)."""
-        key = (step, live)
+        def build() -> dict[str, hj.SparseDelta]:
+            with self._history_lock:
+                parts = self._merged.window_correction(step)
+            return {name: _padded(r, c, v, self.shapes[name], step)
+                    for name, (r, c, v) in parts.items() if len(r)}
+        return self._cached((step, live), build)
+
+    def _cached(self, key: tuple, build: Any) -> dict[str, hj.SparseDelta]:
+        """The corrections under ``key``, built once and kept for the most recent keys."""
         with self._corrections_lock:
             if key in self._corrections:
                 self._corrections.move_to_end(key)
                 return self._corrections[key]
-        with self._history_lock:
-            parts = self._merged.window_correction(step)
-        deltas = {}
-        for name, (r, c, v) in parts.items():
-            if len(r):
-                cap = max(256, 1 << (len(r) - 1).bit_length())  # shapes repeat: no retrace
-                deltas[name] = hj.SparseDelta.from_coo(r, c, v, self.shapes[name], step=step,
-                                                       capacity=cap)
+        deltas = build()
         with self._corrections_lock:
             self._corrections[key] = deltas
             while len(self._corrections) > _CORRECTIONS_KEPT:
@@ -559,3 +550,11 @@ def _open_history(history: str | os.PathLike | None, shapes: dict[str, tuple[int
     g = TemporalGroup(shapes)
     g.save(history)
     return g
+
+
+def _padded(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, shape: tuple[int, int],
+            step: int | None = None) -> hj.SparseDelta:
+    """A correction's SparseDelta, padded to a power of two of at least 256 entries: the
+    shapes repeat from step to step, so the jitted forward pass is not traced again."""
+    cap = max(256, 1 << (len(rows) - 1).bit_length())
+    return hj.SparseDelta.from_coo(rows, cols, values, shape, step=step, capacity=cap)

@@ -98,7 +98,8 @@ class Follower:
 
     @contextmanager
     def reading(self) -> Iterator[None]:
-        """Hold off moves while the weights are read (a forward pass)."""
+        """Hold off moves while the weights are read (a forward pass; many at once). Reads
+        of :attr:`history` while the background thread polls take :attr:`history_lock`."""
         with self.lock.reading():
             yield
 

@@ -13,6 +13,7 @@ class HyprVDBError(Exception):
 
     Examples
     --------
+    >>> import hyprvdb
     >>> issubclass(hyprvdb.CorruptFileError, hyprvdb.HyprVDBError)
     True
     """
@@ -23,6 +24,7 @@ class CorruptFileError(HyprVDBError):
 
     Examples
     --------
+    >>> import hyprvdb
     >>> import os, tempfile
     >>> path = os.path.join(tempfile.mkdtemp(), "h.hvh")
     >>> hyprvdb.TemporalGroup({"w": (4, 4)}).save(path)
@@ -42,6 +44,7 @@ class ForeignFileError(HyprVDBError):
 
     Examples
     --------
+    >>> import hyprvdb
     >>> import os, tempfile
     >>> path = os.path.join(tempfile.mkdtemp(), "notes.txt")
     >>> _ = open(path, "wb").write(b"not a history")
@@ -58,6 +61,7 @@ class MissingExtensionError(ImportError):
 
     Examples
     --------
+    >>> import hyprvdb
     >>> issubclass(hyprvdb.MissingExtensionError, ImportError)
     True
     """

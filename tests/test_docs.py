@@ -82,3 +82,22 @@ def test_every_public_name_has_an_example():
             elif ">>>" not in (inspect.getdoc(obj) or ""):
                 missing.append(f"{mod.__name__}.{n}")
     assert not missing, f"public names without an example: {missing}"
+
+
+def test_every_docstring_example_runs_on_its_own():
+    """The examples run under plain doctest too (their imports are their own, not the docs
+    build's setup), module by module."""
+    import doctest
+    import importlib
+    import pkgutil
+
+    import hyprvdb
+    failed = {}
+    for info in pkgutil.walk_packages(hyprvdb.__path__, "hyprvdb."):
+        if info.name.split(".")[-1] in ("_core", "_cpu", "_cuda_ffi", "__main__"):
+            continue
+        mod = importlib.import_module(info.name)
+        r = doctest.testmod(mod, optionflags=doctest.ELLIPSIS, report=False)
+        if r.failed:
+            failed[info.name] = r.failed
+    assert not failed, f"doctests failing under plain doctest: {failed}"

@@ -516,6 +516,7 @@ def fuse_adapters(adapters: Sequence[SparseAdapter],
 
     Examples
     --------
+    >>> import hyprvdb
     >>> a = hyprvdb.SparseAdapter(2, 2)
     >>> a.set_weight(0, 0, 1.0)
     >>> b = hyprvdb.SparseAdapter(2, 2)
@@ -553,6 +554,7 @@ def enforce_sparsity(adapter: SparseAdapter, threshold: float = 0.0, *,
 
     Examples
     --------
+    >>> import hyprvdb
     >>> a = hyprvdb.SparseAdapter(4, 4)
     >>> a.batch_update([0, 1, 2], [0, 1, 2], [0.1, -2.0, 0.5])
     >>> hyprvdb.enforce_sparsity(a, 0.2).active_count()

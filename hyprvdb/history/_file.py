@@ -81,6 +81,7 @@ class HistoryRecoveryWarning(UserWarning):
 
     Examples
     --------
+    >>> import hyprvdb
     >>> import os, tempfile, warnings
     >>> path = os.path.join(tempfile.mkdtemp(), "h.hvh")
     >>> g = hyprvdb.TemporalGroup({"w": (4, 4)})

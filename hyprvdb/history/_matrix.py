@@ -21,6 +21,7 @@ class CorrelatedPair(NamedTuple):
 
     Examples
     --------
+    >>> import hyprvdb
     >>> h = hyprvdb.TemporalAdapter(8, 8)
     >>> for t in (1, 2, 3):
     ...     _ = h.store_delta(t, [0, 1], [0, 1], [0.1, 0.2])

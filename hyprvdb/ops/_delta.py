@@ -76,6 +76,7 @@ class DeviceDelta:
 
     Examples
     --------
+    >>> import hyprvdb
     >>> from hyprvdb import ops
     >>> snap = hyprvdb.Snapshot.from_coo([0, 1], [2, 0], [0.5, -1.0], (2, 3))
     >>> d = ops.DeviceDelta.upload(snap, "cpu")
@@ -264,6 +265,7 @@ def delta_matmul(x: Any, delta: Any, scale: float = 1.0, *, out: Any = None) -> 
 
     Examples
     --------
+    >>> import numpy as np, hyprvdb
     >>> from hyprvdb import ops
     >>> snap = hyprvdb.Snapshot.from_coo([0, 1], [2, 0], [0.5, -1.0], (2, 3))
     >>> ops.delta_matmul(np.ones((1, 3), np.float32), snap).tolist()
@@ -302,6 +304,7 @@ def delta_matmul_segments(x: Any, deltas: Any, segment_ids: Any, scale: float = 
 
     Examples
     --------
+    >>> import numpy as np, hyprvdb
     >>> from hyprvdb import ops
     >>> snap = hyprvdb.Snapshot.from_coo([0, 1], [2, 0], [0.5, -1.0], (2, 3))
     >>> other = hyprvdb.Snapshot.from_coo([1], [1], [3.0], (2, 3))
@@ -355,6 +358,7 @@ def delta_matmul_segments_csr(device: str, x: Any, indptr: Any, indices: Any, da
 
     Examples
     --------
+    >>> import numpy as np
     >>> from hyprvdb import ops
     >>> indptr = np.array([0, 1, 2, 2, 2, 3], np.int32)  # two 2-row deltas, stacked
     >>> indices = np.array([2, 0, 1], np.int32)
@@ -401,6 +405,7 @@ def segment_tiles(segment_ids: np.ndarray, nseg: int, nb: int) -> tuple[np.ndarr
 
     Examples
     --------
+    >>> import numpy as np
     >>> from hyprvdb import ops
     >>> order, tiles = ops.segment_tiles(np.array([1, 0, 1, -1], np.int32), 2, 8)
     >>> order.tolist(), tiles.tolist()
@@ -428,6 +433,7 @@ def fused_linear(x: Any, W: Any, delta: Any, scale: float = 1.0, bias: Any = Non
 
     Examples
     --------
+    >>> import numpy as np, hyprvdb
     >>> from hyprvdb import ops
     >>> snap = hyprvdb.Snapshot.from_coo([0, 1], [2, 0], [0.5, -1.0], (2, 3))
     >>> x, W = np.ones((1, 3), np.float32), np.ones((2, 3), np.float32)
@@ -471,6 +477,7 @@ def gather(delta: Any, rows: Any, cols: Any) -> Any:
 
     Examples
     --------
+    >>> import hyprvdb
     >>> from hyprvdb import ops
     >>> snap = hyprvdb.Snapshot.from_coo([0, 1], [2, 0], [0.5, -1.0], (2, 3))
     >>> ops.gather(snap, [0, 1], [2, 2]).tolist()
@@ -516,6 +523,7 @@ def merge(W: Any, delta: Any, scale: float = 1.0) -> Any:
 
     Examples
     --------
+    >>> import numpy as np, hyprvdb
     >>> from hyprvdb import ops
     >>> snap = hyprvdb.Snapshot.from_coo([0, 1], [2, 0], [0.5, -1.0], (2, 3))
     >>> W = np.zeros((2, 3), np.float32)
@@ -530,6 +538,7 @@ def unmerge(W: Any, delta: Any, scale: float = 1.0) -> Any:
 
     Examples
     --------
+    >>> import numpy as np, hyprvdb
     >>> from hyprvdb import ops
     >>> snap = hyprvdb.Snapshot.from_coo([0, 1], [2, 0], [0.5, -1.0], (2, 3))
     >>> W = np.ones((2, 3), np.float32)
@@ -544,6 +553,7 @@ def merge_layers(Ws: list[Any], deltas: list[Any], scale: float = 1.0) -> list[A
 
     Examples
     --------
+    >>> import numpy as np, hyprvdb
     >>> from hyprvdb import ops
     >>> snap = hyprvdb.Snapshot.from_coo([0, 1], [2, 0], [0.5, -1.0], (2, 3))
     >>> Ws = [np.zeros((2, 3), np.float32), np.ones((2, 3), np.float32)]

@@ -22,6 +22,7 @@ class DeviceHistory:
 
     Examples
     --------
+    >>> import hyprvdb
     >>> from hyprvdb import ops
     >>> h = hyprvdb.TemporalAdapter(2, 3)
     >>> _ = h.store_delta(1, [0], [1], [0.5])
@@ -116,6 +117,7 @@ def window_weights(history: Any, t0: int, t1: int, *, mode: str = "delta",
 
     Examples
     --------
+    >>> import hyprvdb
     >>> from hyprvdb import ops
     >>> h = hyprvdb.TemporalAdapter(2, 3)
     >>> _ = h.store_delta(1, [0], [1], [0.5])

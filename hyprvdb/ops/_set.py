@@ -21,6 +21,7 @@ class DeviceSetSnapshot:
 
     Examples
     --------
+    >>> import hyprvdb
     >>> from hyprvdb import ops
     >>> s = hyprvdb.AdapterSet({"q": (8, 8), "up": (16, 8)})
     >>> s["q"].batch_update([1], [2], [0.5])
@@ -53,6 +54,7 @@ def gather_set(snapshot: Any, name: str, rows: Any, cols: Any) -> Any:
 
     Examples
     --------
+    >>> import hyprvdb
     >>> from hyprvdb import ops
     >>> s = hyprvdb.AdapterSet({"q": (8, 8), "up": (16, 8)})
     >>> s["q"].batch_update([1], [2], [0.5])

@@ -37,6 +37,7 @@ def create_app(encoder: AdaptiveEncoder) -> Any:
 
     Examples
     --------
+    >>> import hyprvdb
     >>> from hyprvdb.serve import AdaptiveEncoder, MiniLM
     >>> def tiny():  # MiniLM's architecture, small, random weights, a hashing tokenizer
     ...     return MiniLM.random(0, layers=1, hidden=32, heads=2, intermediate=64, vocab=512)
@@ -174,6 +175,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, history: str | None = None,
 
     Examples
     --------
+    >>> import hyprvdb
     >>> from hyprvdb.serve import serve
     >>> serve(port=8000, history="model.hvh")  # doctest: +SKIP
     """

@@ -102,6 +102,7 @@ class AdaptiveEncoder:
 
     Examples
     --------
+    >>> import hyprvdb
     >>> from hyprvdb.serve import AdaptiveEncoder, MiniLM
     >>> def tiny():  # MiniLM's architecture, small, random weights, a hashing tokenizer
     ...     return MiniLM.random(0, layers=1, hidden=32, heads=2, intermediate=64, vocab=512)

@@ -41,6 +41,7 @@ def merge_from_scratch(pre: np.ndarray, delta: np.ndarray, scale: float) -> np.n
 
     Examples
     --------
+    >>> import numpy as np, hyprvdb
     >>> from hyprvdb.serve import merge_from_scratch
     >>> merge_from_scratch(np.ones(2, np.float32), np.array([0.5, 0.0], np.float32), 2.0).tolist()
     [2.0, 1.0]
@@ -94,6 +95,7 @@ class MergedWeights:
 
     Examples
     --------
+    >>> import hyprvdb
     >>> import numpy as np, jax.numpy as jnp, hyprvdb
     >>> from hyprvdb.serve import MergedWeights
     >>> g = hyprvdb.TemporalGroup({"w": (2, 3)})

@@ -88,6 +88,7 @@ class SetSnapshot(Mapping):
 
     Examples
     --------
+    >>> import hyprvdb
     >>> s = hyprvdb.AdapterSet({"q": (8, 8), "up": (16, 8)})
     >>> s["q"].batch_update([1], [2], [0.5])
     >>> snap = hyprvdb.SetSnapshot.from_matrices(s)

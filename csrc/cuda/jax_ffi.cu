@@ -23,6 +23,7 @@ namespace {
 
 constexpr int kWarpsPerBlock = 8;
 constexpr int kMaxGridY = 65535;
+constexpr int kMaxSegments = 4096;  // 48 KiB of shared memory for the tile builder
 
 ffi::Error launched(const char* what) {
     const cudaError_t err = cudaGetLastError();
@@ -123,6 +124,10 @@ ffi::Error DeltaAccumulateSegmentsCuda(cudaStream_t stream, ffi::ScratchAllocato
         return err;
     const int64_t rows = p.rows, k = p.k, batch = p.batch;
     const int nseg = p.nseg;
+    if (nseg > kMaxSegments)  // the tile builder keeps three ints per segment in shared memory
+        return ffi::Error::InvalidArgument(
+            "hyprvdb_delta_accumulate_segments: " + std::to_string(nseg) +
+            " deltas in one mixed batch; at most " + std::to_string(kMaxSegments));
     if (y_in.typed_data() != y->typed_data())
         cudaMemcpyAsync(y->typed_data(), y_in.typed_data(), y->size_bytes(),
                         cudaMemcpyDeviceToDevice, stream);

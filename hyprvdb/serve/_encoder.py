@@ -365,6 +365,9 @@ class AdaptiveEncoder:
             self._move(t, changed)
         self.metrics.last_swap_seconds = time.perf_counter() - swap
         self.metrics.adapt_steps += 1
+        # Served from here on; the newly reached coordinates' pretrained values join the
+        # support now, while requests run, rather than on the next swap's path.
+        self._merged.settle()
         return {"step": t, "changes": int(sum(len(c) for c in changed.values())),
                 "swap_ms": self.metrics.last_swap_seconds * 1e3}
 

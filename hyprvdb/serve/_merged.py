@@ -21,6 +21,7 @@ adapter has reached) at the next move, when they have long arrived.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -147,6 +148,7 @@ class MergedWeights:
         self._sizes = dict(zip(self._names, sizes.tolist()))
         self._support = (np.zeros(0, np.int64), np.zeros(0, self._dtype))
         self._pending: tuple | None = None  # the last move's found values, still on the device
+        self._absorbing = threading.Lock()
         self._nonfinite = np.zeros(0, np.int64)  # flat indices whose live value is NaN or inf
         self._step: int | None = None  # None: the pretrained weights, no adapter yet
         self.move_to(history.latest if step is None else step)
@@ -298,18 +300,26 @@ class MergedWeights:
         if not known.all():
             self._pending = (flat[~known], dest[~known], product[~known], found)
 
+    def settle(self) -> None:
+        """Take the last move's newly reached coordinates into the support now (waiting for
+        the device's update to finish). The next move does it itself when needed; a server
+        calls this after publishing a step, so that the work leaves the next swap's path."""
+        self._absorb()
+
     def _absorb(self) -> None:
         """The last move's newly reached coordinates join the support, with the pretrained
-        values the device found there."""
-        if self._pending is None:
-            return
-        flat, dest, product, found = self._pending
-        self._pending = None
-        pre = np.asarray(found)[dest].astype(self._dtype)
-        sup_i, sup_v = self._support
-        at = np.searchsorted(sup_i, flat)  # a sorted merge, no sort
-        self._support = (np.insert(sup_i, at, flat), np.insert(sup_v, at, pre))
-        self._check_finite(flat, (pre.astype(np.float32) + product).astype(self._dtype))
+        values the device found there. One thread at a time (a health check may ask while a
+        commit settles): a move never reads a support that is half taken in."""
+        with self._absorbing:
+            if self._pending is None:
+                return
+            flat, dest, product, found = self._pending
+            pre = np.asarray(found)[dest].astype(self._dtype)
+            sup_i, sup_v = self._support
+            at = np.searchsorted(sup_i, flat)  # a sorted merge, no sort
+            self._support = (np.insert(sup_i, at, flat), np.insert(sup_v, at, pre))
+            self._check_finite(flat, (pre.astype(np.float32) + product).astype(self._dtype))
+            self._pending = None
 
     def _check_finite(self, flat: np.ndarray, values: np.ndarray) -> None:
         bad = ~np.isfinite(values.astype(np.float32))

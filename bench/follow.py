@@ -420,13 +420,12 @@ def kills(run: Run, steps: int, n_kills: int) -> dict:
                 took = float(parts[3])
                 commit_s = took if commit_s is None else 0.8 * commit_s + 0.2 * took
                 loose = int(parts[4])
-                if after is None or deadline is not None:
-                    pass
-                elif not compacting and len(life) >= after:
-                    deadline = time.monotonic() + rng.uniform(0, 1.5 * commit_s)
-                elif compacting and loose == SEGMENT_EVERY_KILLS - 1:
-                    deadline = time.monotonic() + rng.uniform(0, 3 * commit_s)
-                    aimed = True
+                if after is not None and deadline is None:  # no moment chosen yet
+                    if not compacting and len(life) >= after:
+                        deadline = time.monotonic() + rng.uniform(0, 1.5 * commit_s)
+                    elif compacting and loose == SEGMENT_EVERY_KILLS - 1:
+                        deadline = time.monotonic() + rng.uniform(0, 3 * commit_s)
+                        aimed = True
             elif parts[0] == "done":
                 done = True
         w.wait()

@@ -205,11 +205,9 @@ def _acquire(fs: Any, root: str, url: str, take_over: bool) -> bytes:
 
 def _release(fs: Any, root: str, token: bytes) -> None:
     key = f"{root}/{LEASE}"
-    try:
+    with contextlib.suppress(FileNotFoundError):
         if fs.cat_file(key) == token:
             fs.rm(key)
-    except FileNotFoundError:
-        pass
 
 
 def _gen_root(root: str, gen: int) -> str:
@@ -281,11 +279,10 @@ class HistoryObjects(HistoryFile):
     segment_every: int = SEGMENT_EVERY
 
     def _init_objects(self, fs: Any, root: str, gen: int, ends: list[int],
-                      loose: list[bytes], segment_every: int) -> None:
+                      loose: list[bytes]) -> None:
         self.fs, self.root, self.gen = fs, root, gen
         self.ends = ends          # the manifest's segment ends
         self._loose = loose       # the bytes of the records after them (the writer's)
-        self.segment_every = _segment_every(segment_every)
 
     @property
     def _groot(self) -> str:
@@ -300,7 +297,7 @@ class HistoryObjects(HistoryFile):
         """Write a whole history under the URL ``path``: header and one segment of all its
         records first, then the manifest that makes them the history, then the old
         generation's objects are removed."""
-        _segment_every(segment_every)
+        segment_every = _segment_every(segment_every)
         fs, root = _fs(path)
         with _reaching(path, fs, root):
             lease = _acquire(fs, root, path, take_over)
@@ -347,7 +344,7 @@ class HistoryObjects(HistoryFile):
                   newest=newest, chain=chain,
                   only_bases=all(kind == "base" for kind, _, _ in records), version=2,
                   sync=sync)
-        out._init_objects(fs, root, gen, ends, [], SEGMENT_EVERY)
+        out._init_objects(fs, root, gen, ends, [])
         return out
 
     @classmethod
@@ -356,7 +353,7 @@ class HistoryObjects(HistoryFile):
              ) -> tuple[dict[str, Any], list[tuple[str, int, Any, int]], HistoryObjects]:
         """Read a history from the URL ``path``: its header, its committed records and the
         history opened for commits (``writer``: holding its lease) or for following."""
-        _segment_every(segment_every)
+        segment_every = _segment_every(segment_every)
         fs, root = _fs(path)
         with _reaching(path, fs, root):
             lease = _acquire(fs, root, path, take_over) if writer else None
@@ -403,8 +400,7 @@ class HistoryObjects(HistoryFile):
         data = b"".join([head, _superblock(*sb), bytes(SB_SIZE)] + chunks)
         header, records, out = cls.from_bytes(data, path, shown, strict=strict, sync=sync)
         n_loose = sb[1] - (ends[-1] if ends else 0)
-        out._init_objects(fs, root, gen, ends, chunks[len(chunks) - n_loose:] if n_loose else [],
-                          SEGMENT_EVERY)
+        out._init_objects(fs, root, gen, ends, chunks[len(chunks) - n_loose:] if n_loose else [])
         return header, records, out
 
     @classmethod
@@ -500,16 +496,10 @@ class HistoryObjects(HistoryFile):
         named = {k for k, _ in _layout(groot, self.ends, 0, self._records)}
         stale = []
         for sub in (SEGMENTS, RECORDS):
-            try:
-                names = self.fs.ls(f"{groot}/{sub}", detail=False)
-            except FileNotFoundError:
-                continue
-            for name in names:
-                tail = name.rstrip("/").rsplit("/", 1)[-1]
+            for tail in _listing(self.fs, f"{groot}/{sub}"):
                 key = f"{groot}/{sub}/{tail}"
-                if key in named:
-                    continue
-                if sub == SEGMENTS or (tail.isdigit() and int(tail) < self._records):
+                if key not in named and (sub == SEGMENTS or (tail.isdigit()
+                                                            and int(tail) < self._records)):
                     stale.append(key)
         _rm(self.fs, stale)
 
@@ -541,16 +531,17 @@ class HistoryObjects(HistoryFile):
 
     @staticmethod
     def _records_from(fs: Any, groot: str, first: int) -> list[str]:
-        try:
-            names = fs.ls(f"{groot}/{RECORDS}", detail=False)
-        except FileNotFoundError:
-            return []
-        out = []
-        for name in names:
-            tail = name.rstrip("/").rsplit("/", 1)[-1]
-            if tail.isdigit() and int(tail) >= first:
-                out.append(name)
-        return sorted(out)
+        """The record objects numbered ``first`` or later (names within the folder)."""
+        return sorted(t for t in _listing(fs, f"{groot}/{RECORDS}")
+                      if t.isdigit() and int(t) >= first)
+
+
+def _listing(fs: Any, folder: str) -> list[str]:
+    """The names of the objects in ``folder`` ([] where there is none)."""
+    try:
+        return [n.rstrip("/").rsplit("/", 1)[-1] for n in fs.ls(folder, detail=False)]
+    except FileNotFoundError:
+        return []
 
 
 def _segment_every(n: Any) -> int:

@@ -37,12 +37,9 @@ def create_app(encoder: AdaptiveEncoder) -> Any:
 
     Examples
     --------
-    >>> import hyprvdb
-    >>> from hyprvdb.serve import AdaptiveEncoder, MiniLM
-    >>> def tiny():  # MiniLM's architecture, small, random weights, a hashing tokenizer
-    ...     return MiniLM.random(0, layers=1, hidden=32, heads=2, intermediate=64, vocab=512)
-    >>> from hyprvdb.serve import create_app
-    >>> app = create_app(AdaptiveEncoder(tiny()))
+    >>> from hyprvdb.serve import AdaptiveEncoder, MiniLM, create_app
+    >>> small = dict(layers=1, hidden=32, heads=2, intermediate=64, vocab=512)  # random weights
+    >>> app = create_app(AdaptiveEncoder(MiniLM.random(0, **small)))
     >>> sorted(r.path for r in app.routes if r.path in ("/embed", "/adapt", "/healthz"))
     ['/adapt', '/embed', '/healthz']
     """
@@ -175,7 +172,6 @@ def serve(host: str = "127.0.0.1", port: int = 8000, history: str | None = None,
 
     Examples
     --------
-    >>> import hyprvdb
     >>> from hyprvdb.serve import serve
     >>> serve(port=8000, history="model.hvh")  # doctest: +SKIP
     """

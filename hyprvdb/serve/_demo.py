@@ -30,7 +30,6 @@ def doc_pairs(limit: int = 240, seed: int = 0) -> list[tuple[str, str]]:
 
     Examples
     --------
-    >>> import hyprvdb
     >>> from hyprvdb.serve import doc_pairs
     >>> pairs = doc_pairs(limit=3)
     >>> len(pairs), all(isinstance(q, str) and isinstance(p, str) for q, p in pairs)
@@ -88,7 +87,6 @@ def run(steps: int = 12, seed: int = 0, batch: int = 16) -> dict:
 
     Examples
     --------
-    >>> import hyprvdb
     >>> from hyprvdb.serve import run_demo
     >>> result = run_demo(steps=2)  # doctest: +SKIP
     """

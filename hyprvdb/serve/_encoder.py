@@ -102,11 +102,9 @@ class AdaptiveEncoder:
 
     Examples
     --------
-    >>> import hyprvdb
     >>> from hyprvdb.serve import AdaptiveEncoder, MiniLM
-    >>> def tiny():  # MiniLM's architecture, small, random weights, a hashing tokenizer
-    ...     return MiniLM.random(0, layers=1, hidden=32, heads=2, intermediate=64, vocab=512)
-    >>> enc = AdaptiveEncoder(tiny(), query_tokens=8, doc_tokens=8)
+    >>> small = dict(layers=1, hidden=32, heads=2, intermediate=64, vocab=512)  # random weights
+    >>> enc = AdaptiveEncoder(MiniLM.random(0, **small), query_tokens=8, doc_tokens=8)
     >>> emb, step = enc.encode(["a text"])
     >>> emb.shape, step
     ((1, 32), 0)

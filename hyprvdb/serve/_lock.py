@@ -28,7 +28,6 @@ class WeightsLock:
 
     Examples
     --------
-    >>> import hyprvdb
     >>> from hyprvdb.serve import WeightsLock
     >>> lock = WeightsLock()
     >>> with lock.reading():  # a forward pass; many at once

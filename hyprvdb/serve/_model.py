@@ -35,7 +35,6 @@ def default_model_path() -> Path:
 
     Examples
     --------
-    >>> import hyprvdb
     >>> from hyprvdb.serve import default_model_path
     >>> (default_model_path() / "config.json").exists()  # doctest: +SKIP
     True
@@ -56,11 +55,9 @@ class MiniLM:
 
     Examples
     --------
-    >>> import hyprvdb
-    >>> from hyprvdb.serve import AdaptiveEncoder, MiniLM
-    >>> def tiny():  # MiniLM's architecture, small, random weights, a hashing tokenizer
-    ...     return MiniLM.random(0, layers=1, hidden=32, heads=2, intermediate=64, vocab=512)
-    >>> tiny().encode(["hello world", "two texts"]).shape
+    >>> from hyprvdb.serve import MiniLM
+    >>> small = dict(layers=1, hidden=32, heads=2, intermediate=64, vocab=512)  # random weights
+    >>> MiniLM.random(0, **small).encode(["hello world", "two texts"]).shape
     (2, 32)
     """
 
@@ -249,7 +246,6 @@ def contrastive_loss(q: Any, p: Any, temperature: float = 0.05, valid: Any = Non
 
     Examples
     --------
-    >>> import hyprvdb
     >>> import jax.numpy as jnp
     >>> from hyprvdb.serve import contrastive_loss
     >>> float(contrastive_loss(jnp.eye(2), jnp.eye(2))) < 1e-3  # each query its own positive

@@ -370,19 +370,24 @@ def bench_gpu(rng: np.random.Generator, repeats: int) -> dict:
                                                        repeats)["median_s"]
                             row["linear_s"] = gpu_time(cp, lambda: ops.fused_linear(x, W, d),
                                                        repeats)["median_s"]
+                            row["plan"] = ops.gpu_plan(*shape, d.nnz, batch, dt,
+                                                       with_w=True)["method"]
+                            row["delta_plan"] = ops.gpu_plan(*shape, d.nnz, batch, dt)["method"]
                             row["delta_s"] = gpu_time(
                                 cp, lambda: ops.delta_matmul(x, d, out=out), repeats)["median_s"]
                             row["cusparse_s"] = gpu_time(cp, lambda: (csr @ x32.T).T,
                                                          repeats)["median_s"]
-                            scratch = cp.empty_like(W)
-
-                            def merged_gemm():  # the other way: W + dW in a scratch copy,
-                                cp.copyto(scratch, W)  # then one GEMM (for large batches?)
-                                ops.merge(scratch, d)
-                                return cp.matmul(x, scratch.T)
-
-                            row["merged_gemm_s"] = gpu_time(cp, merged_gemm,
-                                                            repeats)["median_s"]
+                            # every way forced, so that the rule's pick can be checked
+                            for m in ("rows", "staged", "merge"):
+                                row[f"linear_{m}_s"] = gpu_time(
+                                    cp, lambda: ops.fused_linear(x, W, d, method=m),
+                                    repeats)["median_s"]
+                            for m in ("rows", "staged"):
+                                row[f"delta_{m}_s"] = gpu_time(
+                                    cp, lambda: ops.delta_matmul(x, d, out=out, method=m),
+                                    repeats)["median_s"]
+                            row["fastest"] = min(("rows", "staged", "merge"),
+                                                 key=lambda m: row[f"linear_{m}_s"])
                             row["ratio"] = row["linear_s"] / row["cublas_s"]
                             target = TARGET_LINEAR_SMALL if batch <= 16 else TARGET_LINEAR_LARGE
                             row["pass_linear"] = row["ratio"] <= target
@@ -442,9 +447,14 @@ def bench_gpu(rng: np.random.Generator, repeats: int) -> dict:
                 for rows, dd in parts:
                     out[rows] += ops.delta_matmul(x[rows], dd)
 
-            row = {"batch": batch, "deltas": SEGMENT_COUNT}
+            row = {"batch": batch, "deltas": SEGMENT_COUNT,
+                   "plan": ops.gpu_plan(*SEGMENT_SHAPE, ds[0].nnz, batch, np.float16)["method"]}
             row["segments_s"] = gpu_time(
                 cp, lambda: ops.delta_matmul_segments(x, ds, seg, out=out), repeats)["median_s"]
+            for m in ("rows", "staged"):
+                row[f"segments_{m}_s"] = gpu_time(
+                    cp, lambda: ops.delta_matmul_segments(x, ds, seg, out=out, method=m),
+                    repeats)["median_s"]
             row["loop_s"] = gpu_time(cp, loop, repeats)["median_s"]
             rows_out.append(row)
         return rows_out
@@ -548,17 +558,22 @@ def print_gpu(g: dict) -> None:
     elif lin:
         C.print_table(
             ["dW", "density", "dtype", "batch", "cuBLAS ms", "fused_linear ms", "ratio",
-             "target", "scratch W + GEMM ms", "delta ms", "cuSPARSE fp32 ms",
-             "delta <= cuSPARSE"],
+             "target", "picks", "rows / staged / merge ms", "fastest", "delta ms",
+             "delta rows / staged ms", "cuSPARSE fp32 ms", "delta <= cuSPARSE"],
             [[f"{r['shape'][0]}x{r['shape'][1]}", f"{100 * r['density']:g}%", r["dtype"],
               r["batch"], ms(r.get("cublas_s")), ms(r.get("linear_s")),
               f"{r['ratio']:.2f}x" if "ratio" in r else r.get("error", "n/a"),
               (f"<= {TARGET_LINEAR_SMALL if r['batch'] <= 16 else TARGET_LINEAR_LARGE}x "
                + C.verdict(r["pass_linear"])) if "pass_linear" in r else "FAIL",
-              ms(r.get("merged_gemm_s")), ms(r.get("delta_s")), ms(r.get("cusparse_s")),
+              r.get("plan", "n/a"),
+              " / ".join(ms(r.get(f"linear_{m}_s")) for m in ("rows", "staged", "merge")),
+              r.get("fastest", "n/a"), ms(r.get("delta_s")),
+              " / ".join(ms(r.get(f"delta_{m}_s")) for m in ("rows", "staged")),
+              ms(r.get("cusparse_s")),
               C.verdict(r["pass_delta"]) if "pass_delta" in r else "FAIL"] for r in lin],
-            title="GPU: cuBLAS alone, ops.fused_linear (cuBLAS + the delta into its output), "
-                  "the delta alone against cuSPARSE")
+            title="GPU: cuBLAS alone; ops.fused_linear by the rule (\"picks\") and by each way "
+                  "forced (cuBLAS + the row or staged delta kernel into its output, or the delta "
+                  "merged into a scratch W + one GEMM); the delta alone against cuSPARSE")
     o = g.get("overhead")
     if o:
         print(("host overhead per ops.delta_matmul call: " + (
@@ -567,9 +582,11 @@ def print_gpu(g: dict) -> None:
             f"{C.verdict(o['pass'])})" if "error" not in o else f"error {o['error']}")))
     sg = g.get("segments")
     if isinstance(sg, list):
-        C.print_table(["batch", "deltas", "delta_matmul_segments ms", "one call per delta ms"],
-                      [[r["batch"], r["deltas"], ms(r["segments_s"]), ms(r["loop_s"])]
-                       for r in sg],
+        C.print_table(["batch", "deltas", "delta_matmul_segments ms", "picks",
+                       "rows / staged ms", "one call per delta ms"],
+                      [[r["batch"], r["deltas"], ms(r["segments_s"]), r.get("plan", "n/a"),
+                        " / ".join(ms(r.get(f"segments_{m}_s")) for m in ("rows", "staged")),
+                        ms(r["loop_s"])] for r in sg],
                       title=f"GPU mixed batch: {SEGMENT_COUNT} deltas of "
                             f"{100 * SEGMENT_DENSITY:g}% ({SEGMENT_SHAPE[0]}x{SEGMENT_SHAPE[1]}, "
                             "float16), rows dealt round-robin")
@@ -690,6 +707,8 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(lin, list):
             for k, label in (("pass_linear", "cuBLAS+delta"), ("pass_delta", "delta<=cuSPARSE")):
                 verdicts.append(f"{label} {sum(bool(r.get(k)) for r in lin)}/{len(lin)} PASS")
+            hits = sum(r.get("plan") == r.get("fastest") for r in lin)
+            verdicts.append(f"rule picked the fastest way {hits}/{len(lin)}")
         o = g.get("overhead", {})
         if "above_us" in o:
             verdicts.append(f"host overhead +{o['above_us']:.1f} us {C.verdict(o['pass'])}")

@@ -526,7 +526,7 @@ class TestCudaCallback:
         assert hj.kernel_path().startswith("cuda")
 
     @pytest.mark.parametrize("how", ["callback", "ffi"])
-    @pytest.mark.parametrize("lead", [(1,), (16,), (3, 77), (256,)], ids=str)
+    @pytest.mark.parametrize("lead", [(1,), (16,), (3, 77), (256,), (2, 300)], ids=str)
     @pytest.mark.parametrize("shape", [(384, 1536), (4096, 4096), (4096, 14336)],
                              ids=lambda s: f"{s[0]}x{s[1]}")
     def test_real_layer_shapes(self, rng, shape, lead, how):

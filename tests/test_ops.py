@@ -180,21 +180,21 @@ def ulp_equal_f32(got, ref, what, max_ulp=1):
 
 # ----------------------------------------------------------------------------- bodies
 # Each body takes the backend (Host or Cuda) and runs one check; the tests below pick paths.
-def check_delta_matmul(bk, rng, batch, shape, density, dtype):
+def check_delta_matmul(bk, rng, batch, shape, density, dtype, method="auto"):
     snap, dW = random_delta(rng, shape, density)
     d = ops.DeviceDelta.upload(snap, bk.device)
     x = random_array(rng, (batch, shape[1]), dtype)
     xd = bk.asarray(x)
     terms = np.abs(f64(x)) @ np.abs(dW.astype(np.float64)).T
     # a new result, scale 1
-    y = ops.delta_matmul(xd, d)
+    y = ops.delta_matmul(xd, d, method=method)
     assert_close(bk.asnumpy(y), f64(x) @ dW.astype(np.float64).T, terms, dtype,
                  f"delta_matmul {batch}x{shape} density {density} {dtype}")
     # accumulated into an existing out (random values: a skipped row keeps them), scale != 1
     scale = -0.37
     out0 = random_array(rng, (batch, shape[0]), dtype)
     out = bk.asarray(out0.copy())
-    res = ops.delta_matmul(xd, d, scale, out=out)
+    res = ops.delta_matmul(xd, d, scale, out=out, method=method)
     assert res is out
     ref = f64(out0) + scale * (f64(x) @ dW.astype(np.float64).T)
     assert_close(bk.asnumpy(out), ref, np.abs(f64(out0)) + abs(scale) * terms, dtype,
@@ -206,7 +206,8 @@ def check_delta_matmul(bk, rng, batch, shape, density, dtype):
                      "delta_matmul(snapshot)")
 
 
-def check_delta_matmul_segments(bk, rng, batch, shape, density, dtype, nseg, layout):
+def check_delta_matmul_segments(bk, rng, batch, shape, density, dtype, nseg, layout,
+                                method="auto"):
     """A mixed batch: row b takes delta segment_ids[b] (-1: none), accumulated into random
     values (a row without a delta keeps them exactly). ``layout``: "runs" (each segment's
     rows consecutive, as texts sorted by adapter) or "mixed" (interleaved)."""
@@ -219,7 +220,7 @@ def check_delta_matmul_segments(bk, rng, batch, shape, density, dtype, nseg, lay
     out0 = random_array(rng, (batch, shape[0]), dtype)
     out = bk.asarray(out0.copy())
     scale = 0.75
-    res = ops.delta_matmul_segments(bk.asarray(x), ds, seg, scale, out=out)
+    res = ops.delta_matmul_segments(bk.asarray(x), ds, seg, scale, out=out, method=method)
     assert res is out
     ref, mag = f64(out0), np.abs(f64(out0))
     for b in range(batch):
@@ -229,7 +230,7 @@ def check_delta_matmul_segments(bk, rng, batch, shape, density, dtype, nseg, lay
             mag[b] += scale * (np.abs(w) @ np.abs(f64(x)[b]))
     assert_close(bk.asnumpy(out), ref, mag, dtype,
                  f"delta_matmul_segments {batch}x{shape} {nseg} deltas {layout} {dtype}")
-    fresh = ops.delta_matmul_segments(bk.asarray(x), ds, seg)
+    fresh = ops.delta_matmul_segments(bk.asarray(x), ds, seg, method=method)
     want = np.zeros((batch, shape[0]))
     for b in range(batch):
         if seg[b] >= 0:
@@ -238,7 +239,7 @@ def check_delta_matmul_segments(bk, rng, batch, shape, density, dtype, nseg, lay
                  "delta_matmul_segments (new result)")
 
 
-def check_fused_linear(bk, rng, batch, shape, density, dtype, with_bias):
+def check_fused_linear(bk, rng, batch, shape, density, dtype, with_bias, method="auto"):
     snap, dW = random_delta(rng, shape, density)
     d = ops.DeviceDelta.upload(snap, bk.device)
     x = random_array(rng, (batch, shape[1]), dtype)
@@ -246,14 +247,24 @@ def check_fused_linear(bk, rng, batch, shape, density, dtype, with_bias):
     bias = random_array(rng, (shape[0],), dtype) if with_bias else None
     scale = 1.75
     y = ops.fused_linear(bk.asarray(x), bk.asarray(W), d, scale,
-                         None if bias is None else bk.asarray(bias))
-    ref = f64(x) @ f64(W).T + scale * (f64(x) @ dW.astype(np.float64).T)
-    mag = np.abs(f64(x)) @ np.abs(f64(W)).T + scale * (np.abs(f64(x)) @ np.abs(f64(dW)).T)
+                         None if bias is None else bk.asarray(bias), method=method)
+    how = method
+    if bk.device == "cuda" and method == "auto" and ops._delta._cublas_takes(dtype):
+        how = ops.gpu_plan(*shape, d.nnz, batch, dtype, with_w=True)["method"]
+    if how == "merge" and bk.device == "cuda":
+        # the product of the merged weights, rounded once to W's dtype (as serving them is)
+        merged = (W.astype(np.float32) + np.float32(scale) * dW).astype(dtype)
+        ref = f64(x) @ f64(merged).T
+        mag = np.abs(f64(x)) @ np.abs(f64(merged)).T
+    else:
+        ref = f64(x) @ f64(W).T + scale * (f64(x) @ dW.astype(np.float64).T)
+        mag = np.abs(f64(x)) @ np.abs(f64(W)).T + scale * (np.abs(f64(x)) @ np.abs(f64(dW)).T)
     if bias is not None:
         ref += f64(bias)
         mag += np.abs(f64(bias))
     assert_close(bk.asnumpy(y), ref, mag, dtype,
-                 f"fused_linear {batch}x{shape} density {density} bias={with_bias} {dtype}")
+                 f"fused_linear {batch}x{shape} density {density} bias={with_bias} {dtype} "
+                 f"method={method} ({how})")
 
 
 def check_gather(bk, rng, shape, density):
@@ -474,6 +485,110 @@ def test_delta_matmul_both_cpu_kernels(simd, rng, batch, shape, density):
     """Batches past a chunk and ragged in every way (rows, columns and tokens not multiples
     of 8 or 32), fresh and accumulated, float32 (the only dtype the AVX2 kernel takes)."""
     check_delta_matmul(HOST, rng, batch, shape, density, F32)
+
+
+@pytest.mark.parametrize("bt", [1, 2, 4, 8, 16, 32])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,density", [((37, 129), 0.1), ((9, 7), 0.5), ((64, 8), 1.0),
+                                           ((384, 1536), 0.01), ((5, 1000), 0.0)],
+                         ids=lambda v: f"{v[0]}x{v[1]}" if isinstance(v, tuple) else str(v))
+def test_staged_kernel_lane_logic(rng, shape, density, dtype, bt):
+    """The CUDA staged kernel's per-lane program (stage_x_tile, staged_row_dot and the warp's
+    shuffle tree, kernels/sparse_ops.cuh) run on the CPU lane by lane, against float64: fresh
+    and accumulated, batches ragged against the tile."""
+    cpu = _native.cpu()
+    if cpu is None:
+        pytest.skip("hyprvdb._cpu (the CPU extension) is not built")
+    snap, dW = random_delta(rng, shape, density)
+    d = ops.DeviceDelta.upload(snap, "cpu")
+    code = ops._delta._dtype_code(dtype)
+    for batch in sorted({1, bt - 1, bt, bt + 1, 3 * bt + 2} - {0}):
+        x = random_array(rng, (batch, shape[1]), dtype)
+        out0 = random_array(rng, (batch, shape[0]), dtype)
+        for scale, base in ((1.0, np.zeros_like(out0)), (-0.37, out0)):
+            y = base.copy()
+            cpu.delta_matmul_staged(d.indptr, d.indices, d.data, ops._delta._bits(x),
+                                    ops._delta._bits(y), code, scale, bt)
+            ref = f64(base) + scale * (f64(x) @ dW.astype(np.float64).T)
+            mag = np.abs(f64(base)) + abs(scale) * (np.abs(f64(x)) @ np.abs(f64(dW)).T)
+            assert_close(y, ref, mag, dtype, f"staged lanes bt={bt} batch={batch} {shape}")
+    with pytest.raises(ValueError, match="bt must be a power of two in 1..32, got 12"):
+        cpu.delta_matmul_staged(d.indptr, d.indices, d.data, np.zeros((2, shape[1]), F32),
+                                np.zeros((2, shape[0]), F32), 0, 1.0, 12)
+
+
+@pytest.mark.parametrize("bt", [1, 4, 8, 32])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["runs", "mixed"])
+def test_segments_staged_kernel_lane_logic(rng, layout, dtype, bt):
+    """The CUDA staged mixed-batch kernel's per-lane program on the CPU (tiles of at most bt
+    rows of one segment, gathered by the tile's row list) against float64."""
+    cpu = _native.cpu()
+    if cpu is None:
+        pytest.skip("hyprvdb._cpu (the CPU extension) is not built")
+    shape, nseg = (37, 129), 3
+    snaps, dense = zip(*[random_delta(rng, shape, 0.1) for _ in range(nseg)])
+    ds = [ops.DeviceDelta.upload(sn, "cpu") for sn in snaps]
+    indptr, indices, data = ops._delta._stack(np, ds)
+    for batch in (1, bt + 1, 5 * bt + 3):
+        seg = rng.integers(-1, nseg, batch).astype(np.int32)
+        if layout == "runs":
+            seg = np.sort(seg)
+        x = random_array(rng, (batch, shape[1]), dtype)
+        out0 = random_array(rng, (batch, shape[0]), dtype)
+        y = out0.copy()
+        cpu.delta_matmul_segments(indptr, indices, data, shape[0], seg, ops._delta._bits(x),
+                                  ops._delta._bits(y), ops._delta._dtype_code(dtype), 0.75,
+                                  method=2, bt=bt)
+        ref, mag = f64(out0), np.abs(f64(out0))
+        for b in np.flatnonzero(seg >= 0):
+            w = dense[seg[b]].astype(np.float64)
+            ref[b] += 0.75 * (w @ f64(x)[b])
+            mag[b] += 0.75 * (np.abs(w) @ np.abs(f64(x)[b]))
+        assert_close(y, ref, mag, dtype, f"segments staged lanes bt={bt} batch={batch}")
+
+
+def test_gpu_plan_rule_and_its_numpy_twin(monkeypatch, rng):
+    """kernels/sparse_ops.cuh's choice by shape (the extension's copy, which the CUDA FFI
+    targets share) and the numpy twin agree everywhere on a grid of shapes; and the choice
+    is the cheapest way by the rule's byte counts."""
+    cpu = _native.cpu()
+    if cpu is None:
+        pytest.skip("hyprvdb._cpu (the CPU extension) is not built")
+    D = ops._delta
+    assert (cpu.NB, cpu.ROWS_BATCH_MAX, cpu.STAGED_SMEM) == (D._NB, D._ROWS_BATCH_MAX,
+                                                             D._STAGED_SMEM)
+    cases = []
+    for rows, k in ((4096, 4096), (4096, 14336), (14336, 4096), (384, 1536), (37, 129),
+                    (1, 50000)):
+        for density in (0.0, 0.001, 0.01, 0.2):
+            for batch in (1, 16, 17, 32, 100, 256, 1024, 70000):
+                for itemsize in (2, 4):
+                    for w in (False, True):
+                        cases.append((rows, k, int(rows * k * density), batch, itemsize, w))
+    native = []
+    for rows, k, nnz, batch, itemsize, w in cases:
+        bt = cpu.staged_batch_tile(k, itemsize, D._STAGED_SMEM, batch)
+        g = cpu.staged_row_groups(rows, batch, bt, 8, 132) if bt else 0
+        native.append((bt, g, cpu.product_choice(rows, k, nnz, batch, itemsize, bt, g, w)))
+    monkeypatch.setattr(_native, "cpu", lambda: None)
+    for case, want in zip(cases, native):
+        rows, k, nnz, batch, itemsize, w = case
+        bt = D.staged_batch_tile(k, itemsize, D._STAGED_SMEM, batch)
+        g = D.staged_row_groups(rows, batch, bt, 8, 132) if bt else 0
+        got = (bt, g, D.product_choice(rows, k, nnz, batch, itemsize, bt, g, w))
+        assert got == want, (case, got, want)
+        assert bt == 0 or (k * bt * itemsize <= D._STAGED_SMEM and bt <= 32)
+        assert bt in (0, 32) or k * 2 * bt * itemsize > D._STAGED_SMEM or bt >= batch
+        costs = {D.ROWS: -(-batch // 8) * nnz * 8.0 + nnz * batch * 32.0}
+        if batch > 16 and bt >= 2:
+            costs[D.STAGED] = -(-batch // bt) * nnz * 8.0 + g * batch * k * itemsize
+        if w and batch > 16:
+            costs[D.MERGE] = 2.0 * rows * k * itemsize + nnz * 12.0
+        assert got[2] == min(costs, key=lambda m: (costs[m], m)), (case, costs)
+    # small batches always take the row kernel; the plan names what it picks
+    p = ops.gpu_plan(4096, 4096, 167772, 8, F16, with_w=True, sms=132, smem_bytes=232448)
+    assert p["method"] == "rows" and p["smem"] == 0
 
 
 @pytest.mark.parametrize("layout", ["runs", "mixed"])
@@ -899,14 +1014,18 @@ def fake_cuda(monkeypatch):
     def function(filename, name, **defines):
         assert name in K.NAME_EXPRESSIONS[filename], name
 
-        def launch(grid, block, args):
+        def launch(grid, block, args, shared_mem=0):
             launches.append(Launch(file=filename, name=name, grid=grid, block=block, args=args,
-                                   defines=defines))
+                                   defines=defines, shared_mem=shared_mem,
+                                   opt_in=getattr(launch, "max_dynamic_shared_size_bytes", 0)))
         return launch
 
     monkeypatch.setitem(sys.modules, "cupy", np)
     monkeypatch.setattr(_native, "cuda_available", lambda: True)
     monkeypatch.setattr(K, "function", function)
+    # an H100/H200's limits: 132 multiprocessors, 227 KiB of shared memory per block
+    monkeypatch.setattr(ops._delta, "_device_limits", lambda device: (132, 232448))
+    monkeypatch.setattr(ops._delta, "_current_device", lambda: 0)
     return launches
 
 
@@ -932,14 +1051,15 @@ def check_launch(launch, expected):
     assert 0 < threads <= 1024 and threads % 32 == 0
 
 
-@pytest.mark.parametrize("batch", [1, 9, 33])
-def test_cuda_launch_glue_delta_matmul(fake_cuda, rng, batch):
+@pytest.mark.parametrize("batch,method", [(1, "auto"), (9, "auto"), (16, "auto"),
+                                          (33, "rows"), (1000, "rows")])
+def test_cuda_launch_glue_delta_matmul(fake_cuda, rng, batch, method):
     snap, _ = random_delta(rng, (37, 129), 0.1)
     d = ops.DeviceDelta.upload(snap, "cuda")
     assert d.device == "cuda"
     x = random_array(rng, (batch, 129), F16)
     out = np.zeros((batch, 37), F16)
-    ops.delta_matmul(x, d, 0.5, out=out)
+    ops.delta_matmul(x, d, 0.5, out=out, method=method)
     (ln,) = fake_cuda
     assert ln.name == "delta_matmul<__half>"
     check_launch(ln, {"indptr": d.indptr, "indices": d.indices, "data": d.data, "x": x,
@@ -951,6 +1071,104 @@ def test_cuda_launch_glue_delta_matmul(fake_cuda, rng, batch):
     assert ln.grid[1] * nb >= batch and (ln.grid[1] - 1) * nb < batch
 
 
+@pytest.mark.parametrize("shape,batch,dtype,budget", [
+    ((37, 129), 33, F16, None), ((37, 129), 1000, F32, None), ((384, 1536), 257, F16, None),
+    ((4096, 4096), 300, F16, None), ((100, 20000), 40, F32, None),
+    ((7, 16), 65535 * 2 + 5, F32, 64)])  # a one-row tile: 65535 tiles a launch
+def test_cuda_launch_glue_delta_matmul_staged(fake_cuda, monkeypatch, rng, shape, batch, dtype,
+                                              budget):
+    """Wide batches: the staged kernel, its batch tile of x in shared memory (opted into past
+    48 KiB), and grid from gpu_plan; batches past the grid's 65535 tiles go in slices."""
+    if budget:
+        monkeypatch.setattr(ops._delta, "_STAGED_SMEM", budget)
+    rows, k = shape
+    snap, _ = random_delta(rng, shape, 0.002 if rows * k > 1e6 else 0.1)
+    d = ops.DeviceDelta.upload(snap, "cuda")
+    x = np.zeros((batch, k), dtype)
+    out = np.zeros((batch, rows), dtype)
+    plan = ops.gpu_plan(rows, k, d.nnz, batch, dtype, method="staged")
+    assert plan == ops.gpu_plan(rows, k, d.nnz, batch, dtype, method="staged", sms=132,
+                                smem_bytes=232448)
+    ops.delta_matmul(x, d, 0.5, out=out, method="staged")
+    bt, smem = plan["bt"], plan["smem"]
+    assert bt & (bt - 1) == 0 and 1 <= bt <= 32 and smem == k * bt * x.itemsize <= 96 * 1024
+    slices = -(-batch // (65535 * bt))
+    assert len(fake_cuda) == slices
+    done = 0
+    for ln in fake_cuda:
+        assert ln.name.startswith("delta_matmul_staged<") and ln.shared_mem == smem
+        assert ln.opt_in == (smem if smem > 48 * 1024 else 0)
+        n = int(ln.args[9])  # batch
+        check_launch(ln, {"indptr": d.indptr, "indices": d.indices, "data": d.data,
+                          "x": x[done:done + n], "ldx": k, "y": out[done:done + n], "ldy": rows,
+                          "rows": rows, "k": k, "bt": bt, "scale": np.float32(0.5)})
+        assert ln.grid == (plan["row_groups"], -(-n // bt))
+        done += n
+    assert done == batch
+
+
+def test_cuda_launch_glue_auto_follows_gpu_plan(fake_cuda, rng):
+    """method="auto" launches what gpu_plan says for each shape."""
+    for shape, density in (((37, 129), 0.1), ((384, 1536), 0.01), ((1536, 384), 0.001)):
+        snap, _ = random_delta(rng, shape, density)
+        d = ops.DeviceDelta.upload(snap, "cuda")
+        for batch in (1, 16, 17, 64, 300):
+            fake_cuda.clear()
+            ops.delta_matmul(np.zeros((batch, shape[1]), F16), d)
+            want = ops.gpu_plan(*shape, d.nnz, batch, F16)["method"]
+            (ln,) = fake_cuda
+            assert ln.name == {"rows": "delta_matmul<__half>",
+                               "staged": "delta_matmul_staged<__half>"}[want], (shape, batch)
+
+
+def test_staged_kernel_refuses_what_shared_memory_cannot_hold(fake_cuda, rng):
+    snap, _ = random_delta(rng, (3, 60000), 0.001)
+    d = ops.DeviceDelta.upload(snap, "cuda")
+    x = np.zeros((40, 60000), F32)
+    with pytest.raises(ValueError, match=r"method='staged' needs one batch row of x "
+                                         r"\(60000 x 4 bytes\) in 98304 bytes"):
+        ops.delta_matmul(x, d, method="staged")
+    assert ops.gpu_plan(3, 60000, d.nnz, 40, F32)["method"] == "rows"
+    assert not fake_cuda
+
+
+def test_method_names_are_checked_on_every_device(rng):
+    snap, _ = random_delta(rng, (5, 7), 0.3)
+    x, W = np.ones((2, 7), F32), np.ones((5, 7), F32)
+    with pytest.raises(ValueError, match=r"method must be one of \('auto', 'rows', 'staged'\), "
+                                         r"got 'merge'"):
+        ops.delta_matmul(x, snap, method="merge")
+    with pytest.raises(ValueError, match=r"method must be one of \('auto', 'rows', 'staged', "
+                                         r"'merge', 'fused'\), got 'cublas'"):
+        ops.fused_linear(x, W, snap, method="cublas")
+    for m in ("auto", "rows", "staged", "merge", "fused"):  # the CPU has one way
+        np.testing.assert_array_equal(ops.fused_linear(x, W, snap, method=m),
+                                      ops.fused_linear(x, W, snap))
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_cuda_launch_glue_fused_linear_merge(fake_cuda, monkeypatch, rng, with_bias):
+    """method="merge": the delta merged into a scratch copy of W (W itself untouched), then
+    one GEMM."""
+    merged = []
+    monkeypatch.setattr(ops._delta, "_cuda_merge",
+                        lambda Ws, ds, scale: merged.append((Ws, ds, scale)))
+    snap, _ = random_delta(rng, (37, 129), 0.1)
+    d = ops.DeviceDelta.upload(snap, "cuda")
+    x = random_array(rng, (40, 129), F32)
+    W = random_array(rng, (37, 129), F32)
+    W0 = W.copy()
+    bias = random_array(rng, (37,), F32) if with_bias else None
+    out = ops.fused_linear(x, W, d, 2.0, bias, method="merge")
+    assert not fake_cuda
+    ((Ws, ds, scale),) = merged
+    assert len(Ws) == 1 and Ws[0] is not W and not np.shares_memory(Ws[0], W)
+    assert ds == [d] and scale == 2.0
+    np.testing.assert_array_equal(W, W0)
+    want = x @ W.T + (bias if with_bias else 0)  # the merge is recorded, not run
+    np.testing.assert_array_equal(out, want.astype(np.float32))
+
+
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_cuda_launch_glue_fused_linear_on_cublas(fake_cuda, rng, with_bias):
     """Where CuPy's matmul takes the dtype: the dense part on cuBLAS into the output, then
@@ -960,7 +1178,7 @@ def test_cuda_launch_glue_fused_linear_on_cublas(fake_cuda, rng, with_bias):
     x = random_array(rng, (17, 129), F32)
     W = random_array(rng, (37, 129), F32)
     bias = random_array(rng, (37,), F32) if with_bias else None
-    out = ops.fused_linear(x, W, d, 2.0, bias)
+    out = ops.fused_linear(x, W, d, 2.0, bias, method="rows")
     (ln,) = fake_cuda
     assert ln.name == "delta_matmul<float>"
     check_launch(ln, {"indptr": d.indptr, "x": x, "y": out, "rows": 37, "batch": 17,
@@ -989,28 +1207,38 @@ def test_cuda_launch_glue_fused_linear(fake_cuda, monkeypatch, rng, with_bias):
     assert (b is bias) if with_bias else (isinstance(b, np.uint64) and b == 0)
 
 
-@pytest.mark.parametrize("batch", [1, 9, 70])
-def test_cuda_launch_glue_delta_matmul_segments(fake_cuda, rng, batch):
+@pytest.mark.parametrize("batch,method", [(1, "auto"), (9, "auto"), (70, "rows"),
+                                          (70, "staged"), (300, "auto")])
+def test_cuda_launch_glue_delta_matmul_segments(fake_cuda, rng, batch, method):
     snaps = [random_delta(rng, (37, 129), 0.1)[0] for _ in range(3)]
     ds = [ops.DeviceDelta.upload(s, "cuda") for s in snaps]
     x = random_array(rng, (batch, 129), BF16 or F16)
     out = np.zeros((batch, 37), x.dtype)
     seg = rng.integers(-1, 3, batch)
-    ops.delta_matmul_segments(x, ds, seg, 0.5, out=out)
+    ops.delta_matmul_segments(x, ds, seg, 0.5, out=out, method=method)
     if not (seg >= 0).any():
         assert not fake_cuda
         return
     (ln,) = fake_cuda
-    assert ln.name.startswith("delta_matmul_segments<")
-    order, tiles = ops.segment_tiles(seg.astype(np.int32), 3, 8)
+    nnz = sum(d.nnz for d in ds)
+    plan = ops.gpu_plan(37, 129, nnz // 3, batch, x.dtype, method=method)
+    kernel = {"rows": "delta_matmul_segments", "staged": "delta_matmul_segments_staged"}[
+        plan["method"]]
+    assert ln.name.startswith(kernel + "<")
+    nb = plan["bt"] if plan["method"] == "staged" else 8
+    order, tiles = ops.segment_tiles(seg.astype(np.int32), 3, nb)
     check_launch(ln, {"x": x, "ldx": 129, "y": out, "ldy": 37, "rows": 37,
-                      "scale": np.float32(0.5)})
-    names = [p for _, p in kernel_params("matmul.cu", "delta_matmul_segments")]
+                      "scale": np.float32(0.5), "k": 129, "bt": nb})
+    names = [p for _, p in kernel_params("matmul.cu", kernel)]
     args = dict(zip(names, ln.args))
     assert np.array_equal(args["order"], order) and np.array_equal(args["tiles"], tiles)
-    assert int(args["indptr"][-1]) == sum(d.nnz for d in ds) == len(args["indices"])
-    warps = ln.block[0] // 32
-    assert ln.grid[0] * warps >= 37 and ln.grid[1] == len(tiles)
+    assert int(args["indptr"][-1]) == nnz == len(args["indices"])
+    assert ln.grid[1] == len(tiles)
+    if plan["method"] == "staged":
+        assert ln.grid[0] == plan["row_groups"] and ln.shared_mem == plan["smem"]
+    else:
+        warps = ln.block[0] // 32
+        assert ln.grid[0] * warps >= 37
 
 
 def test_cuda_launch_glue_gather(fake_cuda, rng):
@@ -1056,12 +1284,39 @@ class TestCuda:
     def test_delta_matmul(self, bk, rng, batch, shape, density, dtype):
         check_delta_matmul(bk, rng, batch, shape, density, dtype)
 
+    @pytest.mark.parametrize("dtype", DTYPES)
+    @pytest.mark.parametrize("shape,density", [((37, 129), 0.1), ((384, 1536), 0.01),
+                                               ((1536, 384), 0.01), ((5, 20000), 0.01)],
+                             ids=lambda v: f"{v[0]}x{v[1]}" if isinstance(v, tuple) else str(v))
+    @pytest.mark.parametrize("batch", [1, 17, 33, 256, 1000])
+    @pytest.mark.parametrize("method", ["rows", "staged"])
+    def test_delta_matmul_methods(self, bk, rng, method, batch, shape, density, dtype):
+        """Each GPU kernel forced, at every batch (the staged one's tiles ragged against
+        it, and x's tile past 48 KiB of shared memory for 5 x 20000)."""
+        check_delta_matmul(bk, rng, batch, shape, density, dtype, method)
+
+    @pytest.mark.parametrize("dtype", DTYPES)
+    @pytest.mark.parametrize("shape", [(37, 129), (384, 1536)], ids=lambda s: f"{s[0]}x{s[1]}")
+    @pytest.mark.parametrize("batch", [1, 33, 256])
+    @pytest.mark.parametrize("method", ["rows", "staged", "merge", "fused"])
+    def test_fused_linear_methods(self, bk, rng, method, batch, shape, dtype):
+        if method != "fused" and not ops._delta._cublas_takes(dtype):
+            pytest.skip(f"this CuPy's matmul does not take {dtype}")
+        check_fused_linear(bk, rng, batch, shape, 0.01, dtype, True, method)
+
     @pytest.mark.parametrize("layout", ["runs", "mixed"])
     @pytest.mark.parametrize("dtype", DTYPES)
     @pytest.mark.parametrize("batch", [1, 9, 33, 256, 1024])
     @pytest.mark.parametrize("nseg", [1, 8])
     def test_delta_matmul_segments(self, bk, rng, nseg, batch, dtype, layout):
         check_delta_matmul_segments(bk, rng, batch, (384, 1536), 0.01, dtype, nseg, layout)
+
+    @pytest.mark.parametrize("dtype", DTYPES)
+    @pytest.mark.parametrize("batch", [1, 33, 1024])
+    @pytest.mark.parametrize("method", ["rows", "staged"])
+    def test_delta_matmul_segments_methods(self, bk, rng, method, batch, dtype):
+        check_delta_matmul_segments(bk, rng, batch, (384, 1536), 0.01, dtype, 8, "mixed",
+                                    method)
 
     @pytest.mark.parametrize("with_bias", [False, True], ids=["nobias", "bias"])
     @pytest.mark.parametrize("dtype", DTYPES)

@@ -170,6 +170,44 @@ void linear(const Csr& m, const T* x, long long ldx, int batch, const T* W, long
     }
 }
 
+// One tile of the CUDA staged kernels (kernels/matmul.cu) run on the CPU lane by lane: the
+// same staging, the same per-lane sums, the warp's shuffle tree done in order. brows: the
+// tile's rows of x and y (null: the nb rows from x and y on).
+template <typename T>
+void staged_tile_lanes(const Csr& m, const T* x, long long ldx, const int* brows, int nb, int k,
+                       int bt, T* y, long long ldy, float scale, T* xs) {
+    stage_x_tile<T>(x, ldx, brows, nb, k, bt, xs, 0, 1);
+    for (int r = 0; r < m.rows; ++r) {
+        float lanes[32];
+        for (int l = 0; l < 32; ++l)
+            lanes[l] = staged_row_dot<T>(m.indptr, m.indices, m.data, xs, bt, r, l);
+        for (int o = 16; o >= bt; o >>= 1)  // __shfl_down_sync: lane l reads lane l + o
+            for (int l = 0; l + o < 32; ++l) lanes[l] += lanes[l + o];
+        for (int l = 0; l < nb; ++l) {
+            T* p = y + (long long)(brows ? brows[l] : l) * ldy + r;
+            from_f32(to_f32(*p) + scale * lanes[l], p);
+        }
+    }
+}
+
+inline void check_bt(int bt) {
+    if (bt < 1 || bt > 32 || (bt & (bt - 1)))
+        throw std::invalid_argument("bt must be a power of two in 1..32, got " +
+                                    std::to_string(bt));
+}
+
+// delta_matmul_staged's program on the CPU (not a fast path: the reference the kernel's logic
+// is tested against here).
+template <typename T>
+void linear_staged_lanes(const Csr& m, const T* x, long long ldx, int batch, int k, int bt,
+                         T* y, long long ldy, float scale) {
+    check_bt(bt);
+    std::vector<T> xs(size_t(k) * bt);
+    for (int b0 = 0; b0 < batch; b0 += bt)
+        staged_tile_lanes<T>(m, x + b0 * ldx, ldx, nullptr, std::min(bt, batch - b0), k, bt,
+                             y + b0 * ldy, ldy, scale, xs.data());
+}
+
 // ---------------------------------------------------------------- mixed batches
 // A batch where row b takes its own delta: segment seg[b] of nseg deltas of one shape (-1:
 // none). The deltas are stacked: segment s's row r is indices/data[indptr[s * (rows + 1) + r]
@@ -221,6 +259,24 @@ void linear_segments_tiles(const int* indptr, const int* indices, const float* d
                 from_f32(to_f32(*p) + scale * acc[b], p);
             }
         }
+    }
+}
+
+// delta_matmul_segments_staged's program on the CPU: tiles of at most bt rows of one segment.
+template <typename T>
+void linear_segments_staged_lanes(const int* indptr, const int* indices, const float* data,
+                                  int rows, int nseg, const int32_t* seg, const T* x,
+                                  long long ldx, int batch, T* y, long long ldy, float scale,
+                                  int bt) {
+    check_bt(bt);
+    std::vector<int32_t> order, tiles;
+    segment_tiles(seg, batch, nseg, bt, order, tiles);
+    const int k = int(ldx);
+    std::vector<T> xs(size_t(k) * bt);
+    for (size_t t = 0; t < tiles.size(); t += 3) {
+        const Csr m{indptr + size_t(tiles[t + 2]) * (rows + 1), indices, data, rows};
+        staged_tile_lanes<T>(m, x, ldx, order.data() + tiles[t], tiles[t + 1], k, bt, y, ldy,
+                             scale, xs.data());
     }
 }
 

@@ -110,6 +110,8 @@ void check_counts(const hyprvdb_cpu::HistoryView& h) {
 NB_MODULE(_cpu, m) {
     m.doc() = "hyprvdb's read-path kernels on the CPU (the kernels/*.cuh logic, compiled by g++)";
     m.attr("NB") = HVDB_NB;
+    m.attr("ROWS_BATCH_MAX") = HVDB_ROWS_BATCH_MAX;
+    m.attr("STAGED_SMEM") = HVDB_STAGED_SMEM;
     // The float32 delta product's AVX2 kernel: whether it is on (and switch it, for tests that
     // check the portable kernels against it; it cannot be switched on without CPU support).
     m.def("simd", [](std::optional<bool> enable) {
@@ -147,13 +149,37 @@ NB_MODULE(_cpu, m) {
           },
           "indptr"_a, "indices"_a, "data"_a, "x"_a, "y"_a, "dtype"_a, "scale"_a);
 
+    // The CUDA staged kernel's per-lane program (linear.h linear_staged_lanes), for tests:
+    // y += scale * x @ dW.T over batch tiles of bt rows.
+    m.def("delta_matmul_staged",
+          [](In1<int32_t> indptr, In1<int32_t> indices, In1<float> data, nb::ndarray<nb::ro, nb::ndim<2>, nb::c_contig, nb::device::cpu> x,
+             nb::ndarray<nb::ndim<2>, nb::c_contig, nb::device::cpu> y, int dtype, float scale, int bt) {
+              Csr c = csr_of(indptr, indices, data);
+              if (y.shape(1) != size_t(c.rows) || y.shape(0) != x.shape(0))
+                  throw nb::value_error("y must have shape (batch, rows)");
+              dispatch(dtype, [&](auto tag) {
+                  using T = decltype(tag);
+                  hyprvdb_cpu::linear_staged_lanes<T>(
+                      c, static_cast<const T*>(x.data()), (long long)x.shape(1), int(x.shape(0)),
+                      int(x.shape(1)), bt, static_cast<T*>(y.data()), (long long)y.shape(1), scale);
+              });
+          },
+          "indptr"_a, "indices"_a, "data"_a, "x"_a, "y"_a, "dtype"_a, "scale"_a, "bt"_a);
+
+    // The choice by shape of kernels/sparse_ops.cuh (the rule the CUDA launches follow).
+    m.def("staged_batch_tile", &staged_batch_tile, "k"_a, "itemsize"_a, "smem_bytes"_a, "batch"_a);
+    m.def("staged_row_groups", &staged_row_groups, "rows"_a, "batch"_a, "bt"_a, "warps"_a, "sms"_a);
+    m.def("product_choice", &product_choice, "rows"_a, "k"_a, "nnz"_a, "batch"_a, "itemsize"_a,
+          "bt"_a, "row_groups"_a, "with_w"_a);
+
     // A mixed batch: y[b] += scale * x[b] @ dW_seg[b].T over nseg stacked deltas (linear.h);
-    // method 0: the tuned kernels per segment, 1: the CUDA kernel's per-thread logic.
+    // method 0: the tuned kernels per segment, 1: the CUDA row kernel's per-thread logic,
+    // 2: the CUDA staged kernel's, lane by lane, over tiles of bt rows.
     m.def("delta_matmul_segments",
           [](In1<int32_t> indptr, In1<int32_t> indices, In1<float> data, int rows,
              In1<int32_t> seg, nb::ndarray<nb::ro, nb::ndim<2>, nb::c_contig, nb::device::cpu> x,
              nb::ndarray<nb::ndim<2>, nb::c_contig, nb::device::cpu> y, int dtype, float scale,
-             int method) {
+             int method, int bt) {
               const size_t per = size_t(rows) + 1;
               if (rows < 0 || indptr.shape(0) % per != 0)
                   throw nb::value_error("indptr must hold nseg * (rows + 1) entries");
@@ -163,6 +189,14 @@ NB_MODULE(_cpu, m) {
               nb::gil_scoped_release nogil;
               dispatch(dtype, [&](auto tag) {
                   using T = decltype(tag);
+                  if (method == 2) {
+                      hyprvdb_cpu::linear_segments_staged_lanes<T>(
+                          indptr.data(), indices.data(), data.data(), rows, nseg, seg.data(),
+                          static_cast<const T*>(x.data()), (long long)x.shape(1),
+                          int(x.shape(0)), static_cast<T*>(y.data()), (long long)y.shape(1),
+                          scale, bt);
+                      return;
+                  }
                   auto run = method == 1 ? hyprvdb_cpu::linear_segments_tiles<T>
                                          : hyprvdb_cpu::linear_segments<T>;
                   run(indptr.data(), indices.data(), data.data(), rows, nseg, seg.data(),
@@ -171,7 +205,7 @@ NB_MODULE(_cpu, m) {
               });
           },
           "indptr"_a, "indices"_a, "data"_a, "rows"_a, "segment_ids"_a, "x"_a, "y"_a, "dtype"_a,
-          "scale"_a, "method"_a = 0);
+          "scale"_a, "method"_a = 0, "bt"_a = 8);
 
     // The tiles of a mixed batch (linear.h segment_tiles): (order, tiles as (n, 3) int32).
     m.def("segment_tiles", [](In1<int32_t> seg, int nseg, int nb) {

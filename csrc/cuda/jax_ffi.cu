@@ -3,13 +3,16 @@
 // no Python per layer. The kernels are kernels/matmul.cu's (the per-thread logic of
 // kernels/sparse_ops.cuh, which the CPU extension runs too).
 //
-// hyprvdb_delta_accumulate          y += scale * x @ dW.T (y aliased to its input)
+// hyprvdb_delta_accumulate          y += scale * x @ dW.T (y aliased to its input), by the
+//                                   row kernel or the staged one as sparse_ops.cuh's rule picks
 // hyprvdb_delta_accumulate_segments y[b] += scale * x[b] @ dW_seg[b].T over stacked deltas
 //
 // Leading dimensions of x are flattened: x is (batch, k), y (batch, rows).
 #include <Python.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <string>
 
@@ -24,6 +27,21 @@ namespace {
 constexpr int kWarpsPerBlock = 8;
 constexpr int kMaxGridY = 65535;
 constexpr int kMaxSegments = 4096;  // 48 KiB of shared memory for the tile builder
+constexpr int kMaxDevices = 64;
+
+// A device attribute, asked once per device (the launches ask for each call).
+int device_attribute(cudaDeviceAttr attr, std::atomic<int>* cache) {
+    int dev = 0;
+    cudaGetDevice(&dev);
+    int v = dev >= 0 && dev < kMaxDevices ? cache[dev].load(std::memory_order_relaxed) : 0;
+    if (v == 0) {
+        cudaDeviceGetAttribute(&v, attr, dev);
+        if (dev >= 0 && dev < kMaxDevices) cache[dev].store(v, std::memory_order_relaxed);
+    }
+    return v;
+}
+
+std::atomic<int> g_sms[kMaxDevices], g_smem_optin[kMaxDevices], g_staged_opt_in[kMaxDevices];
 
 ffi::Error launched(const char* what) {
     const cudaError_t err = cudaGetLastError();
@@ -34,10 +52,10 @@ ffi::Error launched(const char* what) {
 // The tiles of a mixed batch, on the device, in one block: rows counted per segment, each
 // segment's rows placed after the segments before it (their order within a segment is not the
 // batch's: every row's sum is its own, so results do not depend on it), tiles of at most
-// HVDB_NB rows of one segment. tiles[3t..3t+2] = (start in order, rows, segment); n_tiles[0]
+// nb rows of one segment. tiles[3t..3t+2] = (start in order, rows, segment); n_tiles[0]
 // is the count, and the product kernel's blocks past it return at once. Segments outside
 // 0..nseg-1 (the -1 rows) are left out. shared: 3 * nseg ints.
-__global__ void segment_tiles_device(const int* __restrict__ seg, int batch, int nseg,
+__global__ void segment_tiles_device(const int* __restrict__ seg, int batch, int nseg, int nb,
                                      int* __restrict__ order, int* __restrict__ tiles,
                                      int* __restrict__ n_tiles) {
     extern __shared__ int sh[];
@@ -55,9 +73,9 @@ __global__ void segment_tiles_device(const int* __restrict__ seg, int batch, int
         int at = 0, t = 0;
         for (int s = 0; s < nseg; ++s) {
             start[s] = fill[s] = at;
-            for (int k = 0; k < count[s]; k += HVDB_NB, ++t) {
+            for (int k = 0; k < count[s]; k += nb, ++t) {
                 tiles[3 * t] = at + k;
-                tiles[3 * t + 1] = min(HVDB_NB, count[s] - k);
+                tiles[3 * t + 1] = min(nb, count[s] - k);
                 tiles[3 * t + 2] = s;
             }
             at += count[s];
@@ -87,6 +105,51 @@ __global__ void delta_matmul_segments_counted(const int* __restrict__ indptr,
                              scale);
 }
 
+// The same, staged: tiles of at most bt rows, bt * k floats of dynamic shared memory.
+__global__ void delta_matmul_segments_staged_counted(
+    const int* __restrict__ indptr, const int* __restrict__ indices,
+    const float* __restrict__ data, const float* __restrict__ x, long long ldx, float* y,
+    long long ldy, int rows, int k, int bt, const int* __restrict__ order,
+    const int* __restrict__ tiles, const int* __restrict__ n_tiles, int tile0, float scale) {
+    const int t = tile0 + blockIdx.y;
+    if (t < n_tiles[0])
+        segments_staged_tile<float>(indptr, indices, data, x, ldx, y, ldy, rows, k, bt, order,
+                                    tiles, t, scale);
+}
+
+// Lets a staged kernel take smem bytes of dynamic shared memory (past 48 KiB a kernel must
+// opt in), once per device and size.
+template <typename Kernel>
+void opt_in(Kernel kernel, int smem, std::atomic<int>* done) {
+    if (smem <= 48 * 1024) return;
+    int dev = 0;
+    cudaGetDevice(&dev);
+    if (dev >= 0 && dev < kMaxDevices && done[dev].load(std::memory_order_relaxed) >= smem)
+        return;
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (dev >= 0 && dev < kMaxDevices) done[dev].store(smem, std::memory_order_relaxed);
+}
+
+std::atomic<int> g_segments_opt_in[kMaxDevices];
+
+// The choice by shape of kernels/sparse_ops.cuh for float32 (ops.gpu_plan follows the same
+// rule): the staged kernel's batch tile and row groups when it is the pick, else bt = 0.
+struct Plan {
+    int bt = 0;
+    long long groups = 0;
+};
+
+Plan staged_plan(int64_t rows, int64_t k, int64_t nnz, int64_t batch) {
+    const int sms = device_attribute(cudaDevAttrMultiProcessorCount, g_sms);
+    const int optin = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, g_smem_optin);
+    Plan p;
+    const int bt = staged_batch_tile(k, sizeof(float), std::min(optin, HVDB_STAGED_SMEM), batch);
+    const long long groups = bt ? staged_row_groups(rows, batch, bt, kWarpsPerBlock, sms) : 0;
+    if (product_choice(rows, k, nnz, batch, sizeof(float), bt, groups, false) == kProductStaged)
+        p.bt = bt, p.groups = groups;
+    return p;
+}
+
 ffi::Error DeltaAccumulateCuda(cudaStream_t stream, ffi::Buffer<ffi::S32> indptr,
                                ffi::Buffer<ffi::S32> indices, ffi::Buffer<ffi::F32> data,
                                ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> y_in,
@@ -100,6 +163,20 @@ ffi::Error DeltaAccumulateCuda(cudaStream_t stream, ffi::Buffer<ffi::S32> indptr
                         cudaMemcpyDeviceToDevice, stream);
     if (rows == 0 || batch == 0 || indices.element_count() == 0) return launched("copy");
     const dim3 block(32 * kWarpsPerBlock);
+    if (const Plan plan = staged_plan(rows, k, int64_t(indices.element_count()), batch); plan.bt) {
+        const int bt = plan.bt, smem = int(k * bt * sizeof(float));
+        opt_in(delta_matmul_staged<float>, smem, g_staged_opt_in);
+        const int64_t per = int64_t(kMaxGridY) * bt;  // batch rows per launch
+        for (int64_t b0 = 0; b0 < batch; b0 += per) {
+            const int nb = int(std::min<int64_t>(per, batch - b0));
+            delta_matmul_staged<float><<<dim3(unsigned(plan.groups), (nb + bt - 1) / bt), block,
+                                         size_t(smem), stream>>>(
+                indptr.typed_data(), indices.typed_data(), data.typed_data(),
+                x.typed_data() + b0 * k, k, y->typed_data() + b0 * rows, rows, int(rows),
+                int(k), nb, bt, scale);
+        }
+        return launched("hyprvdb_delta_accumulate (staged)");
+    }
     const int gx = int((rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
     const int64_t per = int64_t(kMaxGridY) * HVDB_NB;  // batch rows per launch
     for (int64_t b0 = 0; b0 < batch; b0 += per) {
@@ -132,7 +209,11 @@ ffi::Error DeltaAccumulateSegmentsCuda(cudaStream_t stream, ffi::ScratchAllocato
         cudaMemcpyAsync(y->typed_data(), y_in.typed_data(), y->size_bytes(),
                         cudaMemcpyDeviceToDevice, stream);
     if (batch == 0 || indices.element_count() == 0) return launched("copy");
-    const int64_t max_tiles = batch / HVDB_NB + nseg + 1;
+    // the rule of a single delta, for the deltas' mean size over the whole batch
+    const Plan plan =
+        staged_plan(rows, k, int64_t(indices.element_count()) / std::max(nseg, 1), batch);
+    const int nb = plan.bt ? plan.bt : HVDB_NB;
+    const int64_t max_tiles = batch / nb + nseg + 1;
     auto order = scratch.Allocate(sizeof(int) * size_t(batch));
     auto tiles = scratch.Allocate(sizeof(int) * size_t(3 * max_tiles + 1));
     if (!order || !tiles)
@@ -141,8 +222,21 @@ ffi::Error DeltaAccumulateSegmentsCuda(cudaStream_t stream, ffi::ScratchAllocato
     int* tiles_p = static_cast<int*>(*tiles);
     int* count_p = tiles_p + 3 * max_tiles;
     segment_tiles_device<<<1, 1024, sizeof(int) * 3 * size_t(nseg), stream>>>(
-        seg.typed_data(), int(batch), nseg, order_p, tiles_p, count_p);
+        seg.typed_data(), int(batch), nseg, nb, order_p, tiles_p, count_p);
     const dim3 block(32 * kWarpsPerBlock);
+    if (plan.bt) {
+        const int smem = int(k * nb * sizeof(float));
+        opt_in(delta_matmul_segments_staged_counted, smem, g_segments_opt_in);
+        for (int64_t t0 = 0; t0 < max_tiles; t0 += kMaxGridY) {
+            const int n = int(std::min<int64_t>(kMaxGridY, max_tiles - t0));
+            delta_matmul_segments_staged_counted<<<dim3(unsigned(plan.groups), n), block,
+                                                   size_t(smem), stream>>>(
+                indptr.typed_data(), indices.typed_data(), data.typed_data(), x.typed_data(),
+                k, y->typed_data(), rows, int(rows), int(k), nb, order_p, tiles_p, count_p,
+                int(t0), scale);
+        }
+        return launched("hyprvdb_delta_accumulate_segments (staged)");
+    }
     const int gx = int((rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
     for (int64_t t0 = 0; t0 < max_tiles; t0 += kMaxGridY) {
         const int n = int(std::min<int64_t>(kMaxGridY, max_tiles - t0));

@@ -11,12 +11,12 @@ float16 and bfloat16 results are the float32 result rounded once to the output d
 
 from .._native import cuda_available
 from ._delta import (DeviceDelta, delta_matmul, delta_matmul_segments,
-                     delta_matmul_segments_csr, fused_linear, gather, merge, merge_layers,
-                     resolve_device, segment_tiles, unmerge)
+                     delta_matmul_segments_csr, fused_linear, gather, gpu_plan, merge,
+                     merge_layers, resolve_device, segment_tiles, unmerge)
 from ._history import DeviceHistory, window_weights
 from ._set import DeviceSetSnapshot, gather_set
 
 __all__ = ["DeviceDelta", "DeviceHistory", "DeviceSetSnapshot", "cuda_available",
            "delta_matmul", "delta_matmul_segments", "delta_matmul_segments_csr", "fused_linear",
-           "gather", "gather_set", "merge", "merge_layers",
+           "gather", "gather_set", "gpu_plan", "merge", "merge_layers",
            "resolve_device", "segment_tiles", "unmerge", "window_weights"]

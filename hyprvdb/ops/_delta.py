@@ -14,7 +14,7 @@ from .. import _validate as V
 from . import _kernels
 
 __all__ = ["DeviceDelta", "resolve_device", "delta_matmul", "delta_matmul_segments",
-           "delta_matmul_segments_csr", "segment_tiles",
+           "delta_matmul_segments_csr", "segment_tiles", "gpu_plan",
            "fused_linear", "gather", "merge", "unmerge", "merge_layers"]
 
 _DEVICES = ("cpu", "cuda", "auto")
@@ -257,11 +257,15 @@ def _bits(a: np.ndarray) -> np.ndarray:
     return a.view(np.uint16) if a.dtype.itemsize == 2 else a
 
 
-def delta_matmul(x: Any, delta: Any, scale: float = 1.0, *, out: Any = None) -> Any:
+def delta_matmul(x: Any, delta: Any, scale: float = 1.0, *, out: Any = None,
+                 method: str = "auto") -> Any:
     """``out += scale * x @ dW.T`` (or a new array ``scale * x @ dW.T`` when ``out`` is None).
 
     ``x``: (batch, in_features) float32/float16/bfloat16 on the delta's device; result:
-    (batch, out_features), x's dtype.
+    (batch, out_features), x's dtype. ``method`` picks the GPU's kernel: ``"rows"`` (a warp
+    per output row over tiles of 8 batch rows, for small batches), ``"staged"`` (tiles of x
+    staged in shared memory, for wide batches) or ``"auto"``, the rule of :func:`gpu_plan`;
+    the CPU has kernels of its own and checks the name only.
 
     Examples
     --------
@@ -272,6 +276,7 @@ def delta_matmul(x: Any, delta: Any, scale: float = 1.0, *, out: Any = None) -> 
     [[0.5, -1.0]]
     """
     scale = _scale(scale)
+    _method(method, with_w=False)
     d = _as_delta(delta, x)
     xp = np if d.device == "cpu" else __import__("cupy")
     x = _check_x(x, d.shape[1], xp)
@@ -284,7 +289,7 @@ def delta_matmul(x: Any, delta: Any, scale: float = 1.0, *, out: Any = None) -> 
     if x.shape[0] == 0 or d.nnz == 0:
         return out
     if d.device == "cuda":
-        _cuda_linear(x, None, None, d, out, float(scale), fused=False)
+        _cuda_linear(x, None, None, d, out, float(scale), fused=False, method=method)
     elif _native.cpu() is not None:
         _native.cpu().delta_matmul(d.indptr, d.indices, d.data, _bits(x), _bits(out),
                                 _dtype_code(x.dtype), float(scale))
@@ -294,13 +299,14 @@ def delta_matmul(x: Any, delta: Any, scale: float = 1.0, *, out: Any = None) -> 
 
 
 def delta_matmul_segments(x: Any, deltas: Any, segment_ids: Any, scale: float = 1.0, *,
-                          out: Any = None) -> Any:
+                          out: Any = None, method: str = "auto") -> Any:
     """A batch that mixes deltas: ``out[b] += scale * x[b] @ dW_s.T`` with ``s =
     segment_ids[b]`` (-1: no delta for that row), all in one launch.
 
     ``deltas``: a list of Snapshots or DeviceDeltas of one shape on one device (many
     adapters, or many past steps of one); ``segment_ids``: ``batch`` integers in -1 ..
-    len(deltas) - 1; ``x`` and ``out`` as for :func:`delta_matmul`.
+    len(deltas) - 1; ``x``, ``out`` and ``method`` as for :func:`delta_matmul` (on a GPU,
+    tiles of one delta's rows go through the row or the staged kernel).
 
     Examples
     --------
@@ -313,6 +319,7 @@ def delta_matmul_segments(x: Any, deltas: Any, segment_ids: Any, scale: float = 
     [[0.0, 3.0], [0.0, 0.0], [0.5, -1.0]]
     """
     scale = _scale(scale)
+    _method(method, with_w=False)
     if not isinstance(deltas, (list, tuple)) or not deltas:
         raise ValueError(f"deltas must be a non-empty list of deltas, got "
                          f"{type(deltas).__name__}")
@@ -345,12 +352,13 @@ def delta_matmul_segments(x: Any, deltas: Any, segment_ids: Any, scale: float = 
         return out
     indptr, indices, data = _stack(xp, ds)
     delta_matmul_segments_csr(device, x, indptr, indices, data, shape[0], seg, out,
-                              float(scale))
+                              float(scale), method=method)
     return out
 
 
-def delta_matmul_segments_csr(device: str, x: Any, indptr: Any, indices: Any, data: Any, rows: int,
-                     seg: np.ndarray, out: Any, scale: float) -> None:
+def delta_matmul_segments_csr(device: str, x: Any, indptr: Any, indices: Any, data: Any,
+                              rows: int, seg: np.ndarray, out: Any, scale: float, *,
+                              method: str = "auto") -> None:
     """:func:`delta_matmul_segments` on stacked CSR arrays already checked (hyprvdb.jax's
     callback path calls it with JAX's buffers): ``indptr`` holds ``nseg * (rows + 1)``
     offsets into the concatenated ``indices`` and ``data``; ``seg`` int32 per row of ``x``.
@@ -370,7 +378,7 @@ def delta_matmul_segments_csr(device: str, x: Any, indptr: Any, indices: Any, da
     [[0.0, 3.0], [0.5, -1.0]]
     """
     if device == "cuda":
-        _cuda_segments(x, indptr, indices, data, rows, seg, out, scale)
+        _cuda_segments(x, indptr, indices, data, rows, seg, out, scale, method)
     elif _native.cpu() is not None:
         _native.cpu().delta_matmul_segments(indptr, indices, data, rows, seg, _bits(x),
                                             _bits(out), _dtype_code(x.dtype), scale)
@@ -423,12 +431,18 @@ def segment_tiles(segment_ids: np.ndarray, nseg: int, nb: int) -> tuple[np.ndarr
     return order.astype(np.int32), np.array(tiles, np.int32).reshape(-1, 3)
 
 
-def fused_linear(x: Any, W: Any, delta: Any, scale: float = 1.0, bias: Any = None) -> Any:
+def fused_linear(x: Any, W: Any, delta: Any, scale: float = 1.0, bias: Any = None, *,
+                 method: str = "auto") -> Any:
     """``x @ W.T + bias + scale * x @ dW.T``.
 
-    On a GPU the dense part runs on cuBLAS (CuPy's matmul into the output) and the delta
-    kernel accumulates into it on the same stream (the one-pass kernel remains for a dtype
-    CuPy's matmul does not take); on the CPU one pass over W and the delta.
+    On a GPU, ``method`` is one of
+    ``"rows"``/``"staged"``: the dense part on cuBLAS (CuPy's matmul into the output), then
+    that delta kernel (see :func:`delta_matmul`) accumulating into it on the same stream;
+    ``"merge"``: the delta merged into a scratch copy of W, then one cuBLAS GEMM;
+    ``"fused"``: the one-pass kernel (W's row and the delta's together, no tensor cores; what
+    runs for a dtype CuPy's matmul does not take);
+    ``"auto"``: the rule of :func:`gpu_plan`. On the CPU one pass over W and the delta, and
+    the name is only checked.
     ``W``: (out_features, in_features) of x's dtype; ``bias``: (out_features,) or None.
 
     Examples
@@ -441,6 +455,7 @@ def fused_linear(x: Any, W: Any, delta: Any, scale: float = 1.0, bias: Any = Non
     [[3.5, 2.0]]
     """
     scale = _scale(scale)
+    _method(method, with_w=True)
     d = _as_delta(delta, x)
     xp = np if d.device == "cpu" else __import__("cupy")
     x = _check_x(x, d.shape[1], xp)
@@ -458,7 +473,7 @@ def fused_linear(x: Any, W: Any, delta: Any, scale: float = 1.0, bias: Any = Non
     if out.size == 0:
         return out
     if d.device == "cuda":
-        _cuda_linear(x, W, bias, d, out, float(scale), fused=True)
+        _cuda_linear(x, W, bias, d, out, float(scale), fused=True, method=method)
     elif _native.cpu() is not None:
         _native.cpu().fused_linear(_bits(W), None if bias is None else _bits(bias), d.indptr,
                                 d.indices, d.data, _bits(x), _bits(out),
@@ -606,6 +621,122 @@ def _np_spmm_csr(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, rows
     return out.T
 
 
+# -------------------------------------------------------------------- the choice by shape
+# The rule of kernels/sparse_ops.cuh (product_choice and its helpers), which the CUDA FFI
+# targets follow too: the extension's copy where it is built, these numpy twins otherwise.
+ROWS, STAGED, MERGE = 0, 1, 2
+_METHODS = {"rows": ROWS, "staged": STAGED, "merge": MERGE}
+_NB = 8                   # HVDB_NB
+_ROWS_BATCH_MAX = 16      # HVDB_ROWS_BATCH_MAX
+_STAGED_SMEM = 96 * 1024  # HVDB_STAGED_SMEM
+_WARPS = 8                # warps per block of the delta kernels
+
+
+def staged_batch_tile(k: int, itemsize: int, smem_bytes: int, batch: int) -> int:
+    """The staged kernel's batch tile: the largest power of two up to 32 (and up to the batch
+    rounded up to one) whose tile of x, ``k * bt * itemsize`` bytes, fits ``smem_bytes``; 0
+    when none does."""
+    cpu = _native.cpu()
+    if cpu is not None and hasattr(cpu, "staged_batch_tile"):
+        return int(cpu.staged_batch_tile(k, itemsize, smem_bytes, batch))
+    bt, t = 0, 1
+    while t <= 32 and k * t * itemsize <= smem_bytes:
+        bt = t
+        if t >= batch:
+            break
+        t *= 2
+    return bt
+
+
+def staged_row_groups(rows: int, batch: int, bt: int, warps: int, sms: int) -> int:
+    """Blocks per batch tile of the staged kernel: enough to fill ``sms`` multiprocessors twice
+    over, at most one per ``warps`` output rows."""
+    cpu = _native.cpu()
+    if cpu is not None and hasattr(cpu, "staged_row_groups"):
+        return int(cpu.staged_row_groups(rows, batch, bt, warps, sms))
+    tiles = -(-batch // bt)
+    return max(1, min(-(-2 * sms // tiles), -(-rows // warps)))
+
+
+def product_choice(rows: int, k: int, nnz: int, batch: int, itemsize: int, bt: int,
+                   row_groups: int, with_w: bool) -> int:
+    """How a GPU computes the product for one shape (``ROWS``, ``STAGED`` or, with W,
+    ``MERGE``): the way that moves the fewest bytes by the model of kernels/sparse_ops.cuh."""
+    cpu = _native.cpu()
+    if cpu is not None and hasattr(cpu, "product_choice"):
+        return int(cpu.product_choice(rows, k, nnz, batch, itemsize, bt, row_groups, with_w))
+    best = float(-(-batch // _NB)) * nnz * 8.0 + float(nnz) * batch * 32.0
+    choice = ROWS
+    if batch > _ROWS_BATCH_MAX and bt >= 2:
+        staged = float(-(-batch // bt)) * nnz * 8.0 + float(row_groups) * batch * k * itemsize
+        if staged < best:
+            best, choice = staged, STAGED
+    if with_w and batch > _ROWS_BATCH_MAX:
+        merge = 2.0 * rows * k * itemsize + nnz * 12.0
+        if merge < best:
+            best, choice = merge, MERGE
+    return choice
+
+
+def _method(method: str, *, with_w: bool) -> int | None:
+    """``method`` checked: None for "auto", else its code."""
+    names = ("auto", "rows", "staged") + (("merge", "fused") if with_w else ())
+    if method not in names:
+        raise ValueError(f"method must be one of {names}, got {method!r}")
+    return None if method == "auto" else _METHODS.get(method, -1)
+
+
+@functools.cache
+def _device_limits(device_id: int) -> tuple[int, int]:
+    """(multiprocessors, shared memory a block may opt into) of a CUDA device."""
+    import cupy
+    attrs = cupy.cuda.Device(device_id).attributes
+    return int(attrs["MultiProcessorCount"]), int(attrs["MaxSharedMemoryPerBlockOptin"])
+
+
+def _current_device() -> int:
+    import cupy
+    return int(cupy.cuda.runtime.getDevice())
+
+
+def gpu_plan(rows: int, k: int, nnz: int, batch: int, dtype: Any, *, with_w: bool = False,
+             method: str = "auto", sms: int | None = None,
+             smem_bytes: int | None = None) -> dict[str, Any]:
+    """The way a GPU computes ``delta_matmul`` (``with_w=False``) or ``fused_linear``
+    (``with_w=True``) for one shape: a dict with ``method`` ("rows", "staged", "merge" or
+    "fused"), the staged kernel's batch tile ``bt``, ``row_groups``, and ``smem`` bytes.
+    ``sms`` and ``smem_bytes`` default to the current CUDA device's; given, no GPU is needed
+    (what the benchmark prints beside its measurements, and what the tests check).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hyprvdb import ops
+    >>> p = ops.gpu_plan(4096, 4096, 167772, 256, np.float16, sms=132, smem_bytes=232448)
+    >>> p["method"], p["bt"], p["row_groups"]
+    ('staged', 8, 9)
+    >>> ops.gpu_plan(4096, 4096, 167772, 1, np.float16, sms=132, smem_bytes=232448)["method"]
+    'rows'
+    """
+    code = _method(method, with_w=with_w)
+    itemsize = np.dtype(dtype).itemsize
+    _dtype_code(dtype)
+    if sms is None or smem_bytes is None:
+        dev_sms, dev_smem = _device_limits(_current_device())
+        sms = dev_sms if sms is None else sms
+        smem_bytes = dev_smem if smem_bytes is None else smem_bytes
+    bt = staged_batch_tile(k, itemsize, min(int(smem_bytes), _STAGED_SMEM), batch)
+    groups = staged_row_groups(rows, batch, bt, _WARPS, sms) if bt else 0
+    if code is None:
+        code = product_choice(rows, k, nnz, batch, itemsize, bt, groups, with_w)
+    elif code == STAGED and bt == 0:
+        raise ValueError(f"method='staged' needs one batch row of x ({k} x {itemsize} bytes) "
+                         f"in {min(int(smem_bytes), _STAGED_SMEM)} bytes of shared memory")
+    name = {ROWS: "rows", STAGED: "staged", MERGE: "merge", -1: "fused"}[code]
+    return {"method": name, "bt": bt, "row_groups": groups,
+            "smem": k * bt * itemsize if name == "staged" else 0}
+
+
 # -------------------------------------------------------------------- CUDA launches
 @functools.cache
 def _cublas_takes(dtype: Any) -> bool:
@@ -621,56 +752,107 @@ def _cublas_takes(dtype: Any) -> bool:
 
 
 def _cuda_linear(x: Any, W: Any, bias: Any, d: DeviceDelta, out: Any, scale: float,
-                 *, fused: bool) -> None:
-    if fused and _cublas_takes(x.dtype):
-        # The dense part on cuBLAS (tensor cores for 16-bit types), then the delta
-        # accumulated into its output by the delta kernel, on the same stream.
+                 *, fused: bool, method: str = "auto") -> None:
+    """The GPU's ``fused_linear`` (``fused=True``) or ``delta_matmul``, the way
+    :func:`gpu_plan` picks or ``method`` names."""
+    rows, k = d.shape
+    if fused:
+        if method == "fused" or not _cublas_takes(x.dtype):
+            if method not in ("auto", "fused"):
+                raise ValueError(f"method={method!r} needs CuPy's matmul for {x.dtype}, which "
+                                 f"this CuPy does not have; method='fused' does without")
+            _cuda_fused(x, W, bias, d, out, scale)
+            return
         import cupy
+        plan = gpu_plan(rows, k, d.nnz, x.shape[0], x.dtype, with_w=True, method=method)
+        if plan["method"] == "merge":  # a scratch copy of W, the delta merged in, one GEMM
+            merged = W.copy()
+            _cuda_merge([merged], [d], scale)
+            cupy.matmul(x, merged.T, out=out)
+            if bias is not None:
+                out += bias
+            return
+        # The dense part on cuBLAS (tensor cores for 16-bit types), then the delta
+        # accumulated into its output on the same stream.
         cupy.matmul(x, W.T, out=out)
         if bias is not None:
             out += bias
-        _cuda_linear(x, None, None, d, out, scale, fused=False)
-        return
+    else:
+        plan = gpu_plan(rows, k, d.nnz, x.shape[0], x.dtype, method=method)
     tname = {0: "float", 1: "__half", 2: "__nv_bfloat16"}[_dtype_code(x.dtype)]
-    nb = 8  # HVDB_NB: batch rows per blockIdx.y
-    rows = d.shape[0]
-    step = 65535 * nb  # gridDim.y is at most 65535: larger batches go in slices
+    if plan["method"] == "staged":
+        bt, smem = plan["bt"], plan["smem"]
+        fn = _kernels.function("matmul.cu", f"delta_matmul_staged<{tname}>")
+        if smem > 48 * 1024 and getattr(fn, "_hvdb_smem", 0) < smem:
+            fn.max_dynamic_shared_size_bytes = smem  # past 48 KiB a kernel must opt in
+            fn._hvdb_smem = smem
+        step = 65535 * bt  # gridDim.y is at most 65535: larger batches go in slices
+        for s in range(0, x.shape[0], step):
+            xs, outs = x[s:s + step], out[s:s + step]
+            fn((plan["row_groups"], -(-xs.shape[0] // bt)), (32 * _WARPS,),
+               (d.indptr, d.indices, d.data, xs, np.int64(k), outs, np.int64(rows),
+                np.int32(rows), np.int32(k), np.int32(xs.shape[0]), np.int32(bt),
+                np.float32(scale)), shared_mem=smem)
+        return
+    fn = _kernels.function("matmul.cu", f"delta_matmul<{tname}>")
+    step = 65535 * _NB  # gridDim.y is at most 65535: larger batches go in slices
     for s in range(0, x.shape[0], step):
         xs, outs = x[s:s + step], out[s:s + step]
-        batch = xs.shape[0]
-        if fused:
-            fn = _kernels.function("matmul.cu", f"fused_linear<{tname}>")
-            fn((rows, (batch + nb - 1) // nb), (256,),
-               (W, np.int64(W.shape[1]), bias if bias is not None else np.uint64(0), d.indptr,
-                d.indices, d.data, xs, np.int64(x.shape[1]), outs, np.int64(out.shape[1]),
-                np.int32(rows), np.int32(W.shape[1]), np.int32(batch), np.float32(scale)))
-        else:
-            fn = _kernels.function("matmul.cu", f"delta_matmul<{tname}>")
-            warps_per_block = 8
-            fn(((rows + warps_per_block - 1) // warps_per_block, (batch + nb - 1) // nb),
-               (32 * warps_per_block,),
-               (d.indptr, d.indices, d.data, xs, np.int64(x.shape[1]), outs,
-                np.int64(out.shape[1]), np.int32(rows), np.int32(batch), np.float32(scale)))
+        fn((-(-rows // _WARPS), -(-xs.shape[0] // _NB)), (32 * _WARPS,),
+           (d.indptr, d.indices, d.data, xs, np.int64(k), outs, np.int64(rows),
+            np.int32(rows), np.int32(xs.shape[0]), np.float32(scale)))
+
+
+def _cuda_fused(x: Any, W: Any, bias: Any, d: DeviceDelta, out: Any, scale: float) -> None:
+    """The one-pass kernel: W's row and the delta's row together, a block per output row."""
+    tname = {0: "float", 1: "__half", 2: "__nv_bfloat16"}[_dtype_code(x.dtype)]
+    rows, k = d.shape
+    fn = _kernels.function("matmul.cu", f"fused_linear<{tname}>")
+    step = 65535 * _NB
+    for s in range(0, x.shape[0], step):
+        xs, outs = x[s:s + step], out[s:s + step]
+        fn((rows, -(-xs.shape[0] // _NB)), (256,),
+           (W, np.int64(k), bias if bias is not None else np.uint64(0), d.indptr, d.indices,
+            d.data, xs, np.int64(k), outs, np.int64(rows), np.int32(rows), np.int32(k),
+            np.int32(xs.shape[0]), np.float32(scale)))
 
 
 def _cuda_segments(x: Any, indptr: Any, indices: Any, data: Any, rows: int, seg: np.ndarray,
-                   out: Any, scale: float) -> None:
+                   out: Any, scale: float, method: str = "auto") -> None:
     import cupy
 
     tname = {0: "float", 1: "__half", 2: "__nv_bfloat16"}[_dtype_code(x.dtype)]
-    nb = 8  # HVDB_NB
-    order, tiles = segment_tiles(seg, int(indptr.shape[0]) // (rows + 1), nb)
+    nseg = int(indptr.shape[0]) // (rows + 1)
+    k = x.shape[1]
+    # the rule of a single delta, for the deltas' mean size over the whole batch
+    plan = gpu_plan(rows, k, int(indices.shape[0]) // max(1, nseg), x.shape[0], x.dtype,
+                    method=method)
+    staged = plan["method"] == "staged"
+    nb = plan["bt"] if staged else _NB
+    order, tiles = segment_tiles(seg, nseg, nb)
     if len(tiles) == 0:
         return
-    fn = _kernels.function("matmul.cu", f"delta_matmul_segments<{tname}>")
-    warps_per_block = 8
     order_d, tiles_d = cupy.asarray(order), cupy.asarray(tiles)
     step = 65535  # gridDim.y is at most 65535: more tiles go in slices
+    if staged:
+        smem = plan["smem"]
+        fn = _kernels.function("matmul.cu", f"delta_matmul_segments_staged<{tname}>")
+        if smem > 48 * 1024 and getattr(fn, "_hvdb_smem", 0) < smem:
+            fn.max_dynamic_shared_size_bytes = smem  # past 48 KiB a kernel must opt in
+            fn._hvdb_smem = smem
+        for t0 in range(0, len(tiles), step):
+            n = min(step, len(tiles) - t0)
+            fn((plan["row_groups"], n), (32 * _WARPS,),
+               (indptr, indices, data, x, np.int64(k), out, np.int64(rows), np.int32(rows),
+                np.int32(k), np.int32(nb), order_d, tiles_d[t0:t0 + n], np.float32(scale)),
+               shared_mem=smem)
+        return
+    fn = _kernels.function("matmul.cu", f"delta_matmul_segments<{tname}>")
     for t0 in range(0, len(tiles), step):
         n = min(step, len(tiles) - t0)
-        fn(((rows + warps_per_block - 1) // warps_per_block, n), (32 * warps_per_block,),
-           (indptr, indices, data, x, np.int64(x.shape[1]), out, np.int64(out.shape[1]),
-            np.int32(rows), order_d, tiles_d[t0:t0 + n], np.float32(scale)))
+        fn((-(-rows // _WARPS), n), (32 * _WARPS,),
+           (indptr, indices, data, x, np.int64(k), out, np.int64(rows), np.int32(rows),
+            order_d, tiles_d[t0:t0 + n], np.float32(scale)))
 
 
 def _cuda_merge(Ws: list[Any], ds: list[DeviceDelta], scale: float) -> None:

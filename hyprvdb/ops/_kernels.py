@@ -37,8 +37,10 @@ _DTYPES = ("float", "__half", "__nv_bfloat16")
 
 #: Every kernel of every file, as NVRTC name expressions.
 NAME_EXPRESSIONS: dict[str, tuple[str, ...]] = {
-    "matmul.cu": tuple(f"{k}<{t}>" for k in ("delta_matmul", "fused_linear",
-                                             "delta_matmul_segments") for t in _DTYPES),
+    "matmul.cu": tuple(f"{k}<{t}>" for k in ("delta_matmul", "delta_matmul_staged",
+                                             "fused_linear", "delta_matmul_segments",
+                                             "delta_matmul_segments_staged")
+                        for t in _DTYPES),
     "merge.cu": tuple(f"merge_layers<{t}>" for t in _DTYPES),
     "window.cu": ("window_rebuild",),
     "gather.cu": ("gather_index", "gather_set"),

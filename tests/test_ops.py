@@ -1026,7 +1026,9 @@ def fake_cuda(monkeypatch):
     # an H100/H200's limits: 132 multiprocessors, 227 KiB of shared memory per block
     monkeypatch.setattr(ops._delta, "_device_limits", lambda device: (132, 232448))
     monkeypatch.setattr(ops._delta, "_current_device", lambda: 0)
-    return launches
+    ops._delta._plan.cache_clear()  # plans remembered under other limits
+    yield launches
+    ops._delta._plan.cache_clear()
 
 
 def check_launch(launch, expected):

@@ -725,16 +725,25 @@ def gpu_plan(rows: int, k: int, nnz: int, batch: int, dtype: Any, *, with_w: boo
         dev_sms, dev_smem = _device_limits(_current_device())
         sms = dev_sms if sms is None else sms
         smem_bytes = dev_smem if smem_bytes is None else smem_bytes
-    bt = staged_batch_tile(k, itemsize, min(int(smem_bytes), _STAGED_SMEM), batch)
+    return dict(_plan(int(rows), int(k), int(nnz), int(batch), itemsize, bool(with_w), code,
+                      int(sms), int(smem_bytes)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan(rows: int, k: int, nnz: int, batch: int, itemsize: int, with_w: bool,
+          code: int | None, sms: int, smem_bytes: int) -> tuple[tuple[str, Any], ...]:
+    """gpu_plan's work, remembered: a launch asks for its shape's plan on every call."""
+    budget = min(smem_bytes, _STAGED_SMEM)
+    bt = staged_batch_tile(k, itemsize, budget, batch)
     groups = staged_row_groups(rows, batch, bt, _WARPS, sms) if bt else 0
     if code is None:
         code = product_choice(rows, k, nnz, batch, itemsize, bt, groups, with_w)
     elif code == STAGED and bt == 0:
         raise ValueError(f"method='staged' needs one batch row of x ({k} x {itemsize} bytes) "
-                         f"in {min(int(smem_bytes), _STAGED_SMEM)} bytes of shared memory")
+                         f"in {budget} bytes of shared memory")
     name = {ROWS: "rows", STAGED: "staged", MERGE: "merge", -1: "fused"}[code]
-    return {"method": name, "bt": bt, "row_groups": groups,
-            "smem": k * bt * itemsize if name == "staged" else 0}
+    return (("method", name), ("bt", bt), ("row_groups", groups),
+            ("smem", k * bt * itemsize if name == "staged" else 0))
 
 
 # -------------------------------------------------------------------- CUDA launches

@@ -32,21 +32,20 @@ HVDB_UNROLL
         }
 }
 
-// The same product for wide batches (kernels/sparse_ops.cuh, kProductStaged): a block stages
-// a tile of bt batch rows of x in shared memory (bt * k elements of T, dynamic), then its warps
-// take output rows blockIdx.x * warps + warp, then every gridDim.x * warps-th; each warp's
-// lanes split into nonzero slots of bt batch columns, and a shuffle tree adds the slots.
+// One block of the staged kernels: a tile of nb <= bt batch rows of x (rows brows[0 .. nb),
+// or x's first nb rows where brows is null) staged in shared memory (bt * k elements of T,
+// dynamic), then the block's warps take output rows blockIdx.x * warps + warp, then every
+// gridDim.x * warps-th; each warp's lanes split into nonzero slots of bt batch columns
+// (staged_row_dot), and a shuffle tree adds the slots.
 template <typename T>
-__global__ void delta_matmul_staged(const int* __restrict__ indptr,
+__device__ inline void staged_block(const int* __restrict__ indptr,
                                     const int* __restrict__ indices,
                                     const float* __restrict__ data, const T* __restrict__ x,
-                                    long long ldx, T* y, long long ldy, int rows, int k,
-                                    int batch, int bt, float scale) {
+                                    long long ldx, const int* __restrict__ brows, int nb, T* y,
+                                    long long ldy, int rows, int k, int bt, float scale) {
     extern __shared__ __align__(16) unsigned char hvdb_staged[];
     T* xs = reinterpret_cast<T*>(hvdb_staged);
-    const long long b0 = (long long)blockIdx.y * bt;
-    const int nb = min((long long)bt, batch - b0);
-    stage_x_tile<T>(x + b0 * ldx, ldx, nullptr, nb, k, bt, xs, threadIdx.x, blockDim.x);
+    stage_x_tile<T>(x, ldx, brows, nb, k, bt, xs, threadIdx.x, blockDim.x);
     __syncthreads();
     const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
     for (int row = blockIdx.x * warps + (threadIdx.x >> 5); row < rows;
@@ -54,10 +53,24 @@ __global__ void delta_matmul_staged(const int* __restrict__ indptr,
         float acc = staged_row_dot<T>(indptr, indices, data, xs, bt, row, lane);
         for (int o = 16; o >= bt; o >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, o);
         if (lane < nb) {
-            T* p = y + (b0 + lane) * ldy + row;
+            T* p = y + (long long)(brows ? brows[lane] : lane) * ldy + row;
             from_f32(to_f32(*p) + scale * acc, p);
         }
     }
+}
+
+// The product for wide batches (kernels/sparse_ops.cuh, kProductStaged): blockIdx.y is the
+// tile of bt batch rows.
+template <typename T>
+__global__ void delta_matmul_staged(const int* __restrict__ indptr,
+                                    const int* __restrict__ indices,
+                                    const float* __restrict__ data, const T* __restrict__ x,
+                                    long long ldx, T* y, long long ldy, int rows, int k,
+                                    int batch, int bt, float scale) {
+    const long long b0 = (long long)blockIdx.y * bt;
+    staged_block<T>(indptr, indices, data, x + b0 * ldx, ldx, nullptr,
+                    (int)min((long long)bt, batch - b0), y + b0 * ldy, ldy, rows, k, bt,
+                    scale);
 }
 
 // A mixed batch: y[b, r] += scale * sum_c x[b, c] * dW_seg[b][r, c] over stacked deltas
@@ -105,8 +118,7 @@ __global__ void delta_matmul_segments(const int* __restrict__ indptr,
 }
 
 // A tile of a mixed batch by the staged kernel's way: the tile's rows of x (order[tiles[3t]
-// ..], at most bt of them, one segment) staged in shared memory, then the warps take output
-// rows as delta_matmul_staged's do, each with the tile's segment's delta.
+// ..], at most bt of them, one segment), each output row with the tile's segment's delta.
 template <typename T>
 __device__ inline void segments_staged_tile(const int* __restrict__ indptr,
                                             const int* __restrict__ indices,
@@ -115,24 +127,9 @@ __device__ inline void segments_staged_tile(const int* __restrict__ indptr,
                                             long long ldy, int rows, int k, int bt,
                                             const int* __restrict__ order,
                                             const int* __restrict__ tiles, int t, float scale) {
-    extern __shared__ __align__(16) unsigned char hvdb_staged[];
-    T* xs = reinterpret_cast<T*>(hvdb_staged);
     const int* tile = tiles + 3 * t;
-    const int* brows = order + tile[0];
-    const int nb = tile[1];
-    const int* ip = indptr + (long long)tile[2] * (rows + 1);
-    stage_x_tile<T>(x, ldx, brows, nb, k, bt, xs, threadIdx.x, blockDim.x);
-    __syncthreads();
-    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-    for (int row = blockIdx.x * warps + (threadIdx.x >> 5); row < rows;
-         row += gridDim.x * warps) {
-        float acc = staged_row_dot<T>(ip, indices, data, xs, bt, row, lane);
-        for (int o = 16; o >= bt; o >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, o);
-        if (lane < nb) {
-            T* p = y + brows[lane] * ldy + row;
-            from_f32(to_f32(*p) + scale * acc, p);
-        }
-    }
+    staged_block<T>(indptr + (long long)tile[2] * (rows + 1), indices, data, x, ldx,
+                    order + tile[0], tile[1], y, ldy, rows, k, bt, scale);
 }
 
 // The mixed batch, staged, with blockIdx.y as the tile (tiles of at most bt rows).

@@ -517,37 +517,6 @@ def test_staged_kernel_lane_logic(rng, shape, density, dtype, bt):
                                 np.zeros((2, shape[0]), F32), 0, 1.0, 12)
 
 
-@pytest.mark.parametrize("bt", [1, 4, 8, 32])
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("layout", ["runs", "mixed"])
-def test_segments_staged_kernel_lane_logic(rng, layout, dtype, bt):
-    """The CUDA staged mixed-batch kernel's per-lane program on the CPU (tiles of at most bt
-    rows of one segment, gathered by the tile's row list) against float64."""
-    cpu = _native.cpu()
-    if cpu is None:
-        pytest.skip("hyprvdb._cpu (the CPU extension) is not built")
-    shape, nseg = (37, 129), 3
-    snaps, dense = zip(*[random_delta(rng, shape, 0.1) for _ in range(nseg)])
-    ds = [ops.DeviceDelta.upload(sn, "cpu") for sn in snaps]
-    indptr, indices, data = ops._delta._stack(np, ds)
-    for batch in (1, bt + 1, 5 * bt + 3):
-        seg = rng.integers(-1, nseg, batch).astype(np.int32)
-        if layout == "runs":
-            seg = np.sort(seg)
-        x = random_array(rng, (batch, shape[1]), dtype)
-        out0 = random_array(rng, (batch, shape[0]), dtype)
-        y = out0.copy()
-        cpu.delta_matmul_segments(indptr, indices, data, shape[0], seg, ops._delta._bits(x),
-                                  ops._delta._bits(y), ops._delta._dtype_code(dtype), 0.75,
-                                  method=2, bt=bt)
-        ref, mag = f64(out0), np.abs(f64(out0))
-        for b in np.flatnonzero(seg >= 0):
-            w = dense[seg[b]].astype(np.float64)
-            ref[b] += 0.75 * (w @ f64(x)[b])
-            mag[b] += 0.75 * (np.abs(w) @ np.abs(f64(x)[b]))
-        assert_close(y, ref, mag, dtype, f"segments staged lanes bt={bt} batch={batch}")
-
-
 def test_gpu_plan_rule_and_its_numpy_twin(monkeypatch, rng):
     """kernels/sparse_ops.cuh's choice by shape (the extension's copy, which the CUDA FFI
     targets share) and the numpy twin agree everywhere on a grid of shapes; and the choice
@@ -609,9 +578,11 @@ def test_delta_matmul_segments_model_sized(path, rng, batch, layout):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch", [1, 8, 9, 77])
 def test_delta_matmul_segments_cpu_methods_agree(rng, batch, dtype):
-    """The CPU extension's two ways through a mixed batch: each segment through the tuned
-    kernels (the default) and tile by tile through the per-thread function the CUDA kernel
-    runs (``csr_row_dot_rows``), within the tolerance of each other's float64 reference."""
+    """The CPU extension's ways through a mixed batch: each segment through the tuned
+    kernels (the default), tile by tile through the per-thread function the CUDA row kernel
+    runs (``csr_row_dot_rows``), and the CUDA staged kernel's per-lane program lane by lane
+    (tiles of at most bt rows of one segment, gathered by the tile's row list), all within
+    the tolerance of the float64 reference."""
     cpu = _native.cpu()
     if cpu is None:
         pytest.skip("hyprvdb._cpu (the CPU extension) is not built")
@@ -628,11 +599,11 @@ def test_delta_matmul_segments_cpu_methods_agree(rng, batch, dtype):
             ref[b] += -2.0 * (dense[seg[b]].astype(np.float64) @ f64(x)[b])
             mag[b] += 2.0 * (np.abs(dense[seg[b]].astype(np.float64)) @ np.abs(f64(x)[b]))
     code = ops._delta._dtype_code(dtype)
-    for method in (0, 1):
+    for method, bt in ((0, 8), (1, 8), (2, 1), (2, 4), (2, 8), (2, 32)):
         out = out0.copy()
         cpu.delta_matmul_segments(indptr, indices, data, shape[0], seg, ops._delta._bits(x),
-                                  ops._delta._bits(out), code, -2.0, method)
-        assert_close(out, ref, mag, dtype, f"method {method}")
+                                  ops._delta._bits(out), code, -2.0, method, bt)
+        assert_close(out, ref, mag, dtype, f"method {method}, bt {bt}")
 
 
 @pytest.mark.parametrize("nb", [1, 3, 8])

@@ -79,6 +79,24 @@ def test_cpp_and_numpy_agree_bit_for_bit(kind, monkeypatch):
             assert np.array_equal(fq, dense[query]), (name, t)
 
 
+@pytest.mark.parametrize("order", ["sparse", "shuffled", "descending", "repeats"])
+def test_values_of_chosen_weights_in_any_order(order, monkeypatch):
+    """Sorted queries walk on from each other through the runs, the base and the tail; a few
+    far apart skip past checkpoints, and a query below the one before starts again: every
+    order gives the numpy twin's values bit for bit."""
+    rng = np.random.default_rng(5)
+    g = random_group(rng, steps=25)
+    for name, h in g.items():
+        rows, cols = h.shape
+        m = g._matrices[name]
+        q = np.unique(rng.integers(0, rows * cols, 3000))
+        q = {"sparse": q[::97], "shuffled": rng.permutation(q), "descending": q[::-1],
+             "repeats": np.sort(np.concatenate([q[:500], q[:500]]))}[order]
+        for t in g.steps[::4]:
+            fq, sq = both(monkeypatch, lambda: m.values(q, t))
+            assert np.array_equal(fq.view(np.uint64), sq.view(np.uint64)), (name, t)
+
+
 def test_values_of_chosen_weights_walk_past_checkpoints():
     """Lookups land on every run position relative to the checkpoints (before the first,
     on one, between, after the last)."""

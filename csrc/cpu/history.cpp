@@ -68,17 +68,32 @@ void history_state(const HistoryView& h, int64_t step, std::vector<int64_t>& idx
 
 void history_values(const HistoryView& h, const RunCheckpoints& ck, int64_t step,
                     const int64_t* query, size_t n, double* out) {
+    // Sorted queries continue from where the one before stopped: a cursor over the runs (run
+    // r, its index, the position of its first change) and over the base and the tail. A query
+    // below the one before restarts them (any order is answered; sorted is fast).
+    const int64_t* const base_end = h.base_idx + h.n_base;
+    const int64_t* const tail_end = h.tail_idx + h.n_tail;
+    const int64_t* bcur = h.base_idx;
+    const int64_t* tcur = h.tail_idx;
+    int64_t r = -1, idx = 0, change = 0, prev = INT64_MIN;
     for (size_t i = 0; i < n; ++i) {
         const int64_t q = query[i];
+        if (q < prev) {
+            bcur = h.base_idx;
+            tcur = h.tail_idx;
+            r = -1;
+        }
+        prev = q;
         double v = 0.0;
         // the base
-        const int64_t* b = std::lower_bound(h.base_idx, h.base_idx + h.n_base, q);
-        if (b != h.base_idx + h.n_base && *b == q) v = h.base_val[b - h.base_idx];
-        // the run: the last checkpoint at or before q, then a walk of at most kRunStride runs
+        bcur = std::lower_bound(bcur, base_end, q);
+        if (bcur != base_end && *bcur == q) v = h.base_val[bcur - h.base_idx];
+        // the run: from the cursor, or from the last checkpoint at or before q where that is
+        // further on; then a walk of at most kRunStride runs
         const int64_t* c = std::upper_bound(ck.idx, ck.idx + ck.n, q);
         if (c != ck.idx) {
             const size_t k = size_t(c - ck.idx) - 1;
-            int64_t r = ck.run[k], idx = ck.idx[k], change = ck.change[k];
+            if (r < ck.run[k]) r = ck.run[k], idx = ck.idx[k], change = ck.change[k];
             while (idx < q && r + 1 < int64_t(h.n_runs())) {
                 change += h.counts[r];
                 idx += h.gaps[++r];
@@ -91,9 +106,9 @@ void history_values(const HistoryView& h, const RunCheckpoints& ck, int64_t step
             }
         }
         // the tail: this weight's changes are contiguous (sorted by index, then step)
-        const int64_t* t0 = std::lower_bound(h.tail_idx, h.tail_idx + h.n_tail, q);
-        const int64_t* t1 = std::upper_bound(t0, h.tail_idx + h.n_tail, q);
-        v = hvdb_value_at(v, h.tail_t, h.tail_d, h.tail_reset, (long long)(t0 - h.tail_idx),
+        tcur = std::lower_bound(tcur, tail_end, q);
+        const int64_t* t1 = std::upper_bound(tcur, tail_end, q);
+        v = hvdb_value_at(v, h.tail_t, h.tail_d, h.tail_reset, (long long)(tcur - h.tail_idx),
                           (long long)(t1 - h.tail_idx), step);
         out[i] = v;
     }

@@ -64,8 +64,10 @@ struct RunCheckpoints {
     const int64_t* idx; const int64_t* run; const int64_t* change; size_t n;
 };
 
-// The float64 values at step of the weights query[0..n) (sorted, distinct); 0 for a weight
-// that is neither in the base nor changed by then. Costs O(n (log runs + kRunStride) + tail).
+// The float64 values at step of the weights query[0..n); 0 for a weight that is neither in
+// the base nor changed by then. Costs O(n (log runs + kRunStride) + tail) at most; sorted
+// queries (what every caller passes) walk on from each other, so their walks together pass
+// each run at most once.
 void history_values(const HistoryView& h, const RunCheckpoints& ck, int64_t step,
                     const int64_t* query, size_t n, double* out);
 

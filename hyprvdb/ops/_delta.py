@@ -438,7 +438,9 @@ def fused_linear(x: Any, W: Any, delta: Any, scale: float = 1.0, bias: Any = Non
     On a GPU, ``method`` is one of
     ``"rows"``/``"staged"``: the dense part on cuBLAS (CuPy's matmul into the output), then
     that delta kernel (see :func:`delta_matmul`) accumulating into it on the same stream;
-    ``"merge"``: the delta merged into a scratch copy of W, then one cuBLAS GEMM;
+    ``"merge"``: the delta merged into a scratch copy of W, then one cuBLAS GEMM (the
+    merged weights are rounded to W's dtype before the product, as serving merged weights
+    does: for 16-bit types the result differs from the other ways by that rounding);
     ``"fused"``: the one-pass kernel (W's row and the delta's together, no tensor cores; what
     runs for a dtype CuPy's matmul does not take);
     ``"auto"``: the rule of :func:`gpu_plan`. On the CPU one pass over W and the delta, and

@@ -6,6 +6,8 @@
 #define HVDB_HD __host__ __device__
 #define HVDB_DEVICE 1
 #define HVDB_UNROLL _Pragma("unroll")
+#define HVDB_PRAGMA(x) _Pragma(#x)
+#define HVDB_UNROLL_BY(n) HVDB_PRAGMA(unroll n)
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 typedef __half hvdb_half;
@@ -20,6 +22,7 @@ __device__ inline void from_f32(float v, hvdb_bf16* out) { *out = __float2bfloat
 #else
 #define HVDB_HD
 #define HVDB_UNROLL  // the host compiler unrolls by itself
+#define HVDB_UNROLL_BY(n)
 #include <cstring>
 // On the host, 16-bit floats are their bit patterns (numpy float16 / ml_dtypes bfloat16).
 struct hvdb_half { unsigned short bits; };

@@ -105,6 +105,7 @@ HVDB_HD inline float staged_row_dot(const int* indptr, const int* indices, const
     const int slots = 32 / bt, col = lane & (bt - 1);
     const int end = indptr[row + 1];
     float acc = 0.0f;
+HVDB_UNROLL_BY(4)  // independent gathers in flight
     for (int j = indptr[row] + lane / bt; j < end; j += slots)
         acc += data[j] * to_f32(xs[(long long)indices[j] * bt + col]);
     return acc;
@@ -142,6 +143,9 @@ enum { kProductRows = 0, kProductStaged = 1, kProductMerge = 2 };
 #define HVDB_ROWS_BATCH_MAX 16
 // Shared memory a staged tile of x may take: two blocks fit on a multiprocessor of 228 KiB.
 #define HVDB_STAGED_SMEM (96 * 1024)
+// Warps per block of the staged kernels: with two blocks a multiprocessor, 32 warps hide the
+// latency of the gathers from shared memory.
+#define HVDB_STAGED_WARPS 16
 
 HVDB_HD inline int product_choice(long long rows, long long k, long long nnz, long long batch,
                                   int itemsize, int bt, long long row_groups, bool with_w) {

@@ -525,8 +525,8 @@ def test_gpu_plan_rule_and_its_numpy_twin(monkeypatch, rng):
     if cpu is None:
         pytest.skip("hyprvdb._cpu (the CPU extension) is not built")
     D = ops._delta
-    assert (cpu.NB, cpu.ROWS_BATCH_MAX, cpu.STAGED_SMEM) == (D._NB, D._ROWS_BATCH_MAX,
-                                                             D._STAGED_SMEM)
+    assert (cpu.NB, cpu.ROWS_BATCH_MAX, cpu.STAGED_SMEM, cpu.STAGED_WARPS) == (
+        D._NB, D._ROWS_BATCH_MAX, D._STAGED_SMEM, D._STAGED_WARPS)
     cases = []
     for rows, k in ((4096, 4096), (4096, 14336), (14336, 4096), (384, 1536), (37, 129),
                     (1, 50000)):
@@ -1075,7 +1075,7 @@ def test_cuda_launch_glue_delta_matmul_staged(fake_cuda, monkeypatch, rng, shape
         check_launch(ln, {"indptr": d.indptr, "indices": d.indices, "data": d.data,
                           "x": x[done:done + n], "ldx": k, "y": out[done:done + n], "ldy": rows,
                           "rows": rows, "k": k, "bt": bt, "scale": np.float32(0.5)})
-        assert ln.grid == (plan["row_groups"], -(-n // bt))
+        assert ln.grid == (plan["row_groups"], -(-n // bt)) and ln.block == (32 * 16,)
         done += n
     assert done == batch
 
@@ -1209,6 +1209,7 @@ def test_cuda_launch_glue_delta_matmul_segments(fake_cuda, rng, batch, method):
     assert ln.grid[1] == len(tiles)
     if plan["method"] == "staged":
         assert ln.grid[0] == plan["row_groups"] and ln.shared_mem == plan["smem"]
+        assert ln.block == (32 * 16,)
     else:
         warps = ln.block[0] // 32
         assert ln.grid[0] * warps >= 37

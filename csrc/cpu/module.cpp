@@ -112,6 +112,7 @@ NB_MODULE(_cpu, m) {
     m.attr("NB") = HVDB_NB;
     m.attr("ROWS_BATCH_MAX") = HVDB_ROWS_BATCH_MAX;
     m.attr("STAGED_SMEM") = HVDB_STAGED_SMEM;
+    m.attr("STAGED_WARPS") = HVDB_STAGED_WARPS;
     // The float32 delta product's AVX2 kernel: whether it is on (and switch it, for tests that
     // check the portable kernels against it; it cannot be switched on without CPU support).
     m.def("simd", [](std::optional<bool> enable) {

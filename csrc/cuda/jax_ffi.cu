@@ -144,7 +144,7 @@ Plan staged_plan(int64_t rows, int64_t k, int64_t nnz, int64_t batch) {
     const int optin = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, g_smem_optin);
     Plan p;
     const int bt = staged_batch_tile(k, sizeof(float), std::min(optin, HVDB_STAGED_SMEM), batch);
-    const long long groups = bt ? staged_row_groups(rows, batch, bt, kWarpsPerBlock, sms) : 0;
+    const long long groups = bt ? staged_row_groups(rows, batch, bt, HVDB_STAGED_WARPS, sms) : 0;
     if (product_choice(rows, k, nnz, batch, sizeof(float), bt, groups, false) == kProductStaged)
         p.bt = bt, p.groups = groups;
     return p;
@@ -162,14 +162,14 @@ ffi::Error DeltaAccumulateCuda(cudaStream_t stream, ffi::Buffer<ffi::S32> indptr
         cudaMemcpyAsync(y->typed_data(), y_in.typed_data(), y->size_bytes(),
                         cudaMemcpyDeviceToDevice, stream);
     if (rows == 0 || batch == 0 || indices.element_count() == 0) return launched("copy");
-    const dim3 block(32 * kWarpsPerBlock);
+    const dim3 block(32 * kWarpsPerBlock), staged(32 * HVDB_STAGED_WARPS);
     if (const Plan plan = staged_plan(rows, k, int64_t(indices.element_count()), batch); plan.bt) {
         const int bt = plan.bt, smem = int(k * bt * sizeof(float));
         opt_in(delta_matmul_staged<float>, smem, g_staged_opt_in);
         const int64_t per = int64_t(kMaxGridY) * bt;  // batch rows per launch
         for (int64_t b0 = 0; b0 < batch; b0 += per) {
             const int nb = int(std::min<int64_t>(per, batch - b0));
-            delta_matmul_staged<float><<<dim3(unsigned(plan.groups), (nb + bt - 1) / bt), block,
+            delta_matmul_staged<float><<<dim3(unsigned(plan.groups), (nb + bt - 1) / bt), staged,
                                          size_t(smem), stream>>>(
                 indptr.typed_data(), indices.typed_data(), data.typed_data(),
                 x.typed_data() + b0 * k, k, y->typed_data() + b0 * rows, rows, int(rows),
@@ -223,13 +223,13 @@ ffi::Error DeltaAccumulateSegmentsCuda(cudaStream_t stream, ffi::ScratchAllocato
     int* count_p = tiles_p + 3 * max_tiles;
     segment_tiles_device<<<1, 1024, sizeof(int) * 3 * size_t(nseg), stream>>>(
         seg.typed_data(), int(batch), nseg, nb, order_p, tiles_p, count_p);
-    const dim3 block(32 * kWarpsPerBlock);
+    const dim3 block(32 * kWarpsPerBlock), staged(32 * HVDB_STAGED_WARPS);
     if (plan.bt) {
         const int smem = int(k * nb * sizeof(float));
         opt_in(delta_matmul_segments_staged_counted, smem, g_segments_opt_in);
         for (int64_t t0 = 0; t0 < max_tiles; t0 += kMaxGridY) {
             const int n = int(std::min<int64_t>(kMaxGridY, max_tiles - t0));
-            delta_matmul_segments_staged_counted<<<dim3(unsigned(plan.groups), n), block,
+            delta_matmul_segments_staged_counted<<<dim3(unsigned(plan.groups), n), staged,
                                                    size_t(smem), stream>>>(
                 indptr.typed_data(), indices.typed_data(), data.typed_data(), x.typed_data(),
                 k, y->typed_data(), rows, int(rows), int(k), nb, order_p, tiles_p, count_p,

@@ -631,7 +631,8 @@ _METHODS = {"rows": ROWS, "staged": STAGED, "merge": MERGE}
 _NB = 8                   # HVDB_NB
 _ROWS_BATCH_MAX = 16      # HVDB_ROWS_BATCH_MAX
 _STAGED_SMEM = 96 * 1024  # HVDB_STAGED_SMEM
-_WARPS = 8                # warps per block of the delta kernels
+_WARPS = 8                # warps per block of the row kernels
+_STAGED_WARPS = 16        # HVDB_STAGED_WARPS: warps per block of the staged kernels
 
 
 def staged_batch_tile(k: int, itemsize: int, smem_bytes: int, batch: int) -> int:
@@ -737,7 +738,7 @@ def _plan(rows: int, k: int, nnz: int, batch: int, itemsize: int, with_w: bool,
     """gpu_plan's work, remembered: a launch asks for its shape's plan on every call."""
     budget = min(smem_bytes, _STAGED_SMEM)
     bt = staged_batch_tile(k, itemsize, budget, batch)
-    groups = staged_row_groups(rows, batch, bt, _WARPS, sms) if bt else 0
+    groups = staged_row_groups(rows, batch, bt, _STAGED_WARPS, sms) if bt else 0
     if code is None:
         code = product_choice(rows, k, nnz, batch, itemsize, bt, groups, with_w)
     elif code == STAGED and bt == 0:
@@ -800,7 +801,7 @@ def _cuda_linear(x: Any, W: Any, bias: Any, d: DeviceDelta, out: Any, scale: flo
         step = 65535 * bt  # gridDim.y is at most 65535: larger batches go in slices
         for s in range(0, x.shape[0], step):
             xs, outs = x[s:s + step], out[s:s + step]
-            fn((plan["row_groups"], -(-xs.shape[0] // bt)), (32 * _WARPS,),
+            fn((plan["row_groups"], -(-xs.shape[0] // bt)), (32 * _STAGED_WARPS,),
                (d.indptr, d.indices, d.data, xs, np.int64(k), outs, np.int64(rows),
                 np.int32(rows), np.int32(k), np.int32(xs.shape[0]), np.int32(bt),
                 np.float32(scale)), shared_mem=smem)
@@ -853,7 +854,7 @@ def _cuda_segments(x: Any, indptr: Any, indices: Any, data: Any, rows: int, seg:
             fn._hvdb_smem = smem
         for t0 in range(0, len(tiles), step):
             n = min(step, len(tiles) - t0)
-            fn((plan["row_groups"], n), (32 * _WARPS,),
+            fn((plan["row_groups"], n), (32 * _STAGED_WARPS,),
                (indptr, indices, data, x, np.int64(k), out, np.int64(rows), np.int32(rows),
                 np.int32(k), np.int32(nb), order_d, tiles_d[t0:t0 + n], np.float32(scale)),
                shared_mem=smem)

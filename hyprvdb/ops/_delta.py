@@ -750,6 +750,16 @@ def _plan(rows: int, k: int, nnz: int, batch: int, itemsize: int, with_w: bool,
 
 
 # -------------------------------------------------------------------- CUDA launches
+_CTYPES = ("float", "__half", "__nv_bfloat16")  # the kernels' T for each _dtype_code
+
+
+def _opt_in(fn: Any, smem: int) -> None:
+    """Let kernel ``fn`` take ``smem`` bytes of dynamic shared memory: past 48 KiB a kernel
+    must opt in (a driver call, made only for the staged kernels' wide batches)."""
+    if smem > 48 * 1024:
+        fn.max_dynamic_shared_size_bytes = smem
+
+
 @functools.cache
 def _cublas_takes(dtype: Any) -> bool:
     """Whether CuPy's matmul (cuBLAS) multiplies arrays of ``dtype`` here (bfloat16 needs a
@@ -791,13 +801,11 @@ def _cuda_linear(x: Any, W: Any, bias: Any, d: DeviceDelta, out: Any, scale: flo
             out += bias
     else:
         plan = gpu_plan(rows, k, d.nnz, x.shape[0], x.dtype, method=method)
-    tname = {0: "float", 1: "__half", 2: "__nv_bfloat16"}[_dtype_code(x.dtype)]
+    tname = _CTYPES[_dtype_code(x.dtype)]
     if plan["method"] == "staged":
         bt, smem = plan["bt"], plan["smem"]
         fn = _kernels.function("matmul.cu", f"delta_matmul_staged<{tname}>")
-        if smem > 48 * 1024 and getattr(fn, "_hvdb_smem", 0) < smem:
-            fn.max_dynamic_shared_size_bytes = smem  # past 48 KiB a kernel must opt in
-            fn._hvdb_smem = smem
+        _opt_in(fn, smem)
         step = 65535 * bt  # gridDim.y is at most 65535: larger batches go in slices
         for s in range(0, x.shape[0], step):
             xs, outs = x[s:s + step], out[s:s + step]
@@ -817,7 +825,7 @@ def _cuda_linear(x: Any, W: Any, bias: Any, d: DeviceDelta, out: Any, scale: flo
 
 def _cuda_fused(x: Any, W: Any, bias: Any, d: DeviceDelta, out: Any, scale: float) -> None:
     """The one-pass kernel: W's row and the delta's row together, a block per output row."""
-    tname = {0: "float", 1: "__half", 2: "__nv_bfloat16"}[_dtype_code(x.dtype)]
+    tname = _CTYPES[_dtype_code(x.dtype)]
     rows, k = d.shape
     fn = _kernels.function("matmul.cu", f"fused_linear<{tname}>")
     step = 65535 * _NB
@@ -833,7 +841,7 @@ def _cuda_segments(x: Any, indptr: Any, indices: Any, data: Any, rows: int, seg:
                    out: Any, scale: float, method: str = "auto") -> None:
     import cupy
 
-    tname = {0: "float", 1: "__half", 2: "__nv_bfloat16"}[_dtype_code(x.dtype)]
+    tname = _CTYPES[_dtype_code(x.dtype)]
     nseg = int(indptr.shape[0]) // (rows + 1)
     k = x.shape[1]
     # the rule of a single delta, for the deltas' mean size over the whole batch
@@ -849,9 +857,7 @@ def _cuda_segments(x: Any, indptr: Any, indices: Any, data: Any, rows: int, seg:
     if staged:
         smem = plan["smem"]
         fn = _kernels.function("matmul.cu", f"delta_matmul_segments_staged<{tname}>")
-        if smem > 48 * 1024 and getattr(fn, "_hvdb_smem", 0) < smem:
-            fn.max_dynamic_shared_size_bytes = smem  # past 48 KiB a kernel must opt in
-            fn._hvdb_smem = smem
+        _opt_in(fn, smem)
         for t0 in range(0, len(tiles), step):
             n = min(step, len(tiles) - t0)
             fn((plan["row_groups"], n), (32 * _STAGED_WARPS,),
@@ -873,7 +879,7 @@ def _cuda_merge(Ws: list[Any], ds: list[DeviceDelta], scale: float) -> None:
     dt = Ws[0].dtype
     if any(W.dtype != dt for W in Ws):
         raise ValueError("all Ws must share one dtype")
-    tname = {0: "float", 1: "__half", 2: "__nv_bfloat16"}[_dtype_code(dt)]
+    tname = _CTYPES[_dtype_code(dt)]
     ptrs = cupy.asarray(np.array([W.data.ptr for W in Ws], dtype=np.uint64))
     ldw = cupy.asarray(np.array([W.shape[1] for W in Ws], dtype=np.int64))
     offsets = np.zeros(len(ds) + 1, np.int64)

@@ -41,7 +41,9 @@ int device_attribute(cudaDeviceAttr attr, std::atomic<int>* cache) {
     return v;
 }
 
-std::atomic<int> g_sms[kMaxDevices], g_smem_optin[kMaxDevices], g_staged_opt_in[kMaxDevices];
+// Per device: multiprocessors, opt-in shared memory, and how much each staged kernel took.
+std::atomic<int> g_sms[kMaxDevices], g_smem_optin[kMaxDevices], g_staged_opt_in[kMaxDevices],
+    g_segments_opt_in[kMaxDevices];
 
 ffi::Error launched(const char* what) {
     const cudaError_t err = cudaGetLastError();
@@ -129,8 +131,6 @@ void opt_in(Kernel kernel, int smem, std::atomic<int>* done) {
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (dev >= 0 && dev < kMaxDevices) done[dev].store(smem, std::memory_order_relaxed);
 }
-
-std::atomic<int> g_segments_opt_in[kMaxDevices];
 
 // The choice by shape of kernels/sparse_ops.cuh for float32 (ops.gpu_plan follows the same
 // rule): the staged kernel's batch tile and row groups when it is the pick, else bt = 0.

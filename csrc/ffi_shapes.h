@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -54,6 +55,34 @@ inline ffi::Error accumulate_segments(const ffi::Buffer<ffi::S32>& indptr,
             "and indptr nseg * (rows + 1)");
     p->nseg = int(int64_t(indptr.element_count()) / (p->rows + 1));
     return ffi::Error::Success();
+}
+
+// The operands and attribute of each target, appended to a binding that already holds the
+// platform's context (none on the CPU; the stream, and scratch memory, on CUDA), so that both
+// builds bind the same signature.
+template <typename Binding>
+auto accumulate_operands(Binding b) {
+    return std::move(b)
+        .template Arg<ffi::Buffer<ffi::S32>>()      // indptr
+        .template Arg<ffi::Buffer<ffi::S32>>()      // indices
+        .template Arg<ffi::Buffer<ffi::F32>>()      // data
+        .template Arg<ffi::Buffer<ffi::F32>>()      // x
+        .template Arg<ffi::Buffer<ffi::F32>>()      // y_in
+        .template Ret<ffi::Buffer<ffi::F32>>()      // y (aliased to y_in)
+        .template Attr<float>("scale");
+}
+
+template <typename Binding>
+auto accumulate_segments_operands(Binding b) {
+    return std::move(b)
+        .template Arg<ffi::Buffer<ffi::S32>>()      // indptr (nseg * (rows + 1))
+        .template Arg<ffi::Buffer<ffi::S32>>()      // indices
+        .template Arg<ffi::Buffer<ffi::F32>>()      // data
+        .template Arg<ffi::Buffer<ffi::F32>>()      // x
+        .template Arg<ffi::Buffer<ffi::S32>>()      // segment ids
+        .template Arg<ffi::Buffer<ffi::F32>>()      // y_in
+        .template Ret<ffi::Buffer<ffi::F32>>()      // y (aliased to y_in)
+        .template Attr<float>("scale");
 }
 
 }  // namespace hyprvdb_ffi_shapes

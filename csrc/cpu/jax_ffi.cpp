@@ -144,24 +144,9 @@ static auto csr_binding() {
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HyprvdbDeltaAccumulate, DeltaAccumulateImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<float>("scale"));
+                              hyprvdb_ffi_shapes::accumulate_operands(ffi::Ffi::Bind()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HyprvdbDeltaAccumulateSegments, DeltaAccumulateSegmentsImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<float>("scale"));
+                              hyprvdb_ffi_shapes::accumulate_segments_operands(ffi::Ffi::Bind()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HyprvdbDeltaMatmulT, DeltaMatmulTImpl, csr_binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HyprvdbDeltaValuesGrad, DeltaValuesGradImpl, csr_binding());
 

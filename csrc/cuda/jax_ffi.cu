@@ -250,27 +250,13 @@ ffi::Error DeltaAccumulateSegmentsCuda(cudaStream_t stream, ffi::ScratchAllocato
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HyprvdbDeltaAccumulateCuda, DeltaAccumulateCuda,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<float>("scale"));
+                              hyprvdb_ffi_shapes::accumulate_operands(
+                                  ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HyprvdbDeltaAccumulateSegmentsCuda, DeltaAccumulateSegmentsCuda,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Ctx<ffi::ScratchAllocator>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<float>("scale"));
+                              hyprvdb_ffi_shapes::accumulate_segments_operands(
+                                  ffi::Ffi::Bind()
+                                      .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                      .Ctx<ffi::ScratchAllocator>()));
 
 // The module hyprvdb._cuda_ffi: the handlers as capsules named like the CPU targets, for
 // jax.ffi.register_ffi_target(..., platform="CUDA"). Plain CPython API: nvcc builds it alone.

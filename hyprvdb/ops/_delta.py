@@ -640,7 +640,7 @@ def staged_batch_tile(k: int, itemsize: int, smem_bytes: int, batch: int) -> int
     rounded up to one) whose tile of x, ``k * bt * itemsize`` bytes, fits ``smem_bytes``; 0
     when none does."""
     cpu = _native.cpu()
-    if cpu is not None and hasattr(cpu, "staged_batch_tile"):
+    if cpu is not None:
         return int(cpu.staged_batch_tile(k, itemsize, smem_bytes, batch))
     bt, t = 0, 1
     while t <= 32 and k * t * itemsize <= smem_bytes:
@@ -655,7 +655,7 @@ def staged_row_groups(rows: int, batch: int, bt: int, warps: int, sms: int) -> i
     """Blocks per batch tile of the staged kernel: enough to fill ``sms`` multiprocessors twice
     over, at most one per ``warps`` output rows."""
     cpu = _native.cpu()
-    if cpu is not None and hasattr(cpu, "staged_row_groups"):
+    if cpu is not None:
         return int(cpu.staged_row_groups(rows, batch, bt, warps, sms))
     tiles = -(-batch // bt)
     return max(1, min(-(-2 * sms // tiles), -(-rows // warps)))
@@ -666,7 +666,7 @@ def product_choice(rows: int, k: int, nnz: int, batch: int, itemsize: int, bt: i
     """How a GPU computes the product for one shape (``ROWS``, ``STAGED`` or, with W,
     ``MERGE``): the way that moves the fewest bytes by the model of kernels/sparse_ops.cuh."""
     cpu = _native.cpu()
-    if cpu is not None and hasattr(cpu, "product_choice"):
+    if cpu is not None:
         return int(cpu.product_choice(rows, k, nnz, batch, itemsize, bt, row_groups, with_w))
     best = float(-(-batch // _NB)) * nnz * 8.0 + float(nnz) * batch * 32.0
     choice = ROWS
